@@ -1,0 +1,56 @@
+"""Audit trail: every security event goes to the database and to the structured log."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.audit import repository
+
+logger = logging.getLogger("app.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is asking: recorded with every audit event and on new sessions."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+async def record(
+    conn: AsyncConnection,
+    event: str,
+    *,
+    now: datetime,
+    client: ClientInfo,
+    user_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+    **details: Any,
+) -> None:
+    await repository.insert_event(
+        conn,
+        {
+            "event": event,
+            "user_id": user_id,
+            "session_id": session_id,
+            "ip": client.ip,
+            "user_agent": client.user_agent[:512] if client.user_agent else None,
+            "details": details,
+            "created_at": now,
+        },
+    )
+    logger.info(
+        event,
+        extra={
+            "user_id": str(user_id) if user_id else None,
+            "session_id": str(session_id) if session_id else None,
+            "client_ip": client.ip,
+            **details,
+        },
+    )

@@ -1,0 +1,153 @@
+"""HTTP layer for authentication: parse, call the service, shape the response."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Response, status
+
+from app.auth.dependencies import CurrentSession
+from app.auth.errors import OAuthError, UnauthorizedError
+from app.auth.schemas import (
+    LoginRequest,
+    MeResponse,
+    OAuthTokenResponse,
+    RefreshRequest,
+    SessionInfo,
+    SessionStatusResponse,
+    SessionStatusSession,
+    TokenResponse,
+    TokenStatus,
+)
+from app.auth.service import AuthService, TokenGrant
+from app.dependencies import ClientDep, ContextDep, DbSession
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+_401 = {"description": "Not authenticated: see `error.code`"}
+
+
+def _refresh_after(issued_at: datetime, expires_at: datetime) -> datetime:
+    # Refresh once four fifths of the token's life have passed: early enough to absorb
+    # a slow network, late enough not to rotate needlessly.
+    return expires_at - (expires_at - issued_at) / 5
+
+
+def _token_response(grant: TokenGrant) -> TokenResponse:
+    return TokenResponse(
+        access_token=grant.access.token,
+        expires_in=grant.access.expires_in,
+        refresh_token=grant.refresh_token,
+        refresh_expires_in=grant.refresh_expires_in,
+        refresh_after=_refresh_after(grant.now, grant.access.expires_at),
+        session=SessionInfo(
+            id=grant.session.id,
+            idle_expires_at=grant.session.idle_expires_at,
+            absolute_expires_at=grant.session.absolute_expires_at,
+        ),
+    )
+
+
+@router.post("/login", responses={401: _401})
+async def login(body: LoginRequest, ctx: ContextDep, conn: DbSession, client: ClientDep) -> TokenResponse:
+    """Start a new session (one per device) and return its first token pair."""
+    grant = await AuthService(ctx, conn, client).login(body.email, body.password, body.device_name)
+    return _token_response(grant)
+
+
+@router.post("/refresh", responses={401: _401})
+async def refresh(body: RefreshRequest, ctx: ContextDep, conn: DbSession, client: ClientDep) -> TokenResponse:
+    """Rotate a refresh token. Retrying the same token within the reuse interval returns the
+    same successor; replaying it later is treated as theft and revokes the session."""
+    grant = await AuthService(ctx, conn, client).refresh(body.refresh_token)
+    return _token_response(grant)
+
+
+@router.post(
+    "/token",
+    responses={400: {"description": "RFC 6749 §5.2 error"}},
+    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+)
+async def token(
+    ctx: ContextDep,
+    conn: DbSession,
+    client: ClientDep,
+    grant_type: Annotated[str | None, Form()] = None,
+    username: Annotated[str | None, Form(max_length=320)] = None,
+    password: Annotated[str | None, Form(max_length=1024)] = None,
+    refresh_token: Annotated[str | None, Form(max_length=512)] = None,
+    scope: Annotated[str | None, Form(max_length=1024)] = None,
+) -> OAuthTokenResponse:
+    """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls."""
+    service = AuthService(ctx, conn, client)
+    try:
+        if grant_type == "password":
+            if not username or not password:
+                raise OAuthError("invalid_request", "username and password are required")
+            grant = await service.login(username, password, device_name="openapi-docs")
+        elif grant_type == "refresh_token":
+            if not refresh_token:
+                raise OAuthError("invalid_request", "refresh_token is required")
+            grant = await service.refresh(refresh_token)
+        elif grant_type is None:
+            raise OAuthError("invalid_request", "grant_type is required")
+        else:
+            raise OAuthError("unsupported_grant_type", "grant_type must be password or refresh_token")
+    except UnauthorizedError as exc:
+        raise OAuthError("invalid_grant", exc.detail, persist=exc.persist) from exc
+    return OAuthTokenResponse(
+        access_token=grant.access.token,
+        expires_in=grant.access.expires_in,
+        refresh_token=grant.refresh_token,
+    )
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
+async def logout(auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep) -> Response:
+    """Revoke this session: its refresh token and every access token stop working at once."""
+    await AuthService(ctx, conn, client).logout(auth.session.id, auth.session.user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
+async def logout_all(auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep) -> Response:
+    """Revoke every session of the caller, on every device."""
+    await AuthService(ctx, conn, client).logout_all(auth.session.user_id, auth.session.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/session-status", responses={401: _401})
+async def session_status(auth: CurrentSession, ctx: ContextDep) -> SessionStatusResponse:
+    """Where the session and token stand. Polling this does not count as activity."""
+    now = ctx.clock.now()
+    session, claims = auth.session, auth.claims
+    return SessionStatusResponse(
+        session=SessionStatusSession(
+            id=session.id,
+            user=session.email,
+            created_at=session.created_at,
+            idle_expires_at=session.idle_expires_at,
+            absolute_expires_at=session.absolute_expires_at,
+            idle_seconds_remaining=_seconds_until(session.idle_expires_at, now),
+            absolute_seconds_remaining=_seconds_until(session.absolute_expires_at, now),
+        ),
+        token=TokenStatus(valid=True, expires_in=_seconds_until(claims.expires_at, now)),
+        server_time=now,
+        refresh_after=_refresh_after(claims.issued_at, claims.expires_at),
+        message="Session and token are valid",
+        success=True,
+    )
+
+
+@router.get("/me", responses={401: _401})
+async def me(auth: CurrentSession) -> MeResponse:
+    """The caller's account. An ordinary protected route: it counts as activity."""
+    session = auth.session
+    return MeResponse(id=session.user_id, email=session.email, role=session.role, is_active=session.user_active)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(0, int((moment - now).total_seconds()))
+
+

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.users.service import PASSWORD_MAX_LENGTH
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(StrictModel):
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    device_name: str | None = Field(default=None, max_length=100)
+
+
+class RefreshRequest(StrictModel):
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class SessionInfo(BaseModel):
+    id: uuid.UUID
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_token: str | None = Field(
+        description="The new refresh token; the one presented is now used (rotation)."
+    )
+    refresh_expires_in: int = Field(
+        description="Seconds until the refresh token stops working if the session stays idle."
+    )
+    refresh_after: datetime = Field(description="When a client should refresh silently.")
+    session: SessionInfo
+
+
+class OAuthTokenResponse(BaseModel):
+    """RFC 6749 §5.1 token response (used by the /docs Authorize button)."""
+
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+    refresh_token: str
+
+
+class SessionStatusSession(BaseModel):
+    id: uuid.UUID
+    user: str
+    created_at: datetime
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+    idle_seconds_remaining: int
+    absolute_seconds_remaining: int
+
+
+class TokenStatus(BaseModel):
+    valid: bool
+    expires_in: int
+
+
+class SessionStatusResponse(BaseModel):
+    session: SessionStatusSession
+    token: TokenStatus
+    server_time: datetime
+    refresh_after: datetime
+    message: str
+    success: bool
+
+
+class MeResponse(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: str
+    is_active: bool

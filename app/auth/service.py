@@ -1,0 +1,200 @@
+"""Login, refresh rotation, logout: the rules, with no HTTP in sight."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.audit.service import ClientInfo, record
+from app.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTokenReused
+from app.auth.tokens import IssuedAccessToken
+from app.context import AppContext
+from app.sessions import repository as sessions
+from app.sessions.repository import SessionState, TokenLink
+from app.users import repository as users
+from app.users.service import normalize_email
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    access: IssuedAccessToken
+    refresh_token: str
+    session: SessionState
+    now: datetime
+
+    @property
+    def refresh_expires_in(self) -> int:
+        deadline = min(self.session.idle_expires_at, self.session.absolute_expires_at)
+        return max(0, int((deadline - self.now).total_seconds()))
+
+
+class AuthService:
+    def __init__(self, ctx: AppContext, conn: AsyncConnection, client: ClientInfo) -> None:
+        self._ctx = ctx
+        self._conn = conn
+        self._client = client
+
+    async def login(self, email: str, password: str, device_name: str | None) -> TokenGrant:
+        now = self._ctx.clock.now()
+        user = await users.get_by_email(self._conn, normalize_email(email))
+        valid, new_hash = await self._ctx.passwords.verify_and_update(
+            password, user.password_hash if user else None
+        )
+        if user is None or not valid or not user.is_active:
+            reason = "unknown_user" if user is None else ("inactive" if valid else "wrong_password")
+            await self._audit("login.failed", now, user_id=user.id if user else None, reason=reason)
+            raise InvalidCredentials()
+        if new_hash is not None:
+            await users.set_password_hash(self._conn, user.id, new_hash, now=None)
+        session_id = uuid.uuid4()
+        idle, absolute = self._ctx.policy.new_deadlines(now)
+        await sessions.insert_session(
+            self._conn,
+            session_id=session_id,
+            user_id=user.id,
+            device_name=device_name,
+            user_agent=self._client.user_agent[:512] if self._client.user_agent else None,
+            ip=self._client.ip,
+            now=now,
+            idle_expires_at=idle,
+            absolute_expires_at=absolute,
+        )
+        refresh_token = self._ctx.refresh_codec.new_token()
+        await sessions.insert_refresh_token(
+            self._conn,
+            session_id=session_id,
+            token_hash=self._ctx.refresh_codec.hash(refresh_token),
+            parent_id=None,
+            generation=1,
+            now=now,
+        )
+        state = SessionState(
+            id=session_id,
+            user_id=user.id,
+            email=user.email,
+            role=user.role,
+            user_active=True,
+            created_at=now,
+            idle_expires_at=idle,
+            absolute_expires_at=absolute,
+            revoked_at=None,
+        )
+        await self._audit("login.succeeded", now, user_id=user.id, session_id=session_id)
+        return self._grant(state, refresh_token, now)
+
+    async def refresh(self, refresh_token: str) -> TokenGrant:
+        now = self._ctx.clock.now()
+        token_hash = self._ctx.refresh_codec.hash(refresh_token)
+        link = await sessions.find_token_link(self._conn, token_hash)
+        if link is None:
+            raise RefreshTokenInvalid()
+        self._ctx.policy.ensure_usable(link.session, now)
+        if link.used_at is None:
+            if await sessions.claim_token(self._conn, link.id, now=now):
+                return await self._rotate(link, refresh_token, now)
+            # Lost the race: the winner has committed by now; judge the token as it stands.
+            link = await sessions.find_token_link(self._conn, token_hash)
+            if link is None or link.used_at is None:  # pragma: no cover - pruned mid-request
+                raise RefreshTokenInvalid()
+        return await self._replay(link, refresh_token, now)
+
+    async def _rotate(self, link: TokenLink, refresh_token: str, now: datetime) -> TokenGrant:
+        successor = self._ctx.refresh_codec.successor(refresh_token)
+        await sessions.insert_refresh_token(
+            self._conn,
+            session_id=link.session.id,
+            token_hash=self._ctx.refresh_codec.hash(successor),
+            parent_id=link.id,
+            generation=link.generation + 1,
+            now=now,
+        )
+        state = await self._slide(link.session, now)
+        await self._audit(
+            "refresh.rotated",
+            now,
+            user_id=state.user_id,
+            session_id=state.id,
+            generation=link.generation + 1,
+        )
+        return self._grant(state, successor, now)
+
+    async def _replay(self, link: TokenLink, refresh_token: str, now: datetime) -> TokenGrant:
+        assert link.used_at is not None
+        interval = timedelta(seconds=self._ctx.settings.refresh_reuse_interval)
+        is_newest_parent = link.successor_id is not None and link.successor_used_at is None
+        if is_newest_parent and now - link.used_at <= interval:
+            state = await self._slide(link.session, now)
+            await self._audit(
+                "refresh.retried",
+                now,
+                user_id=state.user_id,
+                session_id=state.id,
+                reuse_class="retry_inside_interval",
+            )
+            return self._grant(state, self._ctx.refresh_codec.successor(refresh_token), now)
+        reuse_class = "stale_replay" if is_newest_parent else "ancestor_replay"
+        await sessions.revoke_sessions(
+            self._conn, now=now, reason="refresh_token_reused", session_id=link.session.id
+        )
+        await self._audit(
+            "refresh.reuse_detected",
+            now,
+            user_id=link.session.user_id,
+            session_id=link.session.id,
+            reuse_class=reuse_class,
+            generation=link.generation,
+        )
+        raise RefreshTokenReused()
+
+    async def _slide(self, state: SessionState, now: datetime) -> SessionState:
+        policy = self._ctx.policy
+        target = policy.slid_deadline(state, now)
+        if target > state.idle_expires_at:
+            await sessions.slide(
+                self._conn,
+                state.id,
+                now=now,
+                idle_expires_at=target,
+                only_if_before=target - policy.touch_interval,
+            )
+            state = replace(state, idle_expires_at=max(target, state.idle_expires_at))
+        return state
+
+    async def logout(self, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        now = self._ctx.clock.now()
+        await sessions.revoke_sessions(self._conn, now=now, reason="logout", session_id=session_id)
+        await self._audit("logout", now, user_id=user_id, session_id=session_id, scope="session")
+
+    async def logout_all(self, user_id: uuid.UUID, current_session_id: uuid.UUID) -> int:
+        now = self._ctx.clock.now()
+        revoked = await sessions.revoke_sessions(
+            self._conn, now=now, reason="logout_all", user_id=user_id
+        )
+        await self._audit(
+            "logout", now, user_id=user_id, session_id=current_session_id, scope="all",
+            sessions_revoked=len(revoked),
+        )
+        return len(revoked)
+
+    def _grant(self, state: SessionState, refresh_token: str, now: datetime) -> TokenGrant:
+        access = self._ctx.access_codec.issue(
+            user_id=state.user_id, session_id=state.id, role=state.role, now=now
+        )
+        return TokenGrant(access=access, refresh_token=refresh_token, session=state, now=now)
+
+    async def _audit(
+        self,
+        event: str,
+        now: datetime,
+        *,
+        user_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
+        **details: object,
+    ) -> None:
+        await record(
+            self._conn, event, now=now, client=self._client, user_id=user_id,
+            session_id=session_id, **details,
+        )

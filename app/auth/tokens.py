@@ -1,0 +1,133 @@
+"""Access tokens: RFC 9068-style JWTs signed with the key ring, verified per RFC 8725."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+
+from app.auth.errors import InvalidToken, TokenExpired
+from app.keys.service import KeyRing
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+MAX_TOKEN_LENGTH = 4096
+# Headers that would let a token choose its own verification key, or demand extensions we do
+# not implement. Their presence alone is a rejection (RFC 8725 §3.10, RFC 7515 §4.1.11).
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+_REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    role: str
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    token: str
+    expires_at: datetime
+    expires_in: int
+
+
+class AccessTokenCodec:
+    def __init__(
+        self, key_ring: KeyRing, *, issuer: str, audience: str, ttl: int, leeway: int
+    ) -> None:
+        self._keys = key_ring
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        self._leeway = leeway
+
+    def issue(self, *, user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime) -> IssuedAccessToken:
+        iat = int(now.timestamp())
+        exp = iat + self._ttl
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "jti": uuid.uuid4().hex,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "role": role,
+        }
+        signer = self._keys.signer
+        token = jwt.encode(
+            claims,
+            signer.private_key,
+            algorithm=signer.algorithm,
+            headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE},
+        )
+        expires_at = datetime.fromtimestamp(exp, now.tzinfo)
+        return IssuedAccessToken(token=token, expires_at=expires_at, expires_in=self._ttl)
+
+    def verify(self, token: str, *, now: datetime) -> AccessClaims:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("The access token is too long.")
+        header = _header(token)
+        key = self._keys.verifiers.get(header["kid"])
+        if key is None or header.get("alg") != key.algorithm:
+            raise InvalidToken()
+        try:
+            payload = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[key.algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                # Time claims are checked below against our clock, with one stable error code.
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                         "require": list(_REQUIRED_CLAIMS)},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        return self._claims(payload, now)
+
+    def _claims(self, payload: dict[str, Any], now: datetime) -> AccessClaims:
+        times = [payload.get(name) for name in ("iat", "nbf", "exp")]
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
+            raise InvalidToken()
+        iat, nbf, exp = (int(t) for t in times)  # type: ignore[arg-type]
+        ts = now.timestamp()
+        if nbf > ts + self._leeway or iat > ts + self._leeway:
+            raise InvalidToken("The access token is not valid yet.")
+        if exp <= ts - self._leeway:
+            raise TokenExpired()
+        try:
+            user_id = uuid.UUID(str(payload["sub"]))
+            session_id = uuid.UUID(str(payload["sid"]))
+        except ValueError as exc:
+            raise InvalidToken() from exc
+        role, jti = payload.get("role"), payload["jti"]
+        if not isinstance(role, str) or not isinstance(jti, str):
+            raise InvalidToken()
+        return AccessClaims(
+            user_id=user_id,
+            session_id=session_id,
+            role=role,
+            jti=jti,
+            issued_at=datetime.fromtimestamp(iat, now.tzinfo),
+            expires_at=datetime.fromtimestamp(exp, now.tzinfo),
+        )
+
+
+def _header(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidToken() from exc
+    if header.get("typ") != ACCESS_TOKEN_TYPE or not isinstance(header.get("kid"), str):
+        raise InvalidToken()
+    if _FORBIDDEN_HEADERS & header.keys():
+        raise InvalidToken()
+    return header

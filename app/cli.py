@@ -1,0 +1,152 @@
+"""`python -m app ...`: serve, migrate, prune, and user administration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app import migrate
+from app.context import build_context
+from app.core.clock import Clock
+from app.core.db import create_engine
+from app.core.errors import DomainError
+from app.core.logging import configure_logging
+from app.core.security import PasswordHasher
+from app.core.settings import Settings, get_settings
+from app.keys.service import ensure_signing_key
+from app.sessions.maintenance import prune_once
+from app.users import service as users
+
+T = TypeVar("T")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate, then run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+
+    sub.add_parser("migrate", help="apply database migrations and create a signing key")
+    sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")
+
+    user_cmd = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    create = user_cmd.add_parser("create", help="create a user (password from stdin or prompt)")
+    create.add_argument("email")
+    create.add_argument("--role", default="user")
+    for action, text in (
+        ("deactivate", "deactivate a user and revoke all their sessions"),
+        ("activate", "re-activate a user"),
+        ("set-password", "set a new password (stdin or prompt) and revoke all sessions"),
+    ):
+        user_cmd.add_parser(action, help=text).add_argument("email")
+    return parser
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise SystemExit("error: passwords do not match")
+    return first
+
+
+async def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(settings: Settings) -> None:
+    await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        await ensure_signing_key(
+            engine,
+            algorithm=settings.jwt_algorithm.value,
+            secret=settings.secret_key.get_secret_value(),
+            now=Clock().now(),
+        )
+    finally:
+        await engine.dispose()
+
+
+async def _prune(settings: Settings) -> str:
+    ctx = await build_context(settings, Clock())
+    try:
+        sessions, tokens = await prune_once(ctx)
+    finally:
+        await ctx.engine.dispose()
+    return f"deleted {sessions} sessions and {tokens} refresh tokens"
+
+
+def _run_users(args: argparse.Namespace, settings: Settings) -> str:
+    now = Clock().now()
+    if args.action == "create":
+        password = _read_password()
+        user_id = asyncio.run(
+            _in_transaction(
+                settings,
+                lambda c: users.create_user(
+                    c, PasswordHasher(), email=args.email, password=password, role=args.role, now=now
+                ),
+            )
+        )
+        return f"created user {user_id} ({users.normalize_email(args.email)}, role {args.role})"
+    if args.action == "set-password":
+        password = _read_password()
+        revoked = asyncio.run(
+            _in_transaction(
+                settings, lambda c: users.set_password(c, PasswordHasher(), args.email, password, now=now)
+            )
+        )
+        return f"password changed; {revoked} sessions revoked"
+    active = args.action == "activate"
+    revoked = asyncio.run(
+        _in_transaction(settings, lambda c: users.set_active(c, args.email, active=active, now=now))
+    )
+    return f"user {args.action}d; {revoked} sessions revoked"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, json_output=settings.json_logs)
+    try:
+        if args.command == "serve":
+            asyncio.run(_migrate(settings))
+            import uvicorn
+
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_config=None,
+                access_log=False,
+                proxy_headers=False,
+            )
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+            print("database is at the latest schema")
+        elif args.command == "prune":
+            print(asyncio.run(_prune(settings)))
+        else:
+            print(_run_users(args, settings))
+    except DomainError as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return 1
+    return 0

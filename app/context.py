@@ -1,0 +1,58 @@
+"""The composition root: everything a request needs, built once per process at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.tokens import AccessTokenCodec
+from app.core.clock import Clock
+from app.core.db import create_engine
+from app.core.security import PasswordHasher, RefreshTokenCodec
+from app.core.settings import Settings
+from app.keys.service import KeyRing, ensure_signing_key, load_key_ring
+from app.sessions.service import SessionPolicy
+
+
+@dataclass(slots=True)
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    clock: Clock
+    policy: SessionPolicy
+    passwords: PasswordHasher
+    refresh_codec: RefreshTokenCodec
+    access_codec: AccessTokenCodec
+    key_ring: KeyRing
+
+
+async def build_context(settings: Settings, clock: Clock, engine: AsyncEngine | None = None) -> AppContext:
+    engine = engine or create_engine(
+        settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout
+    )
+    secret = settings.secret_key.get_secret_value()
+    algorithm = settings.jwt_algorithm.value
+    await ensure_signing_key(engine, algorithm=algorithm, secret=secret, now=clock.now())
+    key_ring = await load_key_ring(engine, algorithm=algorithm, secret=secret)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        clock=clock,
+        policy=SessionPolicy(
+            idle_timeout=timedelta(seconds=settings.idle_timeout),
+            absolute_lifetime=timedelta(seconds=settings.session_absolute_lifetime),
+            touch_interval=timedelta(seconds=settings.session_touch_interval),
+        ),
+        passwords=PasswordHasher(),
+        refresh_codec=RefreshTokenCodec(secret),
+        access_codec=AccessTokenCodec(
+            key_ring,
+            issuer=settings.issuer,
+            audience=settings.jwt_audience,
+            ttl=settings.access_token_ttl,
+            leeway=settings.jwt_leeway,
+        ),
+        key_ring=key_ring,
+    )

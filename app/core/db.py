@@ -1,0 +1,78 @@
+"""Engine construction, the UTC timestamp type, and the table metadata root."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (SQLite has no time zones) and always returns aware UTC datetimes.
+
+    All comparisons happen against parameters that pass through this same type, so SQLite's
+    string ordering and PostgreSQL's timestamptz ordering agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def create_engine(database_url: str, *, pool_size: int = 10, pool_timeout: float = 5.0) -> AsyncEngine:
+    if database_url.startswith("sqlite"):
+        return _create_sqlite_engine(database_url, pool_timeout)
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
+        connect_args={"timeout": pool_timeout, "command_timeout": 30},
+    )
+
+
+def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine:
+    # SQLite allows one writer; a single pooled connection serialises transactions in the
+    # application instead of surfacing "database is locked" to a user mid-refresh.
+    engine = create_async_engine(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=max(pool_timeout, 30.0)
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN is emitted when SQLAlchemy
+        # begins, as the SQLAlchemy docs recommend for correct transactional behaviour.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

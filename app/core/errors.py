@@ -1,0 +1,127 @@
+"""Domain errors with a stable code, and the handlers that render the one error envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("app.errors")
+
+
+class DomainError(Exception):
+    """Base of every error a client may see. Subclasses fix status, code and message."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    message: ClassVar[str] = "The request could not be processed."
+    # Some failures must still be stored (a failed-login audit event, a revoked session after
+    # token theft): the unit of work commits instead of rolling back when this is set.
+    persist: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        self.detail = message or self.message
+        super().__init__(self.detail)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.detail)
+
+
+class UnauthorizedError(DomainError):
+    status_code = 401
+    code = "not_authenticated"
+    message = "Authentication required."
+
+    def headers(self) -> dict[str, str]:
+        if self.code == "not_authenticated":
+            return {"WWW-Authenticate": 'Bearer realm="authsvc"'}
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="authsvc", error="invalid_token", error_description="{self.code}"'
+            )
+        }
+
+
+class ForbiddenError(DomainError):
+    status_code = 403
+    code = "forbidden"
+    message = "You are not allowed to do this."
+
+
+class NotFoundError(DomainError):
+    status_code = 404
+    code = "not_found"
+    message = "Not found."
+
+
+class ServiceUnavailableError(DomainError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "The service is temporarily unavailable; retry shortly."
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeoutError | OperationalError | ConnectionError | OSError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+_HTTP_CODES = {
+    404: ("not_found", "Not found."),
+    405: ("method_not_allowed", "Method not allowed."),
+    413: ("payload_too_large", "Request body too large."),
+    415: ("unsupported_media_type", "Unsupported media type."),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return domain_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"loc": list(err.get("loc", ())), "type": err.get("type"), "msg": err.get("msg")}
+            for err in exc.errors()
+        ]
+        body = error_body("validation_error", "The request body or parameters are invalid.")
+        body["error"]["fields"] = fields
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_database_unavailable(exc):
+            logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
+            return domain_error_response(ServiceUnavailableError())
+        logger.error("request.unhandled_error", exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "An unexpected error occurred."), status_code=500
+        )

@@ -1,0 +1,108 @@
+"""All configuration, read once from the environment (and an optional .env file)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789abcdef"  # noqa: S105 - refused outside dev
+DEV_ISSUER = "http://localhost:8000"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+    test = "test"
+
+
+class SigningAlgorithm(StrEnum):
+    ES256 = "ES256"
+    EdDSA = "EdDSA"
+    RS256 = "RS256"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    environment: Environment = Environment.development
+    database_url: str = "sqlite+aiosqlite:///./data/auth.db"
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+    access_token_ttl: int = Field(default=300, ge=30, le=3600)
+    # None means "pick the environment's default" (2 h in development, 24 h otherwise).
+    session_idle_timeout: int | None = Field(default=None, ge=60)
+    session_absolute_lifetime: int = Field(default=30 * 24 * 3600, ge=300)
+    session_touch_interval: int = Field(default=5, ge=0, le=300)
+    refresh_reuse_interval: int = Field(default=30, ge=0, le=300)
+    # How long a used refresh token is kept so that a late replay is still caught as theft.
+    refresh_token_retention: int = Field(default=7 * 24 * 3600, ge=60)
+    jwt_leeway: int = Field(default=30, ge=0, le=300)
+
+    jwt_issuer: str | None = None
+    jwt_audience: str = "authsvc"
+    jwt_algorithm: SigningAlgorithm = SigningAlgorithm.ES256
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+    prune_interval: int = Field(default=3600, ge=0)
+    log_level: str = "INFO"
+    log_format: str | None = None  # "json" or "console"; default depends on environment
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else []
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_insecure_outside_development(self) -> Self:
+        if self.environment is Environment.production:
+            if self.secret_key.get_secret_value() == DEV_SECRET_KEY:
+                raise ValueError(
+                    "SECRET_KEY is the development default; set a random secret "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+            if not self.jwt_issuer:
+                raise ValueError("JWT_ISSUER must be set in production (e.g. https://auth.example.com)")
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("SECRET_KEY must be at least 32 characters")
+        if self.session_idle_timeout is not None and (
+            self.session_idle_timeout > self.session_absolute_lifetime
+        ):
+            raise ValueError("SESSION_IDLE_TIMEOUT must not exceed SESSION_ABSOLUTE_LIFETIME")
+        if self.refresh_token_retention < self.refresh_reuse_interval:
+            raise ValueError("REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL")
+        return self
+
+    @property
+    def idle_timeout(self) -> int:
+        if self.session_idle_timeout is not None:
+            return self.session_idle_timeout
+        return 2 * 3600 if self.environment is Environment.development else 24 * 3600
+
+    @property
+    def issuer(self) -> str:
+        return self.jwt_issuer or DEV_ISSUER
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format:
+            return self.log_format == "json"
+        return self.environment is not Environment.development
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""Request-scoped dependencies shared by every area (Annotated aliases)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.audit.service import ClientInfo
+from app.context import AppContext
+from app.core.errors import DomainError
+from app.core.settings import Settings
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings_dep(ctx: ContextDep) -> Settings:
+    return ctx.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def unit_of_work(ctx: ContextDep) -> AsyncIterator[AsyncConnection]:
+    """One transaction per request, committed before the response is sent.
+
+    Declared with scope="function" so the commit happens after the route returns but before
+    FastAPI sends the response: a client never holds a token the database does not.
+    """
+    async with ctx.engine.connect() as conn:
+        await conn.begin()
+        try:
+            yield conn
+        except DomainError as exc:
+            if exc.persist:
+                await conn.commit()
+            else:
+                await conn.rollback()
+            raise
+        except BaseException:
+            await conn.rollback()
+            raise
+        else:
+            await conn.commit()
+
+
+DbSession = Annotated[AsyncConnection, Depends(unit_of_work, scope="function")]
+
+
+def get_client_info(request: Request) -> ClientInfo:
+    return ClientInfo(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+ClientDep = Annotated[ClientInfo, Depends(get_client_info)]

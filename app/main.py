@@ -1,0 +1,95 @@
+"""Application factory: routes, middleware, error handlers, and the per-process context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.router import router as auth_router
+from app.context import build_context
+from app.core.clock import Clock
+from app.core.errors import install_error_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
+from app.core.settings import Settings, get_settings
+from app.health.router import router as health_router
+from app.sessions.maintenance import periodic_prune
+from app.sessions.middleware import SlidingSessionMiddleware
+
+logger = logging.getLogger("app")
+
+PUBLIC_PATHS = frozenset(
+    {
+        "/auth/login",
+        "/auth/token",
+        "/auth/refresh",
+        "/healthz",
+        "/readyz",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+    }
+)
+PASSIVE_PATHS = frozenset({"/auth/session-status"})
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    engine: AsyncEngine | None = None,
+    configure_logs: bool = True,
+) -> FastAPI:
+    settings = settings or get_settings()
+    if configure_logs:
+        configure_logging(settings.log_level, json_output=settings.json_logs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await build_context(settings, clock or Clock(), engine)
+        app.state.ctx = ctx
+        pruner = asyncio.create_task(periodic_prune(ctx)) if settings.prune_interval else None
+        logger.info("service.started", extra={"environment": settings.environment.value})
+        try:
+            yield
+        finally:
+            if pruner is not None:
+                pruner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruner
+            if engine is None:
+                await ctx.engine.dispose()
+
+    app = FastAPI(
+        title="authsvc",
+        version="0.1.0",
+        summary="Sessions that slide while users work: JWT access tokens, rotating refresh tokens.",
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    install_error_handlers(app)
+    app.include_router(auth_router)
+    app.include_router(health_router)
+
+    # Outermost last: request id wraps everything so every log line has one.
+    app.add_middleware(
+        SlidingSessionMiddleware, public_paths=PUBLIC_PATHS, passive_paths=PASSIVE_PATHS
+    )
+    app.add_middleware(NoStoreMiddleware, prefixes=("/auth/",))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "X-Request-ID"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,9 @@
+"""Imports every table so `Base.metadata` is complete (Alembic, tests)."""
+
+from app.audit.models import AuditEvent
+from app.core.db import Base
+from app.keys.models import SigningKey
+from app.sessions.models import RefreshToken, Session
+from app.users.models import User
+
+__all__ = ["AuditEvent", "Base", "RefreshToken", "Session", "SigningKey", "User"]

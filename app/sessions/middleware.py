@@ -1,0 +1,92 @@
+"""The sliding-session middleware: authenticates every request that carries an access token.
+
+Pure ASGI: it keeps no per-request state on the instance, and hands the verified identity to
+routes through `scope["state"]["auth"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth.errors import InvalidToken
+from app.auth.tokens import AccessClaims
+from app.context import AppContext
+from app.core.errors import (
+    DomainError,
+    ServiceUnavailableError,
+    domain_error_response,
+    is_database_unavailable,
+)
+from app.sessions.repository import SessionState
+from app.sessions.service import authenticate_and_slide
+
+logger = logging.getLogger("app.sessions")
+AUTH_STATE_KEY = "auth"
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    claims: AccessClaims
+    session: SessionState
+
+
+class SlidingSessionMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        public_paths: frozenset[str],
+        passive_paths: frozenset[str],
+    ) -> None:
+        self.app = app
+        # Routes that never look at an access token (login, refresh, health, docs).
+        self.public_paths = public_paths
+        # Routes that authenticate but are not user activity, so they must not slide.
+        self.passive_paths = passive_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope)
+        if token is None:
+            await self.app(scope, receive, send)
+            return
+        ctx: AppContext = scope["app"].state.ctx
+        try:
+            auth = await self._authenticate(ctx, token, slide=scope["path"] not in self.passive_paths)
+        except DomainError as exc:
+            await domain_error_response(exc)(scope, receive, send)
+            return
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
+            await domain_error_response(ServiceUnavailableError())(scope, receive, send)
+            return
+        scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _authenticate(ctx: AppContext, token: str, *, slide: bool) -> Authenticated:
+        now = ctx.clock.now()
+        claims = ctx.access_codec.verify(token, now=now)
+        state = await authenticate_and_slide(
+            ctx.engine, ctx.policy, claims.session_id, now=now, slide=slide
+        )
+        if state.user_id != claims.user_id:
+            raise InvalidToken()
+        return Authenticated(claims=claims, session=state)
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+            return None
+    return None

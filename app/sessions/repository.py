@@ -1,0 +1,239 @@
+"""All SQL touching sessions and refresh tokens. Core statements, one round trip each."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
+
+from app.sessions.models import RefreshToken, Session
+from app.users.models import User
+
+_sessions = Session.__table__
+_tokens = RefreshToken.__table__
+_users = User.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """A session joined with what decides whether it may still be used."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    role: str
+    user_active: bool
+    created_at: datetime
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLink:
+    """A refresh token row, its session's state, and its successor (if it has been rotated)."""
+
+    id: uuid.UUID
+    generation: int
+    used_at: datetime | None
+    session: SessionState
+    successor_id: uuid.UUID | None
+    successor_used_at: datetime | None
+
+
+_SESSION_COLUMNS = (
+    _sessions.c.id,
+    _sessions.c.user_id,
+    _users.c.email,
+    _users.c.role,
+    _users.c.is_active,
+    _sessions.c.created_at,
+    _sessions.c.idle_expires_at,
+    _sessions.c.absolute_expires_at,
+    _sessions.c.revoked_at,
+)
+_SESSION_JOIN = _sessions.join(_users, _users.c.id == _sessions.c.user_id)
+
+
+async def get_session_state(conn: AsyncConnection, session_id: uuid.UUID) -> SessionState | None:
+    row = (
+        await conn.execute(
+            select(*_SESSION_COLUMNS).select_from(_SESSION_JOIN).where(_sessions.c.id == session_id)
+        )
+    ).first()
+    return SessionState(*row) if row else None
+
+
+async def insert_session(
+    conn: AsyncConnection,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    device_name: str | None,
+    user_agent: str | None,
+    ip: str | None,
+    now: datetime,
+    idle_expires_at: datetime,
+    absolute_expires_at: datetime,
+) -> None:
+    await conn.execute(
+        insert(_sessions).values(
+            id=session_id,
+            user_id=user_id,
+            device_name=device_name,
+            user_agent=user_agent,
+            ip=ip,
+            created_at=now,
+            last_seen_at=now,
+            idle_expires_at=idle_expires_at,
+            absolute_expires_at=absolute_expires_at,
+        )
+    )
+
+
+async def slide(
+    conn: AsyncConnection,
+    session_id: uuid.UUID,
+    *,
+    now: datetime,
+    idle_expires_at: datetime,
+    only_if_before: datetime | None = None,
+) -> bool:
+    """Move the idle deadline forward. With `only_if_before`, write only when the stored
+    deadline lags behind it, so concurrent requests do not each write the same row."""
+    conditions = [_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None)]
+    if only_if_before is not None:
+        conditions.append(_sessions.c.idle_expires_at < only_if_before)
+    result = await conn.execute(
+        update(_sessions)
+        .where(*conditions)
+        .values(last_seen_at=now, idle_expires_at=idle_expires_at)
+    )
+    return bool(result.rowcount)
+
+
+async def revoke_sessions(
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    reason: str,
+    session_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Revoke one session or all of a user's live sessions; returns the ids newly revoked."""
+    condition = _sessions.c.revoked_at.is_(None)
+    if session_id is not None:
+        condition = and_(condition, _sessions.c.id == session_id)
+    if user_id is not None:
+        condition = and_(condition, _sessions.c.user_id == user_id)
+    rows = await conn.execute(
+        update(_sessions)
+        .where(condition)
+        .values(revoked_at=now, revoke_reason=reason)
+        .returning(_sessions.c.id)
+    )
+    revoked = [row[0] for row in rows]
+    if revoked:
+        await conn.execute(
+            update(_tokens)
+            .where(_tokens.c.session_id.in_(revoked), _tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    return revoked
+
+
+async def insert_refresh_token(
+    conn: AsyncConnection,
+    *,
+    session_id: uuid.UUID,
+    token_hash: bytes,
+    parent_id: uuid.UUID | None,
+    generation: int,
+    now: datetime,
+) -> uuid.UUID:
+    token_id = uuid.uuid4()
+    await conn.execute(
+        insert(_tokens).values(
+            id=token_id,
+            session_id=session_id,
+            parent_id=parent_id,
+            generation=generation,
+            token_hash=token_hash,
+            created_at=now,
+        )
+    )
+    return token_id
+
+
+async def find_token_link(conn: AsyncConnection, token_hash: bytes) -> TokenLink | None:
+    successor = aliased(_tokens)
+    row = (
+        await conn.execute(
+            select(
+                _tokens.c.id,
+                _tokens.c.generation,
+                _tokens.c.used_at,
+                successor.c.id,
+                successor.c.used_at,
+                *_SESSION_COLUMNS,
+            )
+            .select_from(
+                _tokens.join(_SESSION_JOIN, _sessions.c.id == _tokens.c.session_id).outerjoin(
+                    successor, successor.c.parent_id == _tokens.c.id
+                )
+            )
+            .where(_tokens.c.token_hash == token_hash)
+        )
+    ).first()
+    if row is None:
+        return None
+    token_id, generation, used_at, successor_id, successor_used_at, *session = row
+    return TokenLink(
+        id=token_id,
+        generation=generation,
+        used_at=used_at,
+        session=SessionState(*session),
+        successor_id=successor_id,
+        successor_used_at=successor_used_at,
+    )
+
+
+async def claim_token(conn: AsyncConnection, token_id: uuid.UUID, *, now: datetime) -> bool:
+    """The atomic step of rotation: exactly one caller marks an unused token used.
+
+    On PostgreSQL a concurrent caller blocks on the row lock, re-checks `used_at IS NULL`
+    after the winner commits, and updates nothing; on SQLite transactions are serialised.
+    """
+    result = await conn.execute(
+        update(_tokens)
+        .where(_tokens.c.id == token_id, _tokens.c.used_at.is_(None))
+        .values(used_at=now)
+        .returning(_tokens.c.id)
+    )
+    return result.first() is not None
+
+
+async def prune(conn: AsyncConnection, *, now: datetime, used_before: datetime) -> tuple[int, int]:
+    """Delete dead sessions with their tokens, and live sessions' tokens used before
+    `used_before` (the retention window during which a replay is still recognised as theft)."""
+    dead = or_(
+        _sessions.c.revoked_at.is_not(None),
+        _sessions.c.absolute_expires_at < now,
+        _sessions.c.idle_expires_at < now,
+    )
+    dead_ids = select(_sessions.c.id).where(dead)
+    tokens_of_dead = await conn.execute(delete(_tokens).where(_tokens.c.session_id.in_(dead_ids)))
+    old_used = await conn.execute(
+        delete(_tokens).where(_tokens.c.used_at.is_not(None), _tokens.c.used_at < used_before)
+    )
+    sessions_deleted = await conn.execute(delete(_sessions).where(dead))
+    tokens_deleted = (tokens_of_dead.rowcount or 0) + (old_used.rowcount or 0)
+    return sessions_deleted.rowcount or 0, tokens_deleted
+
+
+async def count_tokens(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(_tokens))).scalar_one())

@@ -1,0 +1,70 @@
+"""Session lifecycle rules: when a session may be used, and how its idle deadline slides."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.auth.errors import SessionExpired, SessionRevoked
+from app.sessions import repository
+from app.sessions.repository import SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    idle_timeout: timedelta
+    absolute_lifetime: timedelta
+    touch_interval: timedelta
+
+    def new_deadlines(self, now: datetime) -> tuple[datetime, datetime]:
+        absolute = now + self.absolute_lifetime
+        return min(now + self.idle_timeout, absolute), absolute
+
+    def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
+        return min(now + self.idle_timeout, state.absolute_expires_at)
+
+    def ensure_usable(self, state: SessionState | None, now: datetime) -> SessionState:
+        if state is None or state.revoked_at is not None or not state.user_active:
+            raise SessionRevoked()
+        if now >= state.idle_expires_at or now >= state.absolute_expires_at:
+            raise SessionExpired()
+        return state
+
+
+async def load_usable(
+    conn: AsyncConnection, policy: SessionPolicy, session_id: uuid.UUID, now: datetime
+) -> SessionState:
+    return policy.ensure_usable(await repository.get_session_state(conn, session_id), now)
+
+
+async def authenticate_and_slide(
+    engine: AsyncEngine,
+    policy: SessionPolicy,
+    session_id: uuid.UUID,
+    *,
+    now: datetime,
+    slide: bool,
+) -> SessionState:
+    """Check a session for a request and, if the request counts as activity, slide it.
+
+    The write is coalesced: it happens only when the stored deadline lags the ideal one by at
+    least the touch interval, so a busy session costs one UPDATE per interval, and the stored
+    deadline is never more than one interval behind the truth.
+    """
+    async with engine.connect() as conn:
+        state = await load_usable(conn, policy, session_id, now)
+        if not slide:
+            return state
+        target = policy.slid_deadline(state, now)
+        lag_limit = target - policy.touch_interval
+        if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
+            return state
+        await repository.slide(
+            conn, session_id, now=now, idle_expires_at=target, only_if_before=lag_limit
+        )
+        await conn.commit()
+        return replace(state, idle_expires_at=target)
+

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from app.core.errors import DomainError, NotFoundError
+
+
+class UserNotFound(NotFoundError):
+    code = "user_not_found"
+    message = "No such user."
+
+
+class EmailTaken(DomainError):
+    status_code = 409
+    code = "email_taken"
+    message = "A user with this email already exists."
+
+
+class InvalidPassword(DomainError):
+    status_code = 422
+    code = "invalid_password"
+    message = "Passwords must be 8 to 1024 characters long."

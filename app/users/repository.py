@@ -1,0 +1,67 @@
+"""All SQL touching the users table."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.users.models import User
+
+_users = User.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: uuid.UUID
+    email: str
+    password_hash: str
+    role: str
+    is_active: bool
+
+
+_COLUMNS = (_users.c.id, _users.c.email, _users.c.password_hash, _users.c.role, _users.c.is_active)
+
+
+async def get_by_email(conn: AsyncConnection, email: str) -> UserRecord | None:
+    row = (await conn.execute(select(*_COLUMNS).where(_users.c.email == email))).first()
+    return UserRecord(*row) if row else None
+
+
+async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | None:
+    row = (await conn.execute(select(*_COLUMNS).where(_users.c.id == user_id))).first()
+    return UserRecord(*row) if row else None
+
+
+async def insert_user(
+    conn: AsyncConnection, *, email: str, password_hash: str, role: str, now: datetime
+) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    await conn.execute(
+        insert(_users).values(
+            id=user_id,
+            email=email,
+            password_hash=password_hash,
+            role=role,
+            is_active=True,
+            created_at=now,
+            password_changed_at=now,
+        )
+    )
+    return user_id
+
+
+async def set_active(conn: AsyncConnection, user_id: uuid.UUID, *, active: bool) -> None:
+    await conn.execute(update(_users).where(_users.c.id == user_id).values(is_active=active))
+
+
+async def set_password_hash(
+    conn: AsyncConnection, user_id: uuid.UUID, password_hash: str, *, now: datetime | None
+) -> None:
+    values: dict[str, object] = {"password_hash": password_hash}
+    if now is not None:
+        values["password_changed_at"] = now
+    await conn.execute(update(_users).where(_users.c.id == user_id).values(**values))
