@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import migrate
@@ -38,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations and create a signing key")
     sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")
 
-    user_cmd = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    user_cmd = sub.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
     create = user_cmd.add_parser("create", help="create a user (password from stdin or prompt)")
     create.add_argument("email")
     create.add_argument("--role", default="user")
@@ -100,7 +103,12 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
             _in_transaction(
                 settings,
                 lambda c: users.create_user(
-                    c, PasswordHasher(), email=args.email, password=password, role=args.role, now=now
+                    c,
+                    PasswordHasher(),
+                    email=args.email,
+                    password=password,
+                    role=args.role,
+                    now=now,
                 ),
             )
         )
@@ -109,7 +117,8 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
         password = _read_password()
         revoked = asyncio.run(
             _in_transaction(
-                settings, lambda c: users.set_password(c, PasswordHasher(), args.email, password, now=now)
+                settings,
+                lambda c: users.set_password(c, PasswordHasher(), args.email, password, now=now),
             )
         )
         return f"password changed; {revoked} sessions revoked"
@@ -122,7 +131,13 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            print(f"configuration error: {field}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, json_output=settings.json_logs)
     try:
         if args.command == "serve":

@@ -28,9 +28,13 @@ class AppContext:
     key_ring: KeyRing
 
 
-async def build_context(settings: Settings, clock: Clock, engine: AsyncEngine | None = None) -> AppContext:
+async def build_context(
+    settings: Settings, clock: Clock, engine: AsyncEngine | None = None
+) -> AppContext:
     engine = engine or create_engine(
-        settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
     )
     secret = settings.secret_key.get_secret_value()
     algorithm = settings.jwt_algorithm.value

@@ -6,7 +6,8 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.models import AuditEvent
+from app.core.db import table_of
 
 
 async def insert_event(conn: AsyncConnection, values: dict[str, object]) -> None:
-    await conn.execute(insert(AuditEvent.__table__).values(**values))
+    await conn.execute(insert(table_of(AuditEvent)).values(**values))

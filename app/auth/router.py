@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Response, status
 
 from app.auth.dependencies import CurrentSession
-from app.auth.errors import OAuthError, UnauthorizedError
+from app.auth.errors import OAuthError
 from app.auth.schemas import (
     LoginRequest,
     MeResponse,
@@ -21,6 +21,7 @@ from app.auth.schemas import (
     TokenStatus,
 )
 from app.auth.service import AuthService, TokenGrant
+from app.core.errors import UnauthorizedError
 from app.dependencies import ClientDep, ContextDep, DbSession
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -50,14 +51,18 @@ def _token_response(grant: TokenGrant) -> TokenResponse:
 
 
 @router.post("/login", responses={401: _401})
-async def login(body: LoginRequest, ctx: ContextDep, conn: DbSession, client: ClientDep) -> TokenResponse:
+async def login(
+    body: LoginRequest, ctx: ContextDep, conn: DbSession, client: ClientDep
+) -> TokenResponse:
     """Start a new session (one per device) and return its first token pair."""
     grant = await AuthService(ctx, conn, client).login(body.email, body.password, body.device_name)
     return _token_response(grant)
 
 
 @router.post("/refresh", responses={401: _401})
-async def refresh(body: RefreshRequest, ctx: ContextDep, conn: DbSession, client: ClientDep) -> TokenResponse:
+async def refresh(
+    body: RefreshRequest, ctx: ContextDep, conn: DbSession, client: ClientDep
+) -> TokenResponse:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
     grant = await AuthService(ctx, conn, client).refresh(body.refresh_token)
@@ -93,7 +98,9 @@ async def token(
         elif grant_type is None:
             raise OAuthError("invalid_request", "grant_type is required")
         else:
-            raise OAuthError("unsupported_grant_type", "grant_type must be password or refresh_token")
+            raise OAuthError(
+                "unsupported_grant_type", "grant_type must be password or refresh_token"
+            )
     except UnauthorizedError as exc:
         raise OAuthError("invalid_grant", exc.detail, persist=exc.persist) from exc
     return OAuthTokenResponse(
@@ -104,14 +111,18 @@ async def token(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
-async def logout(auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep) -> Response:
+async def logout(
+    auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep
+) -> Response:
     """Revoke this session: its refresh token and every access token stop working at once."""
     await AuthService(ctx, conn, client).logout(auth.session.id, auth.session.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
-async def logout_all(auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep) -> Response:
+async def logout_all(
+    auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep
+) -> Response:
     """Revoke every session of the caller, on every device."""
     await AuthService(ctx, conn, client).logout_all(auth.session.user_id, auth.session.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -144,10 +155,10 @@ async def session_status(auth: CurrentSession, ctx: ContextDep) -> SessionStatus
 async def me(auth: CurrentSession) -> MeResponse:
     """The caller's account. An ordinary protected route: it counts as activity."""
     session = auth.session
-    return MeResponse(id=session.user_id, email=session.email, role=session.role, is_active=session.user_active)
+    return MeResponse(
+        id=session.user_id, email=session.email, role=session.role, is_active=session.user_active
+    )
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(0, int((moment - now).total_seconds()))
-
-

@@ -31,7 +31,7 @@ class SessionInfo(BaseModel):
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
     expires_in: int = Field(description="Seconds until the access token expires.")
     refresh_token: str | None = Field(
         description="The new refresh token; the one presented is now used (rotation)."
@@ -47,7 +47,7 @@ class OAuthTokenResponse(BaseModel):
     """RFC 6749 §5.1 token response (used by the /docs Authorize button)."""
 
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
     expires_in: int
     refresh_token: str
 

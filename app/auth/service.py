@@ -99,7 +99,7 @@ class AuthService:
             link = await sessions.find_token_link(self._conn, token_hash)
             if link is None or link.used_at is None:  # pragma: no cover - pruned mid-request
                 raise RefreshTokenInvalid()
-        return await self._replay(link, refresh_token, now)
+        return await self._replay(link, link.used_at, refresh_token, now)
 
     async def _rotate(self, link: TokenLink, refresh_token: str, now: datetime) -> TokenGrant:
         successor = self._ctx.refresh_codec.successor(refresh_token)
@@ -121,11 +121,12 @@ class AuthService:
         )
         return self._grant(state, successor, now)
 
-    async def _replay(self, link: TokenLink, refresh_token: str, now: datetime) -> TokenGrant:
-        assert link.used_at is not None
+    async def _replay(
+        self, link: TokenLink, used_at: datetime, refresh_token: str, now: datetime
+    ) -> TokenGrant:
         interval = timedelta(seconds=self._ctx.settings.refresh_reuse_interval)
         is_newest_parent = link.successor_id is not None and link.successor_used_at is None
-        if is_newest_parent and now - link.used_at <= interval:
+        if is_newest_parent and now - used_at <= interval:
             state = await self._slide(link.session, now)
             await self._audit(
                 "refresh.retried",
@@ -174,7 +175,11 @@ class AuthService:
             self._conn, now=now, reason="logout_all", user_id=user_id
         )
         await self._audit(
-            "logout", now, user_id=user_id, session_id=current_session_id, scope="all",
+            "logout",
+            now,
+            user_id=user_id,
+            session_id=current_session_id,
+            scope="all",
             sessions_revoked=len(revoked),
         )
         return len(revoked)
@@ -195,6 +200,11 @@ class AuthService:
         **details: object,
     ) -> None:
         await record(
-            self._conn, event, now=now, client=self._client, user_id=user_id,
-            session_id=session_id, **details,
+            self._conn,
+            event,
+            now=now,
+            client=self._client,
+            user_id=user_id,
+            session_id=session_id,
+            **details,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -12,7 +12,7 @@ import jwt
 from app.auth.errors import InvalidToken, TokenExpired
 from app.keys.service import KeyRing
 
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
 MAX_TOKEN_LENGTH = 4096
 # Headers that would let a token choose its own verification key, or demand extensions we do
 # not implement. Their presence alone is a rejection (RFC 8725 §3.10, RFC 7515 §4.1.11).
@@ -47,7 +47,9 @@ class AccessTokenCodec:
         self._ttl = ttl
         self._leeway = leeway
 
-    def issue(self, *, user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime) -> IssuedAccessToken:
+    def issue(
+        self, *, user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime
+    ) -> IssuedAccessToken:
         iat = int(now.timestamp())
         exp = iat + self._ttl
         claims = {
@@ -86,8 +88,12 @@ class AccessTokenCodec:
                 audience=self._audience,
                 issuer=self._issuer,
                 # Time claims are checked below against our clock, with one stable error code.
-                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
-                         "require": list(_REQUIRED_CLAIMS)},
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "require": list(_REQUIRED_CLAIMS),
+                },
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken() from exc

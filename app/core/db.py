@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, Table, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -40,7 +40,9 @@ class Base(DeclarativeBase):
     pass
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, pool_timeout: float = 5.0) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, pool_size: int = 10, pool_timeout: float = 5.0
+) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         return _create_sqlite_engine(database_url, pool_timeout)
     return create_async_engine(
@@ -76,3 +78,8 @@ def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's Table, typed as one (SQLAlchemy types `__table__` as a FromClause)."""
+    return cast(Table, model.__table__)

@@ -19,9 +19,9 @@ REFRESH_TOKEN_BYTES = 32  # 256 bits from the OS CSPRNG
 
 def derive_key(secret: str, purpose: str) -> bytes:
     """One independent 256-bit key per purpose, so no key ever serves two roles."""
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()
-    ).derive(secret.encode())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+        secret.encode()
+    )
 
 
 def _b64(raw: bytes) -> str:

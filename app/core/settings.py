@@ -27,7 +27,9 @@ class SigningAlgorithm(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     environment: Environment = Environment.development
     database_url: str = "sqlite+aiosqlite:///./data/auth.db"
@@ -71,7 +73,9 @@ class Settings(BaseSettings):
                     "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
                 )
             if not self.jwt_issuer:
-                raise ValueError("JWT_ISSUER must be set in production (e.g. https://auth.example.com)")
+                raise ValueError(
+                    "JWT_ISSUER must be set in production (e.g. https://auth.example.com)"
+                )
         if len(self.secret_key.get_secret_value()) < 32:
             raise ValueError("SECRET_KEY must be at least 32 characters")
         if self.session_idle_timeout is not None and (

@@ -66,7 +66,9 @@ class KeyEncryptor:
     def decrypt(self, blob: bytes, kid: str) -> PrivateKey:
         pem = self._aead.decrypt(blob[:12], blob[12:], kid.encode())
         key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        if not isinstance(
+            key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+        ):
             raise ValueError("unsupported private key type")
         return key
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.db import table_of
 from app.keys.models import SigningKey
 
 
@@ -19,7 +20,7 @@ class StoredKey:
 
 
 async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:
-    t = SigningKey.__table__
+    t = table_of(SigningKey)
     rows = await conn.execute(
         select(t.c.kid, t.c.algorithm, t.c.private_key_encrypted, t.c.public_jwk, t.c.created_at)
         .where(t.c.retired_at.is_(None))
@@ -30,7 +31,7 @@ async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:
 
 async def insert_key(conn: AsyncConnection, key: StoredKey) -> None:
     await conn.execute(
-        insert(SigningKey.__table__).values(
+        insert(table_of(SigningKey)).values(
             kid=key.kid,
             algorithm=key.algorithm,
             private_key_encrypted=key.private_key_encrypted,

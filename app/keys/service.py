@@ -48,7 +48,9 @@ class KeyRing:
         return {"keys": [key.jwk for key in self.verifiers.values()]}
 
 
-async def ensure_signing_key(engine: AsyncEngine, *, algorithm: str, secret: str, now: datetime) -> None:
+async def ensure_signing_key(
+    engine: AsyncEngine, *, algorithm: str, secret: str, now: datetime
+) -> None:
     """Create a key for `algorithm` unless a live one exists. Safe to race between processes."""
     async with engine.begin() as conn:
         if any(k.algorithm == algorithm for k in await repository.list_live_keys(conn)):

@@ -57,7 +57,9 @@ class SlidingSessionMiddleware:
             return
         ctx: AppContext = scope["app"].state.ctx
         try:
-            auth = await self._authenticate(ctx, token, slide=scope["path"] not in self.passive_paths)
+            auth = await self._authenticate(
+                ctx, token, slide=scope["path"] not in self.passive_paths
+            )
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
@@ -85,7 +87,8 @@ class SlidingSessionMiddleware:
 def bearer_token(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            header: str = value.decode("latin-1")
+            scheme, _, credentials = header.partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip()
             return None

@@ -6,16 +6,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
+from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
 
-_sessions = Session.__table__
-_tokens = RefreshToken.__table__
-_users = User.__table__
+_sessions = table_of(Session)
+_tokens = table_of(RefreshToken)
+_users = table_of(User)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +126,14 @@ async def revoke_sessions(
     user_id: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
     """Revoke one session or all of a user's live sessions; returns the ids newly revoked."""
-    condition = _sessions.c.revoked_at.is_(None)
+    conditions: list[ColumnElement[bool]] = [_sessions.c.revoked_at.is_(None)]
     if session_id is not None:
-        condition = and_(condition, _sessions.c.id == session_id)
+        conditions.append(_sessions.c.id == session_id)
     if user_id is not None:
-        condition = and_(condition, _sessions.c.user_id == user_id)
+        conditions.append(_sessions.c.user_id == user_id)
     rows = await conn.execute(
         update(_sessions)
-        .where(condition)
+        .where(*conditions)
         .values(revoked_at=now, revoke_reason=reason)
         .returning(_sessions.c.id)
     )

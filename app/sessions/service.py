@@ -67,4 +67,3 @@ async def authenticate_and_slide(
         )
         await conn.commit()
         return replace(state, idle_expires_at=target)
-

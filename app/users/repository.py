@@ -9,9 +9,10 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.db import table_of
 from app.users.models import User
 
-_users = User.__table__
+_users = table_of(User)
 
 
 @dataclass(frozen=True, slots=True)

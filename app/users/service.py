@@ -61,7 +61,9 @@ async def set_active(conn: AsyncConnection, email: str, *, active: bool, now: da
     await repository.set_active(conn, user.id, active=active)
     if active:
         return 0
-    return len(await sessions.revoke_sessions(conn, now=now, reason="user_deactivated", user_id=user.id))
+    return len(
+        await sessions.revoke_sessions(conn, now=now, reason="user_deactivated", user_id=user.id)
+    )
 
 
 async def set_password(
@@ -71,4 +73,6 @@ async def set_password(
     check_password_policy(password)
     user = await _require(conn, email)
     await repository.set_password_hash(conn, user.id, await hasher.hash(password), now=now)
-    return len(await sessions.revoke_sessions(conn, now=now, reason="password_changed", user_id=user.id))
+    return len(
+        await sessions.revoke_sessions(conn, now=now, reason="password_changed", user_id=user.id)
+    )

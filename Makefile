@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make run` and `make test`. Both install what they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+
+.PHONY: run test lint typecheck unit install clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the service on the embedded SQLite default (migrations and signing key on first start).
+run: install
+	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+## The whole test suite: lint, strict typing, then every test on SQLite and PostgreSQL.
+test: lint typecheck unit
+
+lint: install
+	$(VENV)/bin/ruff check app tests migrations
+	$(VENV)/bin/ruff format --check app tests migrations
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,196 @@
+"""Fixtures: every test runs through the real app on SQLite and on PostgreSQL.
+
+PostgreSQL comes from TEST_POSTGRES_URL (default: the local server). Without it the PostgreSQL
+variants skip, unless REQUIRE_POSTGRES=1 (CI), where a skip becomes a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app import migrate
+from app.context import AppContext
+from app.core.clock import FrozenClock
+from app.core.settings import Environment, Settings
+from app.main import create_app
+from app.users import service as users
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+PASSWORD = "correct horse battery staple"
+TEST_SECRET = "test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+_postgres_outcomes: dict[str, int] = {"passed": 0, "skipped": 0, "failed": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "postgres" in report.nodeid and (report.when == "call" or report.skipped):
+        _postgres_outcomes[report.outcome] = _postgres_outcomes.get(report.outcome, 0) + 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With REQUIRE_POSTGRES=1 a skipped (or absent) PostgreSQL test fails the run."""
+    if REQUIRE_POSTGRES and (_postgres_outcomes["skipped"] or not _postgres_outcomes["passed"]):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(
+        "postgres tests: {passed} passed, {failed} failed, {skipped} skipped".format(
+            **_postgres_outcomes
+        )
+    )
+
+
+def _raw_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _create_pg_database() -> str | None:
+    try:
+        admin = await asyncpg.connect(_raw_dsn(POSTGRES_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return None
+    name = f"authsvc_test_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _drop_pg_database(url: str) -> None:
+    name = url.rpartition("/")[2]
+    admin = await asyncpg.connect(_raw_dsn(POSTGRES_URL), timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for the whole run."""
+    url = await _create_pg_database()
+    if url is None:
+        message = f"PostgreSQL unreachable at {POSTGRES_URL}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " and REQUIRE_POSTGRES=1")
+        pytest.skip(message)
+    await asyncio.to_thread(migrate.upgrade, url)
+    yield url
+    await _drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "auth.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": Environment.test,
+        "database_url": database_url,
+        "secret_key": TEST_SECRET,
+        "jwt_issuer": "https://auth.test",
+        "jwt_audience": "authsvc-test",
+        "session_idle_timeout": 3600,
+        "session_absolute_lifetime": 8 * 3600,
+        "session_touch_interval": 5,
+        "refresh_reuse_interval": 30,
+        "prune_interval": 0,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class Harness:
+    """The app under test, its client, its frozen clock and its context."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    clock: FrozenClock
+
+    @property
+    def ctx(self) -> AppContext:
+        ctx: AppContext = self.app.state.ctx
+        return ctx
+
+    async def create_user(
+        self, email: str | None = None, password: str = PASSWORD, role: str = "user"
+    ) -> str:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        async with self.ctx.engine.begin() as conn:
+            await users.create_user(
+                conn,
+                self.ctx.passwords,
+                email=email,
+                password=password,
+                role=role,
+                now=self.clock.now(),
+            )
+        return email
+
+    async def login(self, email: str, password: str = PASSWORD, **extra: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/auth/login", json={"email": email, "password": password, **extra}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def refresh(self, refresh_token: str) -> httpx.Response:
+        return await self.client.post("/auth/refresh", json={"refresh_token": refresh_token})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def start_harness(settings: Settings) -> AsyncIterator[Harness]:
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    app = create_app(settings, clock=clock, configure_logs=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Harness(app=app, client=client, clock=clock)
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    async for h in start_harness(make_settings(database_url)):
+        yield h
+
+
+@pytest.fixture
+async def pg_harness(postgres_url: str) -> AsyncIterator[Harness]:
+    """For behaviour that needs real concurrent connections (row locks, races)."""
+    async for h in start_harness(make_settings(postgres_url)):
+        yield h
