@@ -87,6 +87,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 
 _HTTP_CODES = {
+    400: ("malformed_body", "The request body could not be parsed."),
     404: ("not_found", "Not found."),
     405: ("method_not_allowed", "Method not allowed."),
     413: ("payload_too_large", "Request body too large."),

@@ -65,25 +65,28 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_insecure_outside_development(self) -> Self:
+    def _refuse_insecure_or_inconsistent(self) -> Self:
+        problems = []
         if self.environment is Environment.production:
             if self.secret_key.get_secret_value() == DEV_SECRET_KEY:
-                raise ValueError(
+                problems.append(
                     "SECRET_KEY is the development default; set a random secret "
-                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
                 )
             if not self.jwt_issuer:
-                raise ValueError(
+                problems.append(
                     "JWT_ISSUER must be set in production (e.g. https://auth.example.com)"
                 )
         if len(self.secret_key.get_secret_value()) < 32:
-            raise ValueError("SECRET_KEY must be at least 32 characters")
+            problems.append("SECRET_KEY must be at least 32 characters")
         if self.session_idle_timeout is not None and (
             self.session_idle_timeout > self.session_absolute_lifetime
         ):
-            raise ValueError("SESSION_IDLE_TIMEOUT must not exceed SESSION_ABSOLUTE_LIFETIME")
+            problems.append("SESSION_IDLE_TIMEOUT must not exceed SESSION_ABSOLUTE_LIFETIME")
         if self.refresh_token_retention < self.refresh_reuse_interval:
-            raise ValueError("REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL")
+            problems.append("REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -1,0 +1,28 @@
+"""F37: unknown-user and wrong-password answers take the same time (dummy-hash verification)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from tests.conftest import Harness
+
+
+async def _timed_login(h: Harness, email: str, password: str) -> float:
+    started = time.perf_counter()
+    response = await h.client.post("/auth/login", json={"email": email, "password": password})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 401
+    return elapsed
+
+
+async def test_unknown_user_and_wrong_password_take_the_same_time(harness: Harness) -> None:
+    email = await harness.create_user()
+    unknown, wrong = [], []
+    for i in range(12):  # interleaved so machine noise hits both series alike
+        unknown.append(await _timed_login(harness, f"ghost-{i}@example.com", "wrong password 1"))
+        wrong.append(await _timed_login(harness, email, "wrong password 1"))
+    ratio = statistics.median(unknown) / statistics.median(wrong)
+    # Without the dummy hash the unknown-user path is ~100x faster (no argon2 at all).
+    assert 0.6 < ratio < 1.6, (ratio, unknown, wrong)
+    assert min(unknown) > 0.005  # argon2 really ran

@@ -1,0 +1,113 @@
+"""Every bad input gets a 4xx with the error envelope, and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from app.core.db import table_of
+from app.sessions.models import RefreshToken, Session
+from tests.conftest import PASSWORD, Harness
+
+
+async def _row_counts(h: Harness) -> tuple[int, int]:
+    async with h.ctx.engine.connect() as conn:
+        sessions = (
+            await conn.execute(select(func.count()).select_from(table_of(Session)))
+        ).scalar()
+        tokens = (
+            await conn.execute(select(func.count()).select_from(table_of(RefreshToken)))
+        ).scalar()
+    return int(sessions or 0), int(tokens or 0)
+
+
+async def test_invalid_utf8_gets_400_malformed_body(harness: Harness) -> None:
+    before = await _row_counts(harness)
+    response = await harness.client.post(
+        "/auth/login",
+        content=b"\xff\xfe\xfa not utf-8",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_body"
+    assert await _row_counts(harness) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "content_type"),
+    [
+        ("/auth/login", b'{"email": "a@b.c", "password": ', "application/json"),
+        ("/auth/login", b'{"email": 12, "password": ["x"]}', "application/json"),
+        ("/auth/login", b'{"email": "a@b.c"}', "application/json"),
+        ("/auth/login", b'{"email": "a@b.c", "password": "p", "admin": true}', "application/json"),
+        ("/auth/login", b"[]", "application/json"),
+        ("/auth/login", b"email=a&password=b", "text/plain"),
+        ("/auth/refresh", b'{"refresh_token": null}', "application/json"),
+        ("/auth/refresh", b'{"refresh_token": ""}', "application/json"),
+        ("/auth/refresh", b"{}", "application/json"),
+    ],
+)
+async def test_malformed_bodies_get_422_with_envelope(
+    harness: Harness, path: str, content: bytes, content_type: str
+) -> None:
+    before = await _row_counts(harness)
+    response = await harness.client.post(
+        path, content=content, headers={"content-type": content_type}
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"]["code"] == "validation_error"
+    assert isinstance(body["error"]["fields"], list)
+    assert await _row_counts(harness) == before
+
+
+async def test_validation_errors_never_echo_the_password(harness: Harness) -> None:
+    secret = "s3cret-" + "x" * 2000
+    response = await harness.client.post("/auth/login", json={"email": "a@b.c", "password": secret})
+    assert response.status_code == 422
+    assert "s3cret" not in response.text
+
+
+async def test_over_long_password_is_refused_fast(harness: Harness) -> None:
+    email = await harness.create_user()
+    response = await harness.client.post(
+        "/auth/login", json={"email": email, "password": PASSWORD + "x" * 1024}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_megabyte_password_gets_413(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/auth/login", json={"email": "a@b.c", "password": "x" * 1_000_000}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_huge_body_without_content_length_gets_413(harness: Harness) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b"x" * 10_000
+
+    response = await harness.client.post(
+        "/auth/login", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_unknown_route_and_method(harness: Harness) -> None:
+    missing = await harness.client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = await harness.client.delete("/auth/login")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_64_character_passphrase_works(harness: Harness) -> None:
+    passphrase = "correct horse battery staple " * 2 + "abcdef"
+    assert len(passphrase) == 64
+    email = await harness.create_user(password=passphrase)
+    await harness.login(email, passphrase)
