@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from sqlalchemy import func, select
 
@@ -86,7 +88,7 @@ async def test_megabyte_password_gets_413(harness: Harness) -> None:
 
 
 async def test_huge_body_without_content_length_gets_413(harness: Harness) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
             yield b"x" * 10_000
 
