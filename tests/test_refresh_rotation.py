@@ -83,6 +83,16 @@ async def test_retry_inside_interval_returns_the_same_successor(harness: Harness
     assert (await harness.refresh(first.json()["refresh_token"])).status_code == 200
 
 
+async def test_reuse_interval_boundary(harness: Harness) -> None:
+    tokens = await harness.login(await harness.create_user())
+    first = (await harness.refresh(tokens["refresh_token"])).json()
+    harness.clock.advance(30)  # exactly the interval: still a retry
+    retry = await harness.refresh(tokens["refresh_token"])
+    assert retry.json()["refresh_token"] == first["refresh_token"]
+    harness.clock.advance(1)  # one second later: theft
+    assert _code(await harness.refresh(tokens["refresh_token"])) == "refresh_token_reused"
+
+
 async def test_replay_after_interval_is_theft_and_revokes_everything(harness: Harness) -> None:
     tokens = await harness.login(await harness.create_user())
     r2 = (await harness.refresh(tokens["refresh_token"])).json()

@@ -13,6 +13,10 @@ from app.auth.errors import InvalidToken, TokenExpired
 from app.keys.service import KeyRing
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
+# RFC 9068 §4: verifiers accept the type with or without the "application/" prefix.
+_ACCEPTED_TYPES = frozenset({ACCESS_TOKEN_TYPE, "application/" + ACCESS_TOKEN_TYPE})
+# Beyond this no honest token lives (year ~2286); bigger values would overflow datetime.
+_MAX_TIMESTAMP = 10**10
 MAX_TOKEN_LENGTH = 4096
 # Headers that would let a token choose its own verification key, or demand extensions we do
 # not implement. Their presence alone is a rejection (RFC 8725 §3.10, RFC 7515 §4.1.11).
@@ -101,7 +105,10 @@ class AccessTokenCodec:
 
     def _claims(self, payload: dict[str, Any], now: datetime) -> AccessClaims:
         times = [payload.get(name) for name in ("iat", "nbf", "exp")]
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
+        if not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < _MAX_TIMESTAMP
+            for t in times
+        ):
             raise InvalidToken()
         iat, nbf, exp = (int(t) for t in times)  # type: ignore[arg-type]
         ts = now.timestamp()
@@ -132,7 +139,10 @@ def _header(token: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise InvalidToken() from exc
-    if header.get("typ") != ACCESS_TOKEN_TYPE or not isinstance(header.get("kid"), str):
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ not in _ACCEPTED_TYPES:
+        raise InvalidToken()
+    if not isinstance(header.get("kid"), str):
         raise InvalidToken()
     if _FORBIDDEN_HEADERS & header.keys():
         raise InvalidToken()

@@ -871,3 +871,16 @@ async def test_every_protected_route_rejects_forged_tokens(
     # A forged logout/logout-all revoked nothing.
     assert (await login.get(login.access_token)).status_code == 200
     assert (await login.harness.refresh(login.refresh_token)).status_code == 200
+
+
+async def test_a10_media_type_with_application_prefix_is_accepted(login: Login) -> None:
+    # RFC 9068 §4: "at+jwt" and "application/at+jwt" name the same type.
+    token = login.sign(header=login.header(typ="application/at+jwt"))
+    assert (await login.get(token)).status_code == 200
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+async def test_a7_absurd_timestamps_signed_by_us_are_401_not_500(login: Login, claim: str) -> None:
+    for value in (10**12, 10**20, -1):
+        claims = login.payload(**{claim: value})
+        assert_error(await login.get(login.sign(claims=claims)), 401, "invalid_token")
