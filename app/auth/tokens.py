@@ -134,6 +134,10 @@ class AccessTokenCodec:
         )
 
 
+def _is_timestamp(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_TIMESTAMP
+
+
 def _header(token: str) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
