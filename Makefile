@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test lint typecheck unit install clean
+.PHONY: run test lint typecheck unit install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,14 +23,18 @@ run: install
 test: lint typecheck unit
 
 lint: install
-	$(VENV)/bin/ruff check app tests migrations
-	$(VENV)/bin/ruff format --check app tests migrations
+	$(VENV)/bin/ruff check app tests migrations bench
+	$(VENV)/bin/ruff format --check app tests migrations bench
 
 typecheck: install
 	$(VENV)/bin/mypy
 
 unit: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## Throughput and latency against the bare-FastAPI ceiling (needs wrk and PostgreSQL).
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

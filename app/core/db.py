@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import DateTime, Table, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -50,7 +52,9 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the hot path. A connection that
+        # died is invalidated by SQLAlchemy on first use; that request answers 503 and the pool
+        # reconnects for the next one.
         connect_args={"timeout": pool_timeout, "command_timeout": 30},
     )
 
@@ -78,6 +82,21 @@ def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextlib.asynccontextmanager
+async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose statements each commit on their own: no BEGIN/ROLLBACK round trips.
+
+    For hot paths made of single self-contained statements (a read, a conditional UPDATE).
+    SQLite keeps its serialising transaction instead (one writer, see `_create_sqlite_engine`).
+    """
+    async with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+        if conn.in_transaction():
+            await conn.commit()
 
 
 def table_of(model: type[Base]) -> Table:

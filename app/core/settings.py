@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     session_touch_interval: int = Field(default=5, ge=0, le=300)
     refresh_reuse_interval: int = Field(default=30, ge=0, le=300)
     # How long a used refresh token is kept so that a late replay is still caught as theft.
-    refresh_token_retention: int = Field(default=7 * 24 * 3600, ge=60)
+    refresh_token_retention: int = Field(default=7 * 24 * 3600, ge=0)
     jwt_leeway: int = Field(default=30, ge=0, le=300)
 
     jwt_issuer: str | None = None

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth.errors import SessionExpired, SessionRevoked
+from app.core.db import autocommit_connection
 from app.sessions import repository
 from app.sessions.repository import SessionState
 
@@ -54,7 +55,7 @@ async def authenticate_and_slide(
     least the touch interval, so a busy session costs one UPDATE per interval, and the stored
     deadline is never more than one interval behind the truth.
     """
-    async with engine.connect() as conn:
+    async with autocommit_connection(engine) as conn:
         state = await load_usable(conn, policy, session_id, now)
         if not slide:
             return state
@@ -65,5 +66,4 @@ async def authenticate_and_slide(
         await repository.slide(
             conn, session_id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
-        await conn.commit()
         return replace(state, idle_expires_at=target)
