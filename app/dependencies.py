@@ -1,4 +1,8 @@
-"""Request-scoped dependencies shared by every area (Annotated aliases)."""
+"""Request-scoped dependencies shared by every area (Annotated aliases).
+
+They are `async def` even where they do not await: FastAPI runs plain `def` dependencies in a
+thread pool, a thread hop per dependency per request on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from app.core.errors import DomainError
 from app.core.settings import Settings
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -22,7 +26,7 @@ def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings_dep(ctx: ContextDep) -> Settings:
+async def get_settings_dep(ctx: ContextDep) -> Settings:
     return ctx.settings
 
 
@@ -55,7 +59,7 @@ async def unit_of_work(ctx: ContextDep) -> AsyncIterator[AsyncConnection]:
 DbSession = Annotated[AsyncConnection, Depends(unit_of_work, scope="function")]
 
 
-def get_client_info(request: Request) -> ClientInfo:
+async def get_client_info(request: Request) -> ClientInfo:
     return ClientInfo(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),

@@ -12,7 +12,7 @@ from app.sessions.middleware import AUTH_STATE_KEY, Authenticated
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-def get_current_session(
+async def get_current_session(
     request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Authenticated:
     auth = request.scope.get("state", {}).get(AUTH_STATE_KEY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 
@@ -17,6 +17,7 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
 _ACCEPTED_TYPES = frozenset({ACCESS_TOKEN_TYPE, "application/" + ACCESS_TOKEN_TYPE})
 # Beyond this no honest token lives (year ~2286); bigger values would overflow datetime.
 _MAX_TIMESTAMP = 10**10
+_VERIFIED_CACHE_SIZE = 4096
 MAX_TOKEN_LENGTH = 4096
 # Headers that would let a token choose its own verification key, or demand extensions we do
 # not implement. Their presence alone is a rejection (RFC 8725 §3.10, RFC 7515 §4.1.11).
@@ -50,6 +51,7 @@ class AccessTokenCodec:
         self._audience = audience
         self._ttl = ttl
         self._leeway = leeway
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue(
         self, *, user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime
@@ -78,6 +80,24 @@ class AccessTokenCodec:
         return IssuedAccessToken(token=token, expires_at=expires_at, expires_in=self._ttl)
 
     def verify(self, token: str, *, now: datetime) -> AccessClaims:
+        """Signature and claims, per RFC 8725. A token verified once is remembered (exact bytes
+        only) so that a gateway presenting it on every request pays for the signature once; its
+        expiry is still checked every time, and revocation is the session check's job."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            self._check_expiry(int(cached.expires_at.timestamp()), now.timestamp())
+            return cached
+        claims = self._verify_uncached(token, now)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # evict the oldest entry
+        self._verified[token] = claims
+        return claims
+
+    def _check_expiry(self, exp: int, ts: float) -> None:
+        if exp <= ts - self._leeway:
+            raise TokenExpired()
+
+    def _verify_uncached(self, token: str, now: datetime) -> AccessClaims:
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("The access token is too long.")
         header = _header(token)
@@ -104,18 +124,13 @@ class AccessTokenCodec:
         return self._claims(payload, now)
 
     def _claims(self, payload: dict[str, Any], now: datetime) -> AccessClaims:
-        times = [payload.get(name) for name in ("iat", "nbf", "exp")]
-        if not all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < _MAX_TIMESTAMP
-            for t in times
-        ):
+        iat, nbf, exp = (payload.get(name) for name in ("iat", "nbf", "exp"))
+        if not (_is_timestamp(iat) and _is_timestamp(nbf) and _is_timestamp(exp)):
             raise InvalidToken()
-        iat, nbf, exp = (int(t) for t in times)  # type: ignore[arg-type]
         ts = now.timestamp()
         if nbf > ts + self._leeway or iat > ts + self._leeway:
             raise InvalidToken("The access token is not valid yet.")
-        if exp <= ts - self._leeway:
-            raise TokenExpired()
+        self._check_expiry(exp, ts)
         try:
             user_id = uuid.UUID(str(payload["sub"]))
             session_id = uuid.UUID(str(payload["sid"]))
@@ -134,7 +149,7 @@ class AccessTokenCodec:
         )
 
 
-def _is_timestamp(value: object) -> bool:
+def _is_timestamp(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_TIMESTAMP
 
 
