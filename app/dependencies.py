@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.service import ClientInfo
 from app.context import AppContext
+from app.core.db import UnitOfWork
 from app.core.errors import DomainError
 from app.core.settings import Settings
 
@@ -33,30 +33,26 @@ async def get_settings_dep(ctx: ContextDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-async def unit_of_work(ctx: ContextDep) -> AsyncIterator[AsyncConnection]:
+async def unit_of_work(ctx: ContextDep) -> AsyncIterator[UnitOfWork]:
     """One transaction per request, committed before the response is sent.
 
     Declared with scope="function" so the commit happens after the route returns but before
     FastAPI sends the response: a client never holds a token the database does not.
     """
-    async with ctx.engine.connect() as conn:
-        await conn.begin()
-        try:
-            yield conn
-        except DomainError as exc:
-            if exc.persist:
-                await conn.commit()
-            else:
-                await conn.rollback()
-            raise
-        except BaseException:
-            await conn.rollback()
-            raise
-        else:
-            await conn.commit()
+    uow = UnitOfWork(ctx.engine)
+    try:
+        yield uow
+    except DomainError as exc:
+        await uow.finish(commit=exc.persist)
+        raise
+    except BaseException:
+        await uow.finish(commit=False)
+        raise
+    else:
+        await uow.finish(commit=True)
 
 
-DbSession = Annotated[AsyncConnection, Depends(unit_of_work, scope="function")]
+DbSession = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
 async def get_client_info(request: Request) -> ClientInfo:

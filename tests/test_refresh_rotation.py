@@ -210,3 +210,38 @@ async def test_race_then_theft_is_still_caught(pg_harness: Harness) -> None:
     await _race(h, tokens["refresh_token"], 10)
     h.clock.advance(31)
     assert _code(await h.refresh(tokens["refresh_token"])) == "refresh_token_reused"
+
+
+async def test_theft_racing_the_thiefs_refresh_never_500s(pg_harness: Harness) -> None:
+    """Victim replays R1 (theft) while the attacker rotates R2: no deadlock, no lost revocation."""
+    h = pg_harness
+    email = await h.create_user()
+    for _ in range(20):
+        tokens = await h.login(email)
+        r2 = (await h.refresh(tokens["refresh_token"])).json()
+        h.clock.advance(31)
+        attacker, victim = await asyncio.gather(
+            h.refresh(r2["refresh_token"]), h.refresh(tokens["refresh_token"])
+        )
+        assert attacker.status_code in {200, 401}, attacker.text
+        assert _code(victim) == "refresh_token_reused"
+        assert (await _session_row(h, tokens["session"]["id"])).revoked_at is not None
+        if attacker.status_code == 200:
+            late = await h.refresh(attacker.json()["refresh_token"])
+            assert _code(late) == "session_revoked"
+
+
+async def test_logout_racing_refresh_never_500s(pg_harness: Harness) -> None:
+    h = pg_harness
+    email = await h.create_user()
+    for _ in range(20):
+        tokens = await h.login(email)
+        logout, refreshed = await asyncio.gather(
+            h.client.post("/auth/logout", headers=bearer(tokens["access_token"])),
+            h.refresh(tokens["refresh_token"]),
+        )
+        assert logout.status_code == 204, logout.text
+        assert refreshed.status_code in {200, 401}, refreshed.text
+        assert (await _session_row(h, tokens["session"]["id"])).revoked_at is not None
+        if refreshed.status_code == 200:
+            assert _code(await h.refresh(refreshed.json()["refresh_token"])) == "session_revoked"

@@ -52,20 +52,20 @@ def _token_response(grant: TokenGrant) -> TokenResponse:
 
 @router.post("/login", responses={401: _401})
 async def login(
-    body: LoginRequest, ctx: ContextDep, conn: DbSession, client: ClientDep
+    body: LoginRequest, ctx: ContextDep, uow: DbSession, client: ClientDep
 ) -> TokenResponse:
     """Start a new session (one per device) and return its first token pair."""
-    grant = await AuthService(ctx, conn, client).login(body.email, body.password, body.device_name)
+    grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
     return _token_response(grant)
 
 
 @router.post("/refresh", responses={401: _401})
 async def refresh(
-    body: RefreshRequest, ctx: ContextDep, conn: DbSession, client: ClientDep
+    body: RefreshRequest, ctx: ContextDep, uow: DbSession, client: ClientDep
 ) -> TokenResponse:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
-    grant = await AuthService(ctx, conn, client).refresh(body.refresh_token)
+    grant = await AuthService(ctx, uow, client).refresh(body.refresh_token)
     return _token_response(grant)
 
 
@@ -76,7 +76,7 @@ async def refresh(
 )
 async def token(
     ctx: ContextDep,
-    conn: DbSession,
+    uow: DbSession,
     client: ClientDep,
     grant_type: Annotated[str | None, Form()] = None,
     username: Annotated[str | None, Form(max_length=320)] = None,
@@ -85,7 +85,7 @@ async def token(
     scope: Annotated[str | None, Form(max_length=1024)] = None,
 ) -> OAuthTokenResponse:
     """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls."""
-    service = AuthService(ctx, conn, client)
+    service = AuthService(ctx, uow, client)
     try:
         if grant_type == "password":
             if not username or not password:
@@ -112,19 +112,19 @@ async def token(
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
 async def logout(
-    auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep
+    auth: CurrentSession, ctx: ContextDep, uow: DbSession, client: ClientDep
 ) -> Response:
     """Revoke this session: its refresh token and every access token stop working at once."""
-    await AuthService(ctx, conn, client).logout(auth.session.id, auth.session.user_id)
+    await AuthService(ctx, uow, client).logout(auth.session.id, auth.session.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
 async def logout_all(
-    auth: CurrentSession, ctx: ContextDep, conn: DbSession, client: ClientDep
+    auth: CurrentSession, ctx: ContextDep, uow: DbSession, client: ClientDep
 ) -> Response:
     """Revoke every session of the caller, on every device."""
-    await AuthService(ctx, conn, client).logout_all(auth.session.user_id, auth.session.id)
+    await AuthService(ctx, uow, client).logout_all(auth.session.user_id, auth.session.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -12,9 +12,11 @@ from app.audit.service import ClientInfo, record
 from app.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTokenReused
 from app.auth.tokens import IssuedAccessToken
 from app.context import AppContext
+from app.core.db import UnitOfWork, autocommit_connection
 from app.sessions import repository as sessions
 from app.sessions.repository import SessionState, TokenLink
 from app.users import repository as users
+from app.users.repository import UserRecord
 from app.users.service import normalize_email
 
 
@@ -32,27 +34,45 @@ class TokenGrant:
 
 
 class AuthService:
-    def __init__(self, ctx: AppContext, conn: AsyncConnection, client: ClientInfo) -> None:
+    def __init__(self, ctx: AppContext, uow: UnitOfWork, client: ClientInfo) -> None:
         self._ctx = ctx
-        self._conn = conn
+        self._uow = uow
         self._client = client
 
     async def login(self, email: str, password: str, device_name: str | None) -> TokenGrant:
-        now = self._ctx.clock.now()
-        user = await users.get_by_email(self._conn, normalize_email(email))
+        async with autocommit_connection(self._ctx.engine) as conn:
+            candidate = await users.get_by_email(conn, normalize_email(email))
+        # No connection is held while the hash runs (it takes tens of milliseconds).
         valid, new_hash = await self._ctx.passwords.verify_and_update(
-            password, user.password_hash if user else None
+            password, candidate.password_hash if candidate else None
         )
-        if user is None or not valid or not user.is_active:
-            reason = "unknown_user" if user is None else ("inactive" if valid else "wrong_password")
-            await self._audit("login.failed", now, user_id=user.id if user else None, reason=reason)
+        now = self._ctx.clock.now()
+        conn = await self._uow.connection()
+        user = await users.lock_for_login(conn, candidate.id) if candidate else None
+        unchanged = (
+            user is not None
+            and candidate is not None
+            and user.password_hash == candidate.password_hash
+        )
+        if user is None or not valid or not unchanged or not user.is_active:
+            await self._audit(
+                "login.failed",
+                now,
+                user_id=candidate.id if candidate else None,
+                reason=_failure_reason(user, valid=valid, unchanged=unchanged),
+            )
             raise InvalidCredentials()
         if new_hash is not None:
-            await users.set_password_hash(self._conn, user.id, new_hash, now=None)
+            await users.set_password_hash(conn, user.id, new_hash, now=None)
+        return await self._start_session(conn, user, device_name, now)
+
+    async def _start_session(
+        self, conn: AsyncConnection, user: UserRecord, device_name: str | None, now: datetime
+    ) -> TokenGrant:
         session_id = uuid.uuid4()
         idle, absolute = self._ctx.policy.new_deadlines(now)
         await sessions.insert_session(
-            self._conn,
+            conn,
             session_id=session_id,
             user_id=user.id,
             device_name=device_name,
@@ -64,7 +84,7 @@ class AuthService:
         )
         refresh_token = self._ctx.refresh_codec.new_token()
         await sessions.insert_refresh_token(
-            self._conn,
+            conn,
             session_id=session_id,
             token_hash=self._ctx.refresh_codec.hash(refresh_token),
             parent_id=None,
@@ -88,30 +108,35 @@ class AuthService:
     async def refresh(self, refresh_token: str) -> TokenGrant:
         now = self._ctx.clock.now()
         token_hash = self._ctx.refresh_codec.hash(refresh_token)
-        link = await sessions.find_token_link(self._conn, token_hash)
-        if link is None:
+        conn = await self._uow.connection()
+        # The session lock serialises every refresh of one session (all racers but one wait
+        # here, then see the token used) and orders locks the same way revocation does.
+        if not await sessions.lock_session_of_token(conn, token_hash):
+            raise RefreshTokenInvalid()
+        link = await sessions.find_token_link(conn, token_hash)
+        if link is None:  # pragma: no cover - pruned between the two statements
             raise RefreshTokenInvalid()
         self._ctx.policy.ensure_usable(link.session, now)
-        if link.used_at is None:
-            if await sessions.claim_token(self._conn, link.id, now=now):
-                return await self._rotate(link, refresh_token, now)
-            # Lost the race: the winner has committed by now; judge the token as it stands.
-            link = await sessions.find_token_link(self._conn, token_hash)
-            if link is None or link.used_at is None:  # pragma: no cover - pruned mid-request
-                raise RefreshTokenInvalid()
-        return await self._replay(link, link.used_at, refresh_token, now)
+        if link.used_at is None and await sessions.claim_token(conn, link.id, now=now):
+            return await self._rotate(conn, link, refresh_token, now)
+        link = await sessions.find_token_link(conn, token_hash)
+        if link is None or link.used_at is None:  # pragma: no cover - cannot happen under lock
+            raise RefreshTokenInvalid()
+        return await self._replay(conn, link, link.used_at, refresh_token, now)
 
-    async def _rotate(self, link: TokenLink, refresh_token: str, now: datetime) -> TokenGrant:
+    async def _rotate(
+        self, conn: AsyncConnection, link: TokenLink, refresh_token: str, now: datetime
+    ) -> TokenGrant:
         successor = self._ctx.refresh_codec.successor(refresh_token)
         await sessions.insert_refresh_token(
-            self._conn,
+            conn,
             session_id=link.session.id,
             token_hash=self._ctx.refresh_codec.hash(successor),
             parent_id=link.id,
             generation=link.generation + 1,
             now=now,
         )
-        state = await self._slide(link.session, now)
+        state = await self._slide(conn, link.session, now)
         await self._audit(
             "refresh.rotated",
             now,
@@ -122,12 +147,17 @@ class AuthService:
         return self._grant(state, successor, now)
 
     async def _replay(
-        self, link: TokenLink, used_at: datetime, refresh_token: str, now: datetime
+        self,
+        conn: AsyncConnection,
+        link: TokenLink,
+        used_at: datetime,
+        refresh_token: str,
+        now: datetime,
     ) -> TokenGrant:
         interval = timedelta(seconds=self._ctx.settings.refresh_reuse_interval)
         is_newest_parent = link.successor_id is not None and link.successor_used_at is None
         if is_newest_parent and now - used_at <= interval:
-            state = await self._slide(link.session, now)
+            state = await self._slide(conn, link.session, now)
             await self._audit(
                 "refresh.retried",
                 now,
@@ -138,7 +168,7 @@ class AuthService:
             return self._grant(state, self._ctx.refresh_codec.successor(refresh_token), now)
         reuse_class = "stale_replay" if is_newest_parent else "ancestor_replay"
         await sessions.revoke_sessions(
-            self._conn, now=now, reason="refresh_token_reused", session_id=link.session.id
+            conn, now=now, reason="refresh_token_reused", session_id=link.session.id
         )
         await self._audit(
             "refresh.reuse_detected",
@@ -150,29 +180,33 @@ class AuthService:
         )
         raise RefreshTokenReused()
 
-    async def _slide(self, state: SessionState, now: datetime) -> SessionState:
+    async def _slide(
+        self, conn: AsyncConnection, state: SessionState, now: datetime
+    ) -> SessionState:
         policy = self._ctx.policy
         target = policy.slid_deadline(state, now)
         if target > state.idle_expires_at:
             await sessions.slide(
-                self._conn,
+                conn,
                 state.id,
                 now=now,
                 idle_expires_at=target,
                 only_if_before=target - policy.touch_interval,
             )
-            state = replace(state, idle_expires_at=max(target, state.idle_expires_at))
+            state = replace(state, idle_expires_at=target)
         return state
 
     async def logout(self, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
         now = self._ctx.clock.now()
-        await sessions.revoke_sessions(self._conn, now=now, reason="logout", session_id=session_id)
+        conn = await self._uow.connection()
+        await sessions.revoke_sessions(conn, now=now, reason="logout", session_id=session_id)
         await self._audit("logout", now, user_id=user_id, session_id=session_id, scope="session")
 
     async def logout_all(self, user_id: uuid.UUID, current_session_id: uuid.UUID) -> int:
         now = self._ctx.clock.now()
+        conn = await self._uow.connection()
         revoked = await sessions.revoke_sessions(
-            self._conn, now=now, reason="logout_all", user_id=user_id
+            conn, now=now, reason="logout_all", user_id=user_id
         )
         await self._audit(
             "logout",
@@ -186,7 +220,11 @@ class AuthService:
 
     def _grant(self, state: SessionState, refresh_token: str, now: datetime) -> TokenGrant:
         access = self._ctx.access_codec.issue(
-            user_id=state.user_id, session_id=state.id, role=state.role, now=now
+            user_id=state.user_id,
+            session_id=state.id,
+            role=state.role,
+            now=now,
+            not_after=state.absolute_expires_at,
         )
         return TokenGrant(access=access, refresh_token=refresh_token, session=state, now=now)
 
@@ -200,7 +238,7 @@ class AuthService:
         **details: object,
     ) -> None:
         await record(
-            self._conn,
+            await self._uow.connection(),
             event,
             now=now,
             client=self._client,
@@ -208,3 +246,13 @@ class AuthService:
             session_id=session_id,
             **details,
         )
+
+
+def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool) -> str:
+    if user is None:
+        return "unknown_user"
+    if not valid:
+        return "wrong_password"
+    if not unchanged:
+        return "password_changed_during_login"
+    return "inactive"

@@ -54,10 +54,20 @@ class AccessTokenCodec:
         self._verified: dict[str, AccessClaims] = {}
 
     def issue(
-        self, *, user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime
+        self,
+        *,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        role: str,
+        now: datetime,
+        not_after: datetime | None = None,
     ) -> IssuedAccessToken:
+        """A token for the session; it never outlives the session's absolute deadline, so a
+        verifier that only checks signatures (JWKS) cannot accept it past that point."""
         iat = int(now.timestamp())
         exp = iat + self._ttl
+        if not_after is not None:
+            exp = max(iat + 1, min(exp, int(not_after.timestamp())))
         claims = {
             "iss": self._issuer,
             "aud": self._audience,
@@ -77,7 +87,7 @@ class AccessTokenCodec:
             headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE},
         )
         expires_at = datetime.fromtimestamp(exp, now.tzinfo)
-        return IssuedAccessToken(token=token, expires_at=expires_at, expires_in=self._ttl)
+        return IssuedAccessToken(token=token, expires_at=expires_at, expires_in=exp - iat)
 
     def verify(self, token: str, *, now: datetime) -> AccessClaims:
         """Signature and claims, per RFC 8725. A token verified once is remembered (exact bytes

@@ -102,3 +102,39 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
 def table_of(model: type[Base]) -> Table:
     """The model's Table, typed as one (SQLAlchemy types `__table__` as a FromClause)."""
     return cast(Table, model.__table__)
+
+
+class UnitOfWork:
+    """One transaction per request, opened only when first needed.
+
+    Lazy so that work done before any write (verifying a password for ~20 ms) holds neither a
+    pooled connection nor, on SQLite, the database's single write lock.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def connection(self) -> AsyncConnection:
+        if self._conn is None:
+            conn = self._engine.connect()
+            await conn.start()
+            try:
+                await conn.begin()
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def finish(self, *, commit: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if commit:
+                await conn.commit()
+            else:
+                await conn.rollback()
+        finally:
+            await conn.close()

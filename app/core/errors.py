@@ -80,10 +80,18 @@ def domain_error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
 
+# Deadlock and serialisation failures: the transaction was rolled back and may simply be retried.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
+    """Failures a client should retry (503), as opposed to bugs (500)."""
     if isinstance(exc, PoolTimeoutError | OperationalError | ConnectionError | OSError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return exc.connection_invalidated or sqlstate in _RETRYABLE_SQLSTATES
 
 
 _HTTP_CODES = {

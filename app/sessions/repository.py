@@ -170,6 +170,18 @@ async def insert_refresh_token(
     return token_id
 
 
+async def lock_session_of_token(conn: AsyncConnection, token_hash: bytes) -> bool:
+    """Lock the session that owns a refresh token, before touching any of its token rows.
+
+    Every transaction that changes a session and its tokens (rotation, revocation) locks the
+    session row first; one lock order means no deadlock between a refresh and a logout.
+    Returns False when no session owns such a token.
+    """
+    owner = select(_tokens.c.session_id).where(_tokens.c.token_hash == token_hash)
+    stmt = select(_sessions.c.id).where(_sessions.c.id == owner.scalar_subquery()).with_for_update()
+    return (await conn.execute(stmt)).first() is not None
+
+
 async def find_token_link(conn: AsyncConnection, token_hash: bytes) -> TokenLink | None:
     successor = aliased(_tokens)
     row = (

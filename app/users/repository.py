@@ -37,6 +37,14 @@ async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | N
     return UserRecord(*row) if row else None
 
 
+async def lock_for_login(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | None:
+    """Re-read the user under a row lock, so a concurrent password change or deactivation
+    either happens before this login (and is seen) or waits for it (and revokes its session)."""
+    stmt = select(*_COLUMNS).where(_users.c.id == user_id).with_for_update()
+    row = (await conn.execute(stmt)).first()
+    return UserRecord(*row) if row else None
+
+
 async def insert_user(
     conn: AsyncConnection, *, email: str, password_hash: str, role: str, now: datetime
 ) -> uuid.UUID:
