@@ -221,13 +221,13 @@ async def refresh_table_growth(
     return {"rows_after_refreshes": int(before)}
 
 
-def prune_rows(database_url: str, retention: int) -> int:
+def prune_rows(database_url: str, retention: int | None) -> int:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "SECRET_KEY": SECRET,
-        "REFRESH_TOKEN_RETENTION": str(retention),
-        "REFRESH_REUSE_INTERVAL": str(min(retention, 30)),
+        "REFRESH_TOKEN_RETENTION": "" if retention is None else str(retention),
+        "REFRESH_REUSE_INTERVAL": "30" if retention is None else str(min(retention, 30)),
         "LOG_LEVEL": "WARNING",
     }
     subprocess.run(
@@ -365,7 +365,7 @@ def main() -> int:
                 asyncio.run(refresh_table_growth(service, database_url, args.table_refreshes, 50))
             )
             stop(processes.pop())
-            extra["rows_after_prune_default_retention"] = prune_rows(database_url, 7 * 86400)
+            extra["rows_after_prune_default_retention"] = prune_rows(database_url, None)
             time.sleep(31)
             extra["rows_after_prune_30s_retention"] = prune_rows(database_url, 30)
     finally:

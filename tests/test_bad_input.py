@@ -113,3 +113,29 @@ async def test_64_character_passphrase_works(harness: Harness) -> None:
     assert len(passphrase) == 64
     email = await harness.create_user(password=passphrase)
     await harness.login(email, passphrase)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "a\u0000@example.com", "password": "whatever-password"},
+        {"email": "a@example.com\n", "password": "whatever-password"},
+        {"email": "a@example.com", "password": "whatever-password", "device_name": "a\u0000b"},
+    ],
+)
+async def test_control_characters_are_refused_before_the_database(
+    harness: Harness, body: dict[str, str]
+) -> None:
+    before = await _row_counts(harness)
+    response = await harness.client.post("/auth/login", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+    assert await _row_counts(harness) == before
+
+
+async def test_control_characters_in_token_endpoint_username(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/auth/token", data={"grant_type": "password", "username": "a\x00b", "password": "x"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"

@@ -109,3 +109,19 @@ async def test_refresh_token_lookup_uses_the_index(pg_harness: Harness) -> None:
         await conn.rollback()
     assert "Index" in plan, plan
     assert "token_hash" in plan, plan
+
+
+async def test_default_retention_catches_theft_for_the_whole_session(database_url: str) -> None:
+    settings = make_settings(
+        database_url, session_idle_timeout=86400, session_absolute_lifetime=30 * 86400
+    )
+    async for h in start_harness(settings):
+        tokens = await h.login(await h.create_user())
+        stolen, current = tokens["refresh_token"], tokens["refresh_token"]
+        for _ in range(12):  # the thief refreshes every 20 hours for 10 days; prunes run
+            h.clock.advance(20 * 3600)
+            current = (await h.refresh(current)).json()["refresh_token"]
+            await prune_once(h.ctx)
+        replay = await h.refresh(stolen)
+        assert replay.json()["error"]["code"] == "refresh_token_reused"
+        assert (await h.refresh(current)).json()["error"]["code"] == "session_revoked"

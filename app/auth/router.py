@@ -22,6 +22,7 @@ from app.auth.schemas import (
 )
 from app.auth.service import AuthService, TokenGrant
 from app.core.errors import UnauthorizedError
+from app.core.text import has_control_characters
 from app.dependencies import ClientDep, ContextDep, DbSession
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -90,6 +91,8 @@ async def token(
         if grant_type == "password":
             if not username or not password:
                 raise OAuthError("invalid_request", "username and password are required")
+            if has_control_characters(username):
+                raise OAuthError("invalid_request", "username must not contain control characters")
             grant = await service.login(username, password, device_name="openapi-docs")
         elif grant_type == "refresh_token":
             if not refresh_token:

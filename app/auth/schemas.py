@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.text import PlainText
 from app.users.service import PASSWORD_MAX_LENGTH
 
 
@@ -14,9 +15,9 @@ class StrictModel(BaseModel):
 
 
 class LoginRequest(StrictModel):
-    email: str = Field(min_length=1, max_length=320)
+    email: PlainText = Field(min_length=1, max_length=320)
     password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
-    device_name: str | None = Field(default=None, max_length=100)
+    device_name: PlainText | None = Field(default=None, max_length=100)
 
 
 class RefreshRequest(StrictModel):

@@ -49,6 +49,7 @@ def create_engine(
         return _create_sqlite_engine(database_url, pool_timeout)
     return create_async_engine(
         database_url,
+        hide_parameters=True,  # error messages must never carry emails, hashes or tokens
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout,
@@ -63,7 +64,11 @@ def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine
     # SQLite allows one writer; a single pooled connection serialises transactions in the
     # application instead of surfacing "database is locked" to a user mid-refresh.
     engine = create_async_engine(
-        database_url, pool_size=1, max_overflow=0, pool_timeout=max(pool_timeout, 30.0)
+        database_url,
+        hide_parameters=True,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=max(pool_timeout, 30.0),
     )
 
     @event.listens_for(engine.sync_engine, "connect")

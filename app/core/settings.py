@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     session_absolute_lifetime: int = Field(default=30 * 24 * 3600, ge=300)
     session_touch_interval: int = Field(default=5, ge=0, le=300)
     refresh_reuse_interval: int = Field(default=30, ge=0, le=300)
-    # How long a used refresh token is kept so that a late replay is still caught as theft.
-    refresh_token_retention: int = Field(default=7 * 24 * 3600, ge=0)
+    # How long a used refresh token is kept so that a replay is still caught as theft. None
+    # (the default) keeps it as long as its session lives: theft is caught at any time.
+    refresh_token_retention: int | None = Field(default=None, ge=0)
     jwt_leeway: int = Field(default=30, ge=0, le=300)
 
     jwt_issuer: str | None = None
@@ -83,8 +84,11 @@ class Settings(BaseSettings):
             self.session_idle_timeout > self.session_absolute_lifetime
         ):
             problems.append("SESSION_IDLE_TIMEOUT must not exceed SESSION_ABSOLUTE_LIFETIME")
-        if self.refresh_token_retention < self.refresh_reuse_interval:
-            problems.append("REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL")
+        retention = self.refresh_token_retention
+        if retention is not None and retention < max(self.refresh_reuse_interval, 1):
+            problems.append(
+                "REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL (and above 0)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

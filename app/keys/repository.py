@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
@@ -17,6 +17,16 @@ class StoredKey:
     private_key_encrypted: bytes
     public_jwk: str
     created_at: datetime
+
+
+# An arbitrary constant naming "signing key creation" among PostgreSQL advisory locks.
+_KEY_CREATION_LOCK = 0x6B657973  # "keys"
+
+
+async def lock_key_creation(conn: AsyncConnection) -> None:
+    """Serialise key creation across processes until the transaction ends."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _KEY_CREATION_LOCK})
 
 
 async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:

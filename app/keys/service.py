@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.exc import IntegrityError
+from cryptography.exceptions import InvalidTag
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.keys import repository
@@ -39,6 +39,10 @@ class SigningKeyPair:
     private_key: PrivateKey
 
 
+class KeyRingError(RuntimeError):
+    """The stored keys cannot be used with this configuration."""
+
+
 class KeyRing:
     def __init__(self, signer: SigningKeyPair, verifiers: dict[str, VerificationKey]) -> None:
         self.signer = signer
@@ -51,24 +55,30 @@ class KeyRing:
 async def ensure_signing_key(
     engine: AsyncEngine, *, algorithm: str, secret: str, now: datetime
 ) -> None:
-    """Create a key for `algorithm` unless a live one exists. Safe to race between processes."""
+    """Create a key for `algorithm` unless a live one exists.
+
+    Replicas starting together on an empty database must end up with one key, or each would
+    sign with its own and refuse the others' tokens: the check and the insert run in one
+    transaction under a lock (an advisory lock on PostgreSQL; SQLite serialises writers).
+    """
     async with engine.begin() as conn:
+        await repository.lock_key_creation(conn)
         if any(k.algorithm == algorithm for k in await repository.list_live_keys(conn)):
             return
-    private_key = generate_private_key(algorithm)
-    kid = thumbprint_kid(private_key.public_key())
-    stored = repository.StoredKey(
-        kid=kid,
-        algorithm=algorithm,
-        private_key_encrypted=KeyEncryptor(secret).encrypt(private_key, kid),
-        public_jwk=dumps_jwk(public_jwk(private_key.public_key(), kid=kid, algorithm=algorithm)),
-        created_at=now,
-    )
-    try:
-        async with engine.begin() as conn:
-            await repository.insert_key(conn, stored)
-    except IntegrityError:  # pragma: no cover - astronomically unlikely kid collision
-        return
+        private_key = generate_private_key(algorithm)
+        kid = thumbprint_kid(private_key.public_key())
+        await repository.insert_key(
+            conn,
+            repository.StoredKey(
+                kid=kid,
+                algorithm=algorithm,
+                private_key_encrypted=KeyEncryptor(secret).encrypt(private_key, kid),
+                public_jwk=dumps_jwk(
+                    public_jwk(private_key.public_key(), kid=kid, algorithm=algorithm)
+                ),
+                created_at=now,
+            ),
+        )
     logger.info("keys.created", extra={"kid": kid, "algorithm": algorithm})
 
 
@@ -79,7 +89,13 @@ async def load_key_ring(engine: AsyncEngine, *, algorithm: str, secret: str) -> 
     verifiers: dict[str, VerificationKey] = {}
     signer: SigningKeyPair | None = None
     for key in stored:
-        private_key = encryptor.decrypt(key.private_key_encrypted, key.kid)
+        try:
+            private_key = encryptor.decrypt(key.private_key_encrypted, key.kid)
+        except InvalidTag as exc:
+            raise KeyRingError(
+                f"SECRET_KEY cannot decrypt signing key {key.kid}: it was created with another "
+                "SECRET_KEY (restore it, or retire the key)"
+            ) from exc
         verifiers[key.kid] = VerificationKey(
             kid=key.kid,
             algorithm=key.algorithm,
@@ -90,5 +106,5 @@ async def load_key_ring(engine: AsyncEngine, *, algorithm: str, secret: str) -> 
         if signer is None and key.algorithm == algorithm:
             signer = SigningKeyPair(kid=key.kid, algorithm=key.algorithm, private_key=private_key)
     if signer is None:
-        raise RuntimeError(f"no live signing key for {algorithm}; run `python -m app migrate`")
+        raise KeyRingError(f"no live signing key for {algorithm}; run `python -m app migrate`")
     return KeyRing(signer, verifiers)

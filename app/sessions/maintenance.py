@@ -16,7 +16,8 @@ logger = logging.getLogger("app.sessions.prune")
 
 async def prune_once(ctx: AppContext) -> tuple[int, int]:
     now = ctx.clock.now()
-    used_before = now - timedelta(seconds=ctx.settings.refresh_token_retention)
+    retention = ctx.settings.refresh_token_retention
+    used_before = None if retention is None else now - timedelta(seconds=retention)
     async with ctx.engine.begin() as conn:
         sessions, tokens = await repository.prune(conn, now=now, used_before=used_before)
     logger.info("prune.completed", extra={"sessions_deleted": sessions, "tokens_deleted": tokens})

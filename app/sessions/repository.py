@@ -230,22 +230,27 @@ async def claim_token(conn: AsyncConnection, token_id: uuid.UUID, *, now: dateti
     return result.first() is not None
 
 
-async def prune(conn: AsyncConnection, *, now: datetime, used_before: datetime) -> tuple[int, int]:
-    """Delete dead sessions with their tokens, and live sessions' tokens used before
-    `used_before` (the retention window during which a replay is still recognised as theft)."""
+async def prune(
+    conn: AsyncConnection, *, now: datetime, used_before: datetime | None
+) -> tuple[int, int]:
+    """Delete dead sessions with their tokens and, with `used_before`, live sessions' tokens
+    used before then (past the window in which a replay is still recognised as theft)."""
     dead = or_(
         _sessions.c.revoked_at.is_not(None),
         _sessions.c.absolute_expires_at < now,
         _sessions.c.idle_expires_at < now,
     )
     dead_ids = select(_sessions.c.id).where(dead)
-    tokens_of_dead = await conn.execute(delete(_tokens).where(_tokens.c.session_id.in_(dead_ids)))
-    old_used = await conn.execute(
-        delete(_tokens).where(_tokens.c.used_at.is_not(None), _tokens.c.used_at < used_before)
-    )
-    sessions_deleted = await conn.execute(delete(_sessions).where(dead))
-    tokens_deleted = (tokens_of_dead.rowcount or 0) + (old_used.rowcount or 0)
-    return sessions_deleted.rowcount or 0, tokens_deleted
+    tokens_deleted = (
+        await conn.execute(delete(_tokens).where(_tokens.c.session_id.in_(dead_ids)))
+    ).rowcount or 0
+    if used_before is not None:
+        old_used = delete(_tokens).where(
+            _tokens.c.used_at.is_not(None), _tokens.c.used_at < used_before
+        )
+        tokens_deleted += (await conn.execute(old_used)).rowcount or 0
+    sessions_deleted = (await conn.execute(delete(_sessions).where(dead))).rowcount or 0
+    return sessions_deleted, tokens_deleted
 
 
 async def count_tokens(conn: AsyncConnection) -> int:

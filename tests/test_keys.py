@@ -1,0 +1,52 @@
+"""Signing keys: created once, shared by every replica, encrypted at rest."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+
+from app import migrate
+from app.context import build_context
+from app.core.clock import Clock
+from app.core.db import create_engine, table_of
+from app.keys.models import SigningKey
+from app.keys.service import KeyRingError
+from tests.conftest import POSTGRES_URL, TEST_SECRET, make_settings
+
+
+async def test_replicas_starting_together_share_one_key(postgres_url: str) -> None:
+    raw = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"authsvc_keys_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(raw)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES_URL.rpartition('/')[0]}/{name}"
+    try:
+        await asyncio.to_thread(migrate.upgrade, url)
+        settings = make_settings(url)
+        contexts = await asyncio.gather(*(build_context(settings, Clock()) for _ in range(4)))
+        assert len({ctx.key_ring.signer.kid for ctx in contexts}) == 1
+        engine = create_engine(url)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(table_of(SigningKey)))).all()
+        await engine.dispose()
+        assert len(rows) == 1
+        assert b"PRIVATE KEY" not in rows[0].private_key_encrypted
+        for ctx in contexts:
+            await ctx.engine.dispose()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_key_is_stored_encrypted_and_bound_to_the_secret(sqlite_url: str) -> None:
+    ctx = await build_context(make_settings(sqlite_url), Clock())
+    try:
+        other = make_settings(sqlite_url, secret_key=TEST_SECRET[::-1])
+        with pytest.raises(KeyRingError, match="SECRET_KEY cannot decrypt signing key"):
+            await build_context(other, Clock())
+    finally:
+        await ctx.engine.dispose()
