@@ -174,11 +174,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def start_harness(settings: Settings) -> AsyncIterator[Harness]:
+async def start_harness(settings: Settings, root_path: str = "") -> AsyncIterator[Harness]:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
     app = create_app(settings, clock=clock, configure_logs=False)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000), root_path=root_path)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield Harness(app=app, client=client, clock=clock)
 

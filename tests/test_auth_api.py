@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from app.audit.models import AuditEvent
 from app.sessions.models import Session
 from app.users import service as users
-from tests.conftest import PASSWORD, Harness, bearer
+from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 
 
 def _error(response: httpx.Response) -> str:
@@ -344,3 +344,43 @@ async def test_sessions_table_counts_one_row_per_login(harness: Harness) -> None
     async with harness.ctx.engine.connect() as conn:
         count = select(func.count()).select_from(t).where(t.c.id.in_(ids), t.c.revoked_at.is_(None))
         assert (await conn.execute(count)).scalar_one() == 3
+
+
+async def test_only_successful_requests_slide(harness: Harness) -> None:
+    email = await harness.create_user()
+    tokens = await harness.login(email)
+    start = await _idle_deadline(harness, tokens)
+    harness.clock.advance(60)
+    for method, path in (
+        ("GET", "/auth/session-status"),  # passive by design
+        ("GET", "/auth/session-status/"),  # redirect, not activity
+        ("GET", "/no-such-route"),  # 404
+        ("DELETE", "/auth/me"),  # 405
+    ):
+        response = await harness.client.request(
+            method, path, headers=bearer(tokens["access_token"])
+        )
+        assert response.status_code in {200, 307, 404, 405}, (path, response.text)
+    assert await _idle_deadline(harness, tokens) == start
+    assert (
+        await harness.client.get("/auth/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 200
+    assert (await _idle_deadline(harness, tokens) - start).total_seconds() == 60
+
+
+async def test_routes_work_under_a_deployment_prefix(database_url: str) -> None:
+    settings = make_settings(database_url)
+    async for h in start_harness(settings, root_path="/api"):
+        email = await h.create_user()
+        tokens = (
+            await h.client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+        ).json()
+        expired_header = bearer("not-a-token")
+        # Refresh is public: a stale Authorization header must not get in its way.
+        refreshed = await h.client.post(
+            "/api/auth/refresh",
+            json={"refresh_token": tokens["refresh_token"]},
+            headers=expired_header,
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.headers["cache-control"] == "no-store"

@@ -98,7 +98,7 @@ class NoStoreMiddleware:
         self.prefixes = prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+        if scope["type"] != "http" or not route_path(scope).startswith(self.prefixes):
             await self.app(scope, receive, send)
             return
 
@@ -110,6 +110,15 @@ class NoStoreMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_no_store)
+
+
+def route_path(scope: Scope) -> str:
+    """The path as the application's routes see it, without a deployment prefix (root_path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path != root:
+        return path[len(root) :]
+    return path
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
             problems.append(
                 "REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL (and above 0)"
             )
+        if self.session_touch_interval >= self.idle_timeout:
+            problems.append("SESSION_TOUCH_INTERVAL must be shorter than the idle timeout")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -1,7 +1,9 @@
 """The sliding-session middleware: authenticates every request that carries an access token.
 
 Pure ASGI: it keeps no per-request state on the instance, and hands the verified identity to
-routes through `scope["state"]["auth"]`.
+routes through `scope["state"]["auth"]`. A request counts as activity, and slides the session,
+only once it has succeeded (2xx): a 404, a redirect or a refused request does not keep a
+session alive, and neither do the passive routes (session-status).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.errors import InvalidToken
 from app.auth.tokens import AccessClaims
@@ -20,8 +22,9 @@ from app.core.errors import (
     domain_error_response,
     is_database_unavailable,
 )
+from app.core.middleware import route_path
 from app.sessions.repository import SessionState
-from app.sessions.service import authenticate_and_slide
+from app.sessions.service import load_for_request, touch
 
 logger = logging.getLogger("app.sessions")
 AUTH_STATE_KEY = "auth"
@@ -48,18 +51,17 @@ class SlidingSessionMiddleware:
         self.passive_paths = passive_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public_paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope)
+        path = route_path(scope)
+        token = None if path in self.public_paths else bearer_token(scope)
         if token is None:
             await self.app(scope, receive, send)
             return
         ctx: AppContext = scope["app"].state.ctx
         try:
-            auth = await self._authenticate(
-                ctx, token, slide=scope["path"] not in self.passive_paths
-            )
+            auth = await self._authenticate(ctx, token)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
@@ -70,18 +72,41 @@ class SlidingSessionMiddleware:
             await domain_error_response(ServiceUnavailableError())(scope, receive, send)
             return
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
-        await self.app(scope, receive, send)
+        if path in self.passive_paths:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_and_watch)
+        if 200 <= status < 300:
+            await self._slide(ctx, auth)
 
     @staticmethod
-    async def _authenticate(ctx: AppContext, token: str, *, slide: bool) -> Authenticated:
+    async def _authenticate(ctx: AppContext, token: str) -> Authenticated:
         now = ctx.clock.now()
         claims = ctx.access_codec.verify(token, now=now)
-        state = await authenticate_and_slide(
-            ctx.engine, ctx.policy, claims.session_id, now=now, slide=slide
-        )
+        state = await load_for_request(ctx.engine, ctx.policy, claims.session_id, now)
         if state.user_id != claims.user_id:
             raise InvalidToken()
         return Authenticated(claims=claims, session=state)
+
+    @staticmethod
+    async def _slide(ctx: AppContext, auth: Authenticated) -> None:
+        # The response has been sent: a failure here can only be logged. The next request
+        # will slide instead, well inside the idle timeout.
+        try:
+            if await touch(ctx.engine, ctx.policy, auth.session, ctx.clock.now()):
+                logger.debug("session.slid", extra={"session_id": str(auth.session.id)})
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("session.slide_failed", extra={"error_type": type(exc).__name__})
 
 
 def bearer_token(scope: Scope) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,29 +41,29 @@ async def load_usable(
     return policy.ensure_usable(await repository.get_session_state(conn, session_id), now)
 
 
-async def authenticate_and_slide(
-    engine: AsyncEngine,
-    policy: SessionPolicy,
-    session_id: uuid.UUID,
-    *,
-    now: datetime,
-    slide: bool,
+async def load_for_request(
+    engine: AsyncEngine, policy: SessionPolicy, session_id: uuid.UUID, now: datetime
 ) -> SessionState:
-    """Check a session for a request and, if the request counts as activity, slide it.
-
-    The write is coalesced: it happens only when the stored deadline lags the ideal one by at
-    least the touch interval, so a busy session costs one UPDATE per interval, and the stored
-    deadline is never more than one interval behind the truth.
-    """
+    """The session named by an access token, if it may still be used (one indexed read)."""
     async with autocommit_connection(engine) as conn:
-        state = await load_usable(conn, policy, session_id, now)
-        if not slide:
-            return state
-        target = policy.slid_deadline(state, now)
-        lag_limit = target - policy.touch_interval
-        if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
-            return state
-        await repository.slide(
-            conn, session_id, now=now, idle_expires_at=target, only_if_before=lag_limit
+        return await load_usable(conn, policy, session_id, now)
+
+
+async def touch(
+    engine: AsyncEngine, policy: SessionPolicy, state: SessionState, now: datetime
+) -> bool:
+    """Slide the idle deadline after activity; returns whether the database was written.
+
+    Coalesced: the write happens only when the stored deadline lags the ideal one by at least
+    the touch interval, so a busy session costs one UPDATE per interval and the stored deadline
+    is never more than one interval behind the truth. The UPDATE repeats that condition, so
+    concurrent requests (or replicas) do not each write the same row.
+    """
+    target = policy.slid_deadline(state, now)
+    lag_limit = target - policy.touch_interval
+    if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
+        return False
+    async with autocommit_connection(engine) as conn:
+        return await repository.slide(
+            conn, state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
-        return replace(state, idle_expires_at=target)
