@@ -20,12 +20,19 @@ class GatedHasher(PasswordHasher):
         super().__init__()
         self.gate = asyncio.Event()
         self.entered = 0
+        self._arrivals = asyncio.Condition()
 
     async def verify_and_update(self, password: str, stored: str | None) -> tuple[bool, str | None]:
-        self.entered += 1
+        async with self._arrivals:
+            self.entered += 1
+            self._arrivals.notify_all()
         result = await super().verify_and_update(password, stored)
         await self.gate.wait()
         return result
+
+    async def wait_entered(self, n: int) -> None:
+        async with self._arrivals:
+            await self._arrivals.wait_for(lambda: self.entered >= n)
 
 
 @pytest.fixture
@@ -33,11 +40,6 @@ def gated(harness: Harness) -> GatedHasher:
     hasher = GatedHasher()
     harness.ctx.passwords = hasher
     return hasher
-
-
-async def _wait_entered(hasher: GatedHasher, n: int) -> None:
-    while hasher.entered < n:
-        await asyncio.sleep(0.005)
 
 
 async def test_no_connection_is_held_while_hashing(harness: Harness, gated: GatedHasher) -> None:
@@ -51,7 +53,7 @@ async def test_no_connection_is_held_while_hashing(harness: Harness, gated: Gate
         )
         for _ in range(12)  # more than the pool has connections
     ]
-    await _wait_entered(gated, 13)
+    await gated.wait_entered(13)
     # With every login parked inside the hash, the database is still free for others.
     me = await asyncio.wait_for(
         harness.client.get("/auth/me", headers=bearer(tokens["access_token"])), timeout=3
@@ -66,7 +68,7 @@ async def test_password_change_during_login_wins(harness: Harness, gated: GatedH
     login = asyncio.create_task(
         harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
     )
-    await _wait_entered(gated, 1)
+    await gated.wait_entered(1)
     async with harness.ctx.engine.begin() as conn:
         await users.set_password(
             conn, PasswordHasher(), email, "the new password", now=harness.clock.now()
@@ -83,7 +85,7 @@ async def test_deactivation_during_login_wins(harness: Harness, gated: GatedHash
     login = asyncio.create_task(
         harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
     )
-    await _wait_entered(gated, 1)
+    await gated.wait_entered(1)
     async with harness.ctx.engine.begin() as conn:
         await users.set_active(conn, email, active=False, now=harness.clock.now())
     gated.gate.set()
