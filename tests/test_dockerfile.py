@@ -40,7 +40,8 @@ def test_installs_the_project_and_runs_an_existing_command() -> None:
     cmd = re.search(r"^CMD \[(.*)\]", DOCKERFILE, re.M)
     assert cmd is not None
     assert "python -m app serve" in cmd.group(1)
-    args = _parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"])
+    argv = ["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]  # noqa: S104
+    args = _parser().parse_args(argv)
     assert args.command == "serve"
     assert args.workers == 2
     for path in ("alembic.ini", "migrations", "app"):
