@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth.tokens import AccessTokenCodec
 from app.core.clock import Clock
 from app.core.db import create_engine
-from app.core.security import PasswordHasher, RefreshTokenCodec
+from app.core.security import CsrfTokenCodec, PasswordHasher, RefreshTokenCodec
 from app.core.settings import Settings
 from app.keys.service import KeyRing, ensure_signing_key, load_key_ring
 from app.sessions.service import SessionPolicy
@@ -24,6 +24,7 @@ class AppContext:
     policy: SessionPolicy
     passwords: PasswordHasher
     refresh_codec: RefreshTokenCodec
+    csrf_codec: CsrfTokenCodec
     access_codec: AccessTokenCodec
     key_ring: KeyRing
 
@@ -51,6 +52,7 @@ async def build_context(
         ),
         passwords=PasswordHasher(),
         refresh_codec=RefreshTokenCodec(secret),
+        csrf_codec=CsrfTokenCodec(secret),
         access_codec=AccessTokenCodec(
             key_ring,
             issuer=settings.issuer,

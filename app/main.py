@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.router import router as auth_router
@@ -17,7 +19,9 @@ from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
-from app.core.settings import Settings, get_settings
+from app.core.settings import Environment, Settings, get_settings
+from app.demo.router import STATIC_DIR
+from app.demo.router import router as demo_router
 from app.health.router import router as health_router
 from app.sessions.maintenance import periodic_prune
 from app.sessions.middleware import SlidingSessionMiddleware
@@ -33,7 +37,9 @@ PUBLIC_PATHS = frozenset(
         "/readyz",
         "/docs",
         "/docs/oauth2-redirect",
+        "/redoc",
         "/openapi.json",
+        "/demo",
     }
 )
 PASSIVE_PATHS = frozenset({"/auth/session-status"})
@@ -66,7 +72,8 @@ def create_app(
             if engine is None:
                 await ctx.engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs needs no CDN.
+    app = FastAPIOffline(
         title="authsvc",
         version="0.1.0",
         summary="Sessions that slide while users work: JWT access tokens, rotating refresh tokens.",
@@ -76,6 +83,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(health_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if settings.environment is not Environment.production:
+        app.include_router(demo_router)
 
     # Outermost last: request id wraps everything so every log line has one.
     app.add_middleware(
@@ -89,7 +99,13 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Session-Transport",
+                "X-CSRF-Token",
+                "X-Request-ID",
+            ],
         )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -44,9 +44,8 @@ async def test_invalid_utf8_gets_400_malformed_body(harness: Harness) -> None:
         ("/auth/login", b'{"email": "a@b.c", "password": "p", "admin": true}', "application/json"),
         ("/auth/login", b"[]", "application/json"),
         ("/auth/login", b"email=a&password=b", "text/plain"),
-        ("/auth/refresh", b'{"refresh_token": null}', "application/json"),
         ("/auth/refresh", b'{"refresh_token": ""}', "application/json"),
-        ("/auth/refresh", b"{}", "application/json"),
+        ("/auth/refresh", b'{"refresh_token": 5}', "application/json"),
     ],
 )
 async def test_malformed_bodies_get_422_with_envelope(
@@ -139,3 +138,12 @@ async def test_control_characters_in_token_endpoint_username(harness: Harness) -
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("content", [b"{}", b'{"refresh_token": null}'])
+async def test_refresh_without_any_token_is_401(harness: Harness, content: bytes) -> None:
+    response = await harness.client.post(
+        "/auth/refresh", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "refresh_token_invalid"

@@ -77,3 +77,19 @@ async def test_token_endpoint_reuse_revokes_session(harness: Harness) -> None:
     assert replay.json()["error"] == "invalid_grant"
     me = await harness.client.get("/auth/me", headers=bearer(body["access_token"]))
     assert me.json()["error"]["code"] == "session_revoked"
+
+
+async def test_docs_work_offline(harness: Harness) -> None:
+    import re
+
+    docs = await harness.client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn" not in docs.text.lower()
+    assets = re.findall(r"""(?:src|href)=["'](/[^"']+\.(?:js|css))["']""", docs.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets), assets
+    for asset in assets:
+        response = await harness.client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 1000
+    redirect = await harness.client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200

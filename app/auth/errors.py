@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.errors import DomainError, UnauthorizedError
+from app.core.errors import DomainError, ForbiddenError, UnauthorizedError
 
 
 class InvalidCredentials(UnauthorizedError):
@@ -50,6 +50,11 @@ class RefreshTokenReused(UnauthorizedError):
 class NotAuthenticated(UnauthorizedError):
     code = "not_authenticated"
     message = "Authentication required: send an access token as `Authorization: Bearer <token>`."
+
+
+class CsrfFailed(ForbiddenError):
+    code = "csrf_failed"
+    message = "Cross-site request refused: missing or wrong CSRF token, origin or content type."
 
 
 class UnsupportedGrantType(DomainError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 
-from app.auth.dependencies import CurrentSession
-from app.auth.errors import OAuthError
+from app.auth.dependencies import CookieGuard, CurrentSession, current_session_or_none
+from app.auth.errors import NotAuthenticated, OAuthError, RefreshTokenInvalid
 from app.auth.schemas import (
     LoginRequest,
     MeResponse,
@@ -21,6 +21,14 @@ from app.auth.schemas import (
     TokenStatus,
 )
 from app.auth.service import AuthService, TokenGrant
+from app.auth.transport import (
+    clear_session_cookies,
+    csrf_header,
+    refresh_cookie,
+    set_session_cookies,
+    wants_cookies,
+)
+from app.context import AppContext
 from app.core.errors import UnauthorizedError
 from app.core.text import has_control_characters
 from app.dependencies import ClientDep, ContextDep, DbSession
@@ -28,6 +36,7 @@ from app.dependencies import ClientDep, ContextDep, DbSession
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 _401 = {"description": "Not authenticated: see `error.code`"}
+_403 = {"description": "`csrf_failed`: cross-site request refused (cookie transport)"}
 
 
 def _refresh_after(issued_at: datetime, expires_at: datetime) -> datetime:
@@ -51,23 +60,73 @@ def _token_response(grant: TokenGrant) -> TokenResponse:
     )
 
 
-@router.post("/login", responses={401: _401})
+_COOKIE_DOC = (
+    " With `Session-Transport: cookie` the refresh token travels only in an HttpOnly cookie "
+    "(the body's `refresh_token` is null) and a CSRF cookie is set: see docs/browser-mode.md."
+)
+
+
+def _respond(
+    grant: TokenGrant, ctx: AppContext, response: Response, *, cookies: bool
+) -> TokenResponse:
+    body = _token_response(grant)
+    if cookies:
+        set_session_cookies(
+            response,
+            refresh_token=grant.refresh_token,
+            csrf_token=ctx.csrf_codec.token_for(grant.session.id),
+            max_age=grant.refresh_expires_in,
+        )
+        body.refresh_token = None
+    return body
+
+
+@router.post(
+    "/login",
+    responses={401: _401, 403: _403},
+    description=_COOKIE_DOC,
+    dependencies=[CookieGuard],
+)
 async def login(
-    body: LoginRequest, ctx: ContextDep, uow: DbSession, client: ClientDep
+    body: LoginRequest,
+    request: Request,
+    response: Response,
+    ctx: ContextDep,
+    uow: DbSession,
+    client: ClientDep,
 ) -> TokenResponse:
     """Start a new session (one per device) and return its first token pair."""
+    cookies = wants_cookies(request)
     grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
-    return _token_response(grant)
+    return _respond(grant, ctx, response, cookies=cookies)
 
 
-@router.post("/refresh", responses={401: _401})
+@router.post(
+    "/refresh",
+    responses={401: _401, 403: _403},
+    description=_COOKIE_DOC,
+    dependencies=[CookieGuard],
+)
 async def refresh(
-    body: RefreshRequest, ctx: ContextDep, uow: DbSession, client: ClientDep
+    body: RefreshRequest,
+    request: Request,
+    response: Response,
+    ctx: ContextDep,
+    uow: DbSession,
+    client: ClientDep,
 ) -> TokenResponse:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
-    grant = await AuthService(ctx, uow, client).refresh(body.refresh_token)
-    return _token_response(grant)
+    service = AuthService(ctx, uow, client)
+    if body.refresh_token is not None:
+        grant = await service.refresh(body.refresh_token)
+        return _respond(grant, ctx, response, cookies=wants_cookies(request))
+    token = refresh_cookie(request)
+    if token is None:
+        raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
+    grant = await service.refresh(token, csrf_token=csrf_header(request))
+    # A token that came from a cookie goes back only into a cookie, never into the body.
+    return _respond(grant, ctx, response, cookies=True)
 
 
 @router.post(
@@ -113,13 +172,32 @@ async def token(
     )
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})
-async def logout(
-    auth: CurrentSession, ctx: ContextDep, uow: DbSession, client: ClientDep
-) -> Response:
-    """Revoke this session: its refresh token and every access token stop working at once."""
-    await AuthService(ctx, uow, client).logout(auth.session.id, auth.session.user_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: _401, 403: _403},
+    dependencies=[CookieGuard],
+)
+async def logout(request: Request, ctx: ContextDep, uow: DbSession, client: ClientDep) -> Response:
+    """Revoke this session: its refresh token and every access token stop working at once.
+
+    Authenticated by the Bearer access token, or in cookie transport by the refresh cookie and
+    the CSRF token. Cookie transport also clears the cookies and sends Clear-Site-Data."""
+    service = AuthService(ctx, uow, client)
+    cookies = wants_cookies(request)
+    auth = current_session_or_none(request)
+    if auth is not None:
+        await service.logout(auth.session.id, auth.session.user_id)
+    else:
+        token = refresh_cookie(request)
+        if token is None:
+            raise NotAuthenticated()
+        await service.logout_with_refresh_token(token, csrf_header(request))
+        cookies = True
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    if cookies:
+        clear_session_cookies(response)
+    return response
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses={401: _401})

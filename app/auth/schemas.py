@@ -21,7 +21,12 @@ class LoginRequest(StrictModel):
 
 
 class RefreshRequest(StrictModel):
-    refresh_token: str = Field(min_length=1, max_length=512)
+    refresh_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Omit in cookie transport: the token then comes from the HttpOnly cookie.",
+    )
 
 
 class SessionInfo(BaseModel):

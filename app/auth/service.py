@@ -9,7 +9,12 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.service import ClientInfo, record
-from app.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTokenReused
+from app.auth.errors import (
+    CsrfFailed,
+    InvalidCredentials,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+)
 from app.auth.tokens import IssuedAccessToken
 from app.context import AppContext
 from app.core.db import UnitOfWork, autocommit_connection
@@ -105,10 +110,25 @@ class AuthService:
         await self._audit("login.succeeded", now, user_id=user.id, session_id=session_id)
         return self._grant(state, refresh_token, now)
 
-    async def refresh(self, refresh_token: str) -> TokenGrant:
+    async def refresh(self, refresh_token: str, *, csrf_token: str | None = None) -> TokenGrant:
+        """Rotate. `csrf_token` is given (possibly empty) when the token came from a cookie:
+        it must then be the session's CSRF token, checked before anything changes."""
         now = self._ctx.clock.now()
-        token_hash = self._ctx.refresh_codec.hash(refresh_token)
         conn = await self._uow.connection()
+        link = await self._locked_link(conn, refresh_token, csrf_token)
+        self._ctx.policy.ensure_usable(link.session, now)
+        if link.used_at is not None:
+            return await self._replay(conn, link, link.used_at, refresh_token, now)
+        # Under the session lock nobody else can claim it; the condition in the UPDATE is the
+        # second line of defence that keeps one successor even if that ever changed.
+        if not await sessions.claim_token(conn, link.id, now=now):  # pragma: no cover
+            raise RefreshTokenInvalid()
+        return await self._rotate(conn, link, refresh_token, now)
+
+    async def _locked_link(
+        self, conn: AsyncConnection, refresh_token: str, csrf_token: str | None
+    ) -> TokenLink:
+        token_hash = self._ctx.refresh_codec.hash(refresh_token)
         # The session lock serialises every refresh of one session (all racers but one wait
         # here, then see the token used) and orders locks the same way revocation does.
         if not await sessions.lock_session_of_token(conn, token_hash):
@@ -116,13 +136,9 @@ class AuthService:
         link = await sessions.find_token_link(conn, token_hash)
         if link is None:  # pragma: no cover - pruned between the two statements
             raise RefreshTokenInvalid()
-        self._ctx.policy.ensure_usable(link.session, now)
-        if link.used_at is None and await sessions.claim_token(conn, link.id, now=now):
-            return await self._rotate(conn, link, refresh_token, now)
-        link = await sessions.find_token_link(conn, token_hash)
-        if link is None or link.used_at is None:  # pragma: no cover - cannot happen under lock
-            raise RefreshTokenInvalid()
-        return await self._replay(conn, link, link.used_at, refresh_token, now)
+        if csrf_token is not None and not self._ctx.csrf_codec.matches(link.session.id, csrf_token):
+            raise CsrfFailed()
+        return link
 
     async def _rotate(
         self, conn: AsyncConnection, link: TokenLink, refresh_token: str, now: datetime
@@ -201,6 +217,13 @@ class AuthService:
         conn = await self._uow.connection()
         await sessions.revoke_sessions(conn, now=now, reason="logout", session_id=session_id)
         await self._audit("logout", now, user_id=user_id, session_id=session_id, scope="session")
+
+    async def logout_with_refresh_token(self, refresh_token: str, csrf_token: str) -> None:
+        """Cookie logout without an access token (it may have expired): the refresh cookie
+        names the session, the CSRF token proves the request comes from our page."""
+        conn = await self._uow.connection()
+        link = await self._locked_link(conn, refresh_token, csrf_token)
+        await self.logout(link.session.id, link.session.user_id)
 
     async def logout_all(self, user_id: uuid.UUID, current_session_id: uuid.UUID) -> int:
         now = self._ctx.clock.now()

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import uuid
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -51,6 +52,19 @@ class RefreshTokenCodec:
 
     def successor(self, token: str) -> str:
         return _b64(hmac.new(self._successor_key, token.encode(), hashlib.sha256).digest())
+
+
+class CsrfTokenCodec:
+    """Signed double-submit CSRF tokens bound to a session: HMAC(csrf_key, session id)."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = derive_key(secret, "csrf-token/v1")
+
+    def token_for(self, session_id: uuid.UUID) -> str:
+        return _b64(hmac.new(self._key, session_id.bytes, hashlib.sha256).digest())
+
+    def matches(self, session_id: uuid.UUID, presented: str) -> bool:
+        return hmac.compare_digest(self.token_for(session_id).encode(), presented.encode())
 
 
 # OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.

@@ -35,10 +35,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./data/auth.db"
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
-    access_token_ttl: int = Field(default=300, ge=30, le=3600)
+    access_token_ttl: int = Field(default=300, ge=5, le=3600)
     # None means "pick the environment's default" (2 h in development, 24 h otherwise).
-    session_idle_timeout: int | None = Field(default=None, ge=60)
-    session_absolute_lifetime: int = Field(default=30 * 24 * 3600, ge=300)
+    session_idle_timeout: int | None = Field(default=None, ge=10)
+    session_absolute_lifetime: int = Field(default=30 * 24 * 3600, ge=60)
     session_touch_interval: int = Field(default=5, ge=0, le=300)
     refresh_reuse_interval: int = Field(default=30, ge=0, le=300)
     # How long a used refresh token is kept so that a replay is still caught as theft. None
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     jwt_algorithm: SigningAlgorithm = SigningAlgorithm.ES256
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
+    # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_timeout: float = Field(default=5.0, gt=0)
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str | None = None  # "json" or "console"; default depends on environment
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -89,6 +92,8 @@ class Settings(BaseSettings):
             problems.append(
                 "REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL (and above 0)"
             )
+        if "*" in self.cors_origins:
+            problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
         if self.session_touch_interval >= self.idle_timeout:
             problems.append("SESSION_TOUCH_INTERVAL must be shorter than the idle timeout")
         if problems:
