@@ -38,9 +38,22 @@ TEST_SECRET = "test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 _postgres_outcomes: dict[str, int] = {"passed": 0, "skipped": 0, "failed": 0}
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "postgres" in report.nodeid and (report.when == "call" or report.skipped):
+_POSTGRES_FIXTURES = frozenset({"postgres_url", "pg_harness"})
+
+
+def _uses_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec else ()
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return "postgres" in params or bool(fixtures & _POSTGRES_FIXTURES)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if _uses_postgres(item) and (report.when == "call" or report.skipped):
         _postgres_outcomes[report.outcome] = _postgres_outcomes.get(report.outcome, 0) + 1
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
