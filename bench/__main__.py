@@ -197,28 +197,57 @@ def argon2_verify_rate(seconds: float = 5.0, threads: int = 2) -> float:
     return total / (time.perf_counter() - started)
 
 
-async def refresh_table_growth(
-    base: str, database_url: str, refreshes: int, sessions: int
-) -> dict[str, int]:
-    """Rows in refresh_tokens after `refreshes` rotations, and after a prune."""
+async def count_token_rows(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM refresh_tokens"))
+    finally:
+        await conn.close()
+
+
+async def refresh_chains(base: str, refreshes: int, sessions: int) -> list[str]:
+    """`refreshes` rotations spread over `sessions` fresh sessions; returns their access tokens."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        tokens = []
+        logins = []
         for _ in range(sessions):
             r = await client.post("/auth/login", json={"email": EMAIL, "password": PASSWORD})
-            tokens.append(r.json()["refresh_token"])
+            logins.append(r.json())
 
-        async def chain(token: str, n: int) -> None:
+        async def chain(token: str, n: int) -> str:
+            access = ""
             for _ in range(n):
                 r = await client.post("/auth/refresh", json={"refresh_token": token})
                 r.raise_for_status()
-                token = r.json()["refresh_token"]
+                token, access = r.json()["refresh_token"], r.json()["access_token"]
+            return access
 
-        await asyncio.gather(*(chain(t, refreshes // sessions) for t in tokens))
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
-    before = await conn.fetchval("SELECT count(*) FROM refresh_tokens")
-    await conn.close()
-    return {"rows_after_refreshes": int(before)}
+        return list(
+            await asyncio.gather(
+                *(chain(t["refresh_token"], refreshes // sessions) for t in logins)
+            )
+        )
+
+
+async def logout_all(base: str, access_tokens: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        for access in access_tokens:
+            r = await client.post("/auth/logout", headers={"Authorization": f"Bearer {access}"})
+            r.raise_for_status()
+
+
+def token_table(base: str, database_url: str, refreshes: int, sessions: int) -> dict[str, int]:
+    """How the refresh-token table grows under rotation and shrinks with prune."""
+    rows = {"before": asyncio.run(count_token_rows(database_url))}
+    access = asyncio.run(refresh_chains(base, refreshes, sessions))
+    rows[f"after {refreshes} refreshes ({sessions} sessions)"] = asyncio.run(
+        count_token_rows(database_url)
+    )
+    rows["after prune, default retention (session life)"] = prune_rows(database_url, None)
+    time.sleep(31)
+    rows["after prune, REFRESH_TOKEN_RETENTION=30"] = prune_rows(database_url, 30)
+    asyncio.run(logout_all(base, access))
+    rows["after those sessions log out, then prune"] = prune_rows(database_url, None)
+    return rows
 
 
 def prune_rows(database_url: str, retention: int | None) -> int:
@@ -270,6 +299,7 @@ def main() -> int:
     database_url = raw_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
     results: list[Result] = []
     extra: dict[str, float | int] = {}
+    table: dict[str, int] = {}
     processes: list[subprocess.Popen[bytes]] = []
     d, c, t = args.duration, args.connections, 2
     try:
@@ -361,19 +391,18 @@ def main() -> int:
             processes.append(
                 start("app.main:create_app", service_port, args.workers, service_env, factory=True)
             )
-            extra.update(
-                asyncio.run(refresh_table_growth(service, database_url, args.table_refreshes, 50))
-            )
+            table = token_table(service, database_url, args.table_refreshes, 50)
             stop(processes.pop())
-            extra["rows_after_prune_default_retention"] = prune_rows(database_url, None)
-            time.sleep(31)
-            extra["rows_after_prune_30s_retention"] = prune_rows(database_url, 30)
     finally:
         for process in processes:
             stop(process)
         asyncio.run(drop_database(args.admin_dsn, name))
 
     report(results, extra, args)
+    if table:
+        print("\nrefresh_tokens rows:")
+        for label, count in table.items():
+            print(f"  {label:<48} {count:>8}")
     return 0
 
 
@@ -398,13 +427,6 @@ def report(results: list[Result], extra: dict[str, float | int], args: argparse.
         print(f"\nargon2id verify, 2 cores: {argon:.1f}/s")
         print(f"login / argon2 ceiling = {login_rate / argon:.2f}")
     print(f"B1 / B0 = {b1.rps / b0.rps:.2f}")
-    for key in (
-        "rows_after_refreshes",
-        "rows_after_prune_default_retention",
-        "rows_after_prune_30s_retention",
-    ):
-        if key in extra:
-            print(f"{key}: {extra[key]}")
 
 
 if __name__ == "__main__":
