@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from app.core.errors import DomainError
 from app.core.logging import configure_logging
 from app.core.security import PasswordHasher
 from app.core.settings import Settings, get_settings
+from app.keys import service as keys
 from app.keys.service import ensure_signing_key
 from app.sessions.maintenance import prune_once
 from app.users import service as users
@@ -38,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations and create a signing key")
     sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")
+
+    keys_cmd = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    rotate_cmd = keys_cmd.add_parser(
+        "rotate", help="publish a new key now; it signs after KEY_PUBLISH_DELAY"
+    )
+    rotate_cmd.add_argument(
+        "--now", action="store_true", help="sign with it at once (emergency: a key leaked)"
+    )
+    keys_cmd.add_parser("list", help="keys with their state and dates")
 
     user_cmd = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True
@@ -93,6 +106,37 @@ async def _prune(settings: Settings) -> str:
     finally:
         await ctx.engine.dispose()
     return f"deleted {sessions} sessions and {tokens} refresh tokens"
+
+
+async def _run_keys(args: argparse.Namespace, settings: Settings) -> str:
+    engine = create_engine(settings.database_url)
+    now, lifetime = Clock().now(), settings.token_lifetime
+    try:
+        if args.action == "rotate":
+            delay = timedelta(0) if args.now else timedelta(seconds=settings.publish_delay)
+            key = await keys.rotate(
+                engine,
+                algorithm=settings.jwt_algorithm.value,
+                secret=settings.secret_key.get_secret_value(),
+                now=now,
+                publish_delay=delay,
+                token_lifetime=lifetime,
+            )
+            return f"published key {key.kid}; it signs from {key.activates_at.isoformat()}"
+        lines = [f"{'kid':<24} {'alg':<6} {'state':<9} {'created':<26} {'activates':<26} retires"]
+        for status in await keys.list_keys(engine, now=now, token_lifetime=lifetime):
+            key = status.key
+            dates = [key.created_at, key.activates_at, status.retires_at]
+            created, activates, retires = (
+                d.isoformat(timespec="seconds") if d else "-" for d in dates
+            )
+            lines.append(
+                f"{key.kid:<24} {key.algorithm:<6} {status.state:<9} "
+                f"{created:<26} {activates:<26} {retires}"
+            )
+        return "\n".join(lines)
+    finally:
+        await engine.dispose()
 
 
 def _run_users(args: argparse.Namespace, settings: Settings) -> str:
@@ -161,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             print("database is at the latest schema")
         elif args.command == "prune":
             print(asyncio.run(_prune(settings)))
+        elif args.command == "keys":
+            print(asyncio.run(_run_keys(args, settings)))
         else:
             print(_run_users(args, settings))
     except DomainError as exc:

@@ -18,6 +18,8 @@ from app.sessions.service import SessionPolicy
 
 @dataclass(slots=True)
 class AppContext:
+    """Per-process state; `key_ring` is replaced as keys rotate (see `reload_keys`)."""
+
     settings: Settings
     engine: AsyncEngine
     clock: Clock
@@ -40,7 +42,9 @@ async def build_context(
     secret = settings.secret_key.get_secret_value()
     algorithm = settings.jwt_algorithm.value
     await ensure_signing_key(engine, algorithm=algorithm, secret=secret, now=clock.now())
-    key_ring = await load_key_ring(engine, algorithm=algorithm, secret=secret)
+    key_ring = await load_key_ring(
+        engine, secret=secret, now=clock.now(), token_lifetime=settings.token_lifetime
+    )
     return AppContext(
         settings=settings,
         engine=engine,
@@ -62,3 +66,15 @@ async def build_context(
         ),
         key_ring=key_ring,
     )
+
+
+async def reload_keys(ctx: AppContext) -> None:
+    """Pick up rotated keys: publish new ones, sign with the newly active one, drop retired."""
+    ring = await load_key_ring(
+        ctx.engine,
+        secret=ctx.settings.secret_key.get_secret_value(),
+        now=ctx.clock.now(),
+        token_lifetime=ctx.settings.token_lifetime,
+    )
+    ctx.key_ring = ring
+    ctx.access_codec.use(ring)

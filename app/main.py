@@ -14,16 +14,19 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.router import router as auth_router
-from app.context import build_context
+from app.context import build_context, reload_keys
 from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
+from app.core.periodic import every
 from app.core.settings import Environment, Settings, get_settings
 from app.demo.router import STATIC_DIR
 from app.demo.router import router as demo_router
+from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
-from app.sessions.maintenance import periodic_prune
+from app.keys.router import router as keys_router
+from app.sessions.maintenance import prune_once
 from app.sessions.middleware import SlidingSessionMiddleware
 
 logger = logging.getLogger("app")
@@ -40,6 +43,9 @@ PUBLIC_PATHS = frozenset(
         "/redoc",
         "/openapi.json",
         "/demo",
+        "/auth/introspect",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
     }
 )
 PASSIVE_PATHS = frozenset({"/auth/session-status"})
@@ -60,15 +66,25 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await build_context(settings, clock or Clock(), engine)
         app.state.ctx = ctx
-        pruner = asyncio.create_task(periodic_prune(ctx)) if settings.prune_interval else None
+        jobs = [
+            asyncio.create_task(
+                every(settings.key_reload_interval, lambda: reload_keys(ctx), name="keys.reload")
+            )
+        ]
+        if settings.prune_interval:
+            jobs.append(
+                asyncio.create_task(
+                    every(settings.prune_interval, lambda: prune_once(ctx), name="prune")
+                )
+            )
         logger.info("service.started", extra={"environment": settings.environment.value})
         try:
             yield
         finally:
-            if pruner is not None:
-                pruner.cancel()
+            for job in jobs:
+                job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await pruner
+                    await job
             if engine is None:
                 await ctx.engine.dispose()
 
@@ -83,6 +99,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(health_router)
+    app.include_router(keys_router)
+    app.include_router(gateway_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.environment is not Environment.production:
         app.include_router(demo_router)

@@ -8,7 +8,7 @@ from tests.conftest import PASSWORD, Harness, bearer
 async def test_docs_authorize_flow_calls_protected_routes(harness: Harness) -> None:
     spec = (await harness.client.get("/openapi.json")).json()
     schemes = spec["components"]["securitySchemes"]
-    (scheme,) = schemes.values()
+    (scheme,) = [s for s in schemes.values() if s["type"] == "oauth2"]
     assert scheme["flows"]["password"]["tokenUrl"] == "/auth/token"
     assert spec["paths"]["/auth/me"]["get"]["security"]
     docs = await harness.client.get("/docs")

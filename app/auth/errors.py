@@ -13,7 +13,7 @@ class InvalidCredentials(UnauthorizedError):
     persist = True  # the failed-login audit event must be stored
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="authsvc"'}
+        return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
 
 
 class InvalidToken(UnauthorizedError):

@@ -53,6 +53,11 @@ class AccessTokenCodec:
         self._leeway = leeway
         self._verified: dict[str, AccessClaims] = {}
 
+    def use(self, key_ring: KeyRing) -> None:
+        """Switch to a reloaded key ring. Remembered verifications stay valid: a key leaves the
+        ring only after every token it signed has expired."""
+        self._keys = key_ring
+
     def issue(
         self,
         *,

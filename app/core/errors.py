@@ -42,12 +42,15 @@ class UnauthorizedError(DomainError):
     message = "Authentication required."
 
     def headers(self) -> dict[str, str]:
+        # X-Auth-Error lets a gateway (nginx auth_request, Traefik ForwardAuth) pass the reason
+        # on without parsing a body it never sees.
         if self.code == "not_authenticated":
-            return {"WWW-Authenticate": 'Bearer realm="authsvc"'}
+            return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
         return {
             "WWW-Authenticate": (
                 f'Bearer realm="authsvc", error="invalid_token", error_description="{self.code}"'
-            )
+            ),
+            "X-Auth-Error": self.code,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Self
@@ -50,6 +51,16 @@ class Settings(BaseSettings):
     jwt_audience: str = "authsvc"
     jwt_algorithm: SigningAlgorithm = SigningAlgorithm.ES256
 
+    # How long gateways may cache /.well-known/jwks.json (Cache-Control max-age).
+    jwks_max_age: int = Field(default=300, ge=0, le=86400)
+    # How often each process re-reads the signing keys from the database.
+    key_reload_interval: int = Field(default=10, ge=1, le=300)
+    # How long a rotated key is published before it signs. None: JWKS_MAX_AGE plus
+    # KEY_RELOAD_INTERVAL, so every cache and replica has it before the first token it signs.
+    key_publish_delay: int | None = Field(default=None, ge=0)
+    # Gateways allowed to call POST /auth/introspect (HTTP Basic): a JSON object of client id
+    # to secret, e.g. {"nginx": "a-long-random-secret"}. Empty: introspection is closed.
+    introspection_clients: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
@@ -61,11 +72,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str | None = None  # "json" or "console"; default depends on environment
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "introspection_clients", mode="before")
     @classmethod
-    def _parse_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip() else []
+    def _parse_json(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip():
+            value = json.loads(value)
         return value
 
     @model_validator(mode="after")
@@ -105,6 +116,17 @@ class Settings(BaseSettings):
         if self.session_idle_timeout is not None:
             return self.session_idle_timeout
         return 2 * 3600 if self.environment is Environment.development else 24 * 3600
+
+    @property
+    def publish_delay(self) -> int:
+        if self.key_publish_delay is not None:
+            return self.key_publish_delay
+        return self.jwks_max_age + self.key_reload_interval
+
+    @property
+    def token_lifetime(self) -> timedelta:
+        """The longest an access token can be accepted after it was signed."""
+        return timedelta(seconds=self.access_token_ttl + self.jwt_leeway)
 
     @property
     def issuer(self) -> str:

@@ -18,4 +18,6 @@ class SigningKey(Base):
     private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     public_jwk: Mapped[str] = mapped_column(String(4096), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Published in JWKS from created_at; signs from activates_at (after the publish delay).
+    activates_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,13 +1,17 @@
+"""All SQL touching the signing_keys table."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
 from app.keys.models import SigningKey
+
+_keys = table_of(SigningKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +21,7 @@ class StoredKey:
     private_key_encrypted: bytes
     public_jwk: str
     created_at: datetime
+    activates_at: datetime
 
 
 # An arbitrary constant naming "signing key creation" among PostgreSQL advisory locks.
@@ -30,22 +35,35 @@ async def lock_key_creation(conn: AsyncConnection) -> None:
 
 
 async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:
-    t = table_of(SigningKey)
+    """Keys not yet retired, oldest activation first."""
     rows = await conn.execute(
-        select(t.c.kid, t.c.algorithm, t.c.private_key_encrypted, t.c.public_jwk, t.c.created_at)
-        .where(t.c.retired_at.is_(None))
-        .order_by(t.c.created_at, t.c.kid)
+        select(
+            _keys.c.kid,
+            _keys.c.algorithm,
+            _keys.c.private_key_encrypted,
+            _keys.c.public_jwk,
+            _keys.c.created_at,
+            _keys.c.activates_at,
+        )
+        .where(_keys.c.retired_at.is_(None))
+        .order_by(_keys.c.activates_at, _keys.c.kid)
     )
     return [StoredKey(*row) for row in rows]
 
 
 async def insert_key(conn: AsyncConnection, key: StoredKey) -> None:
     await conn.execute(
-        insert(table_of(SigningKey)).values(
+        insert(_keys).values(
             kid=key.kid,
             algorithm=key.algorithm,
             private_key_encrypted=key.private_key_encrypted,
             public_jwk=key.public_jwk,
             created_at=key.created_at,
+            activates_at=key.activates_at,
         )
     )
+
+
+async def retire(conn: AsyncConnection, kids: list[str], *, now: datetime) -> None:
+    if kids:
+        await conn.execute(update(_keys).where(_keys.c.kid.in_(kids)).values(retired_at=now))

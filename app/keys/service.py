@@ -1,14 +1,21 @@
-"""The key ring: signing keys loaded once per process, created on first start."""
+"""The key ring: signing keys shared by every replica through the database.
+
+A key's life: **pending** (published in JWKS, not yet signing) from its creation until
+`activates_at`; **active** (the newest activated key signs); **retiring** (superseded, still
+published and accepted until every token it signed has expired); then **retired**. The publish
+delay is at least the JWKS cache max-age plus the ring's reload interval, so every gateway and
+every replica knows a key before the first token signed with it exists.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.keys import repository
 from app.keys.crypto import (
@@ -20,6 +27,7 @@ from app.keys.crypto import (
     public_jwk,
     thumbprint_kid,
 )
+from app.keys.repository import StoredKey
 
 logger = logging.getLogger("app.keys")
 
@@ -39,6 +47,13 @@ class SigningKeyPair:
     private_key: PrivateKey
 
 
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    key: StoredKey
+    state: str  # pending | active | retiring | retired
+    retires_at: datetime | None
+
+
 class KeyRingError(RuntimeError):
     """The stored keys cannot be used with this configuration."""
 
@@ -52,10 +67,46 @@ class KeyRing:
         return {"keys": [key.jwk for key in self.verifiers.values()]}
 
 
+def key_statuses(
+    keys: list[StoredKey], now: datetime, token_lifetime: timedelta
+) -> list[KeyStatus]:
+    """Each live key's state at `now`; `keys` ordered by activation.
+
+    The signer is the newest activated key or, while none has activated (a replica whose clock
+    trails the one that created the first key), the earliest: never no signer at all."""
+    activated = [k for k in keys if k.activates_at <= now] or keys[:1]
+    statuses = []
+    for key in keys:
+        if key is activated[-1]:
+            statuses.append(KeyStatus(key, "active", None))
+        elif key not in activated:
+            statuses.append(KeyStatus(key, "pending", None))
+        else:
+            successor = activated[activated.index(key) + 1]
+            retires_at = successor.activates_at + token_lifetime
+            statuses.append(
+                KeyStatus(key, "retiring" if now < retires_at else "retired", retires_at)
+            )
+    return statuses
+
+
+def _new_key(algorithm: str, secret: str, *, now: datetime, activates_at: datetime) -> StoredKey:
+    private_key = generate_private_key(algorithm)
+    kid = thumbprint_kid(private_key.public_key())
+    return StoredKey(
+        kid=kid,
+        algorithm=algorithm,
+        private_key_encrypted=KeyEncryptor(secret).encrypt(private_key, kid),
+        public_jwk=dumps_jwk(public_jwk(private_key.public_key(), kid=kid, algorithm=algorithm)),
+        created_at=now,
+        activates_at=activates_at,
+    )
+
+
 async def ensure_signing_key(
     engine: AsyncEngine, *, algorithm: str, secret: str, now: datetime
 ) -> None:
-    """Create a key for `algorithm` unless a live one exists.
+    """Create an immediately active key for `algorithm` unless a live one exists.
 
     Replicas starting together on an empty database must end up with one key, or each would
     sign with its own and refuse the others' tokens: the check and the insert run in one
@@ -65,30 +116,57 @@ async def ensure_signing_key(
         await repository.lock_key_creation(conn)
         if any(k.algorithm == algorithm for k in await repository.list_live_keys(conn)):
             return
-        private_key = generate_private_key(algorithm)
-        kid = thumbprint_kid(private_key.public_key())
-        await repository.insert_key(
-            conn,
-            repository.StoredKey(
-                kid=kid,
-                algorithm=algorithm,
-                private_key_encrypted=KeyEncryptor(secret).encrypt(private_key, kid),
-                public_jwk=dumps_jwk(
-                    public_jwk(private_key.public_key(), kid=kid, algorithm=algorithm)
-                ),
-                created_at=now,
-            ),
-        )
-    logger.info("keys.created", extra={"kid": kid, "algorithm": algorithm})
+        key = _new_key(algorithm, secret, now=now, activates_at=now)
+        await repository.insert_key(conn, key)
+    logger.info("keys.created", extra={"kid": key.kid, "algorithm": algorithm})
 
 
-async def load_key_ring(engine: AsyncEngine, *, algorithm: str, secret: str) -> KeyRing:
+async def rotate(
+    engine: AsyncEngine,
+    *,
+    algorithm: str,
+    secret: str,
+    now: datetime,
+    publish_delay: timedelta,
+    token_lifetime: timedelta,
+) -> StoredKey:
+    """Publish a new key now; it starts signing after `publish_delay`. Retires keys whose
+    tokens have all expired."""
+    async with engine.begin() as conn:
+        await repository.lock_key_creation(conn)
+        key = _new_key(algorithm, secret, now=now, activates_at=now + publish_delay)
+        await repository.insert_key(conn, key)
+        await _retire_expired(conn, now, token_lifetime)
+    logger.info("keys.rotated", extra={"kid": key.kid, "activates_at": key.activates_at})
+    return key
+
+
+async def list_keys(
+    engine: AsyncEngine, *, now: datetime, token_lifetime: timedelta
+) -> list[KeyStatus]:
+    async with engine.begin() as conn:
+        await _retire_expired(conn, now, token_lifetime)
+        keys = await repository.list_live_keys(conn)
+    return key_statuses(keys, now, token_lifetime)
+
+
+async def _retire_expired(conn: AsyncConnection, now: datetime, lifetime: timedelta) -> None:
+    statuses = key_statuses(await repository.list_live_keys(conn), now, lifetime)
+    await repository.retire(conn, [s.key.kid for s in statuses if s.state == "retired"], now=now)
+
+
+async def load_key_ring(
+    engine: AsyncEngine, *, secret: str, now: datetime, token_lifetime: timedelta
+) -> KeyRing:
     async with engine.connect() as conn:
         stored = await repository.list_live_keys(conn)
     encryptor = KeyEncryptor(secret)
     verifiers: dict[str, VerificationKey] = {}
     signer: SigningKeyPair | None = None
-    for key in stored:
+    for status in key_statuses(stored, now, token_lifetime):
+        if status.state == "retired":
+            continue
+        key = status.key
         try:
             private_key = encryptor.decrypt(key.private_key_encrypted, key.kid)
         except InvalidTag as exc:
@@ -102,9 +180,8 @@ async def load_key_ring(engine: AsyncEngine, *, algorithm: str, secret: str) -> 
             public_key=private_key.public_key(),
             jwk=json.loads(key.public_jwk),
         )
-        # Oldest live key of the configured algorithm: every replica picks the same one.
-        if signer is None and key.algorithm == algorithm:
+        if status.state == "active":
             signer = SigningKeyPair(kid=key.kid, algorithm=key.algorithm, private_key=private_key)
     if signer is None:
-        raise KeyRingError(f"no live signing key for {algorithm}; run `python -m app migrate`")
+        raise KeyRingError("no active signing key; run `python -m app migrate`")
     return KeyRing(signer, verifiers)

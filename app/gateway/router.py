@@ -1,0 +1,54 @@
+"""Gateway integration: forward-auth (nginx auth_request, Traefik, Envoy) and RFC 7662."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from app.auth.dependencies import CurrentSession
+from app.dependencies import ContextDep
+from app.gateway import service
+from app.gateway.errors import IntrospectionClientUnauthorized
+from app.gateway.schemas import IntrospectionResponse, VerifyResponse
+
+router = APIRouter(prefix="/auth", tags=["gateway"])
+basic = HTTPBasic(auto_error=False)
+
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@router.api_route(
+    "/verify",
+    methods=_ANY_METHOD,
+    responses={401: {"description": "no or bad token; the code is in `X-Auth-Error`"}},
+)
+async def verify(auth: CurrentSession, response: Response) -> VerifyResponse:
+    """Forward-auth: 200 with the identity in `X-Auth-User-Id`, `X-Auth-Session-Id` and
+    `X-Auth-Role` for a gateway to pass upstream; 401 otherwise. Counts as user activity."""
+    response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
+    response.headers["X-Auth-Session-Id"] = str(auth.session.id)
+    response.headers["X-Auth-Role"] = auth.session.role
+    return VerifyResponse(sub=auth.session.user_id, sid=auth.session.id, role=auth.session.role)
+
+
+@router.post(
+    "/introspect",
+    response_model_exclude_none=True,
+    responses={401: {"description": "`invalid_client`: missing or wrong Basic credentials"}},
+)
+async def introspect(
+    ctx: ContextDep,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
+    token: Annotated[str, Form(max_length=4096)],
+    token_type_hint: Annotated[str | None, Form(max_length=32)] = None,
+) -> IntrospectionResponse:
+    """RFC 7662 token introspection for access and refresh tokens."""
+    if credentials is None:
+        raise IntrospectionClientUnauthorized()
+    client_id = service.authenticate_client(ctx, credentials.username, credentials.password)
+    result = await service.introspect(ctx, token, token_type_hint)
+    if result.active:
+        result.client_id = client_id
+    return result

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class VerifyResponse(BaseModel):
+    sub: uuid.UUID
+    sid: uuid.UUID
+    role: str
+
+
+class IntrospectionResponse(BaseModel):
+    """RFC 7662 §2.2. Inactive tokens get only `{"active": false}`."""
+
+    active: bool
+    token_type: Literal["access_token", "refresh_token"] | None = None
+    sub: str | None = None
+    sid: str | None = None
+    role: str | None = None
+    scope: str | None = None
+    iss: str | None = None
+    aud: str | None = None
+    iat: int | None = None
+    exp: int | None = None
+    client_id: str | None = None
