@@ -43,9 +43,10 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
 def uvicorn_server(
     database_url: str,
     *,
-    factory: str = "app.main:create_app",
+    factory: str = "app.main:create_app",  # the ASGI target (a factory unless is_factory=False)
     workers: int = 1,
     env: dict[str, str] | None = None,
+    is_factory: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start uvicorn on a free port, wait until /healthz answers, stop it afterwards."""
     port = free_port()
@@ -55,7 +56,7 @@ def uvicorn_server(
             "-m",
             "uvicorn",
             factory,
-            "--factory",
+            *(["--factory"] if is_factory else []),
             "--host",
             "127.0.0.1",
             "--port",

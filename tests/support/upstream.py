@@ -1,0 +1,27 @@
+"""A stand-in for the microservice behind the gateway: echoes the identity it was given."""
+
+from __future__ import annotations
+
+from starlette.types import Receive, Scope, Send
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    body = (
+        '{"upstream": true, "user_id": "%s", "session_id": "%s", "role": "%s"}'
+        % (
+            headers.get("x-auth-user-id", ""),
+            headers.get("x-auth-session-id", ""),
+            headers.get("x-auth-role", ""),
+        )
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

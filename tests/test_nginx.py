@@ -1,0 +1,224 @@
+"""Gateway mode proven with real nginx (auth_request) in front of a tiny upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.clock import Clock
+from app.core.db import create_engine
+from app.core.security import PasswordHasher
+from app.users import service as users
+from tests.conftest import PASSWORD
+from tests.support.servers import free_port, uvicorn_server
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _require_nginx() -> None:
+    if not Path(NGINX).exists():
+        if os.environ.get("REQUIRE_NGINX") == "1":
+            pytest.fail("nginx is not installed (apt-get install -y nginx)")
+        pytest.skip("nginx is not installed")
+
+
+def _render(conf: str, *, listen: int, auth: str, upstream: str) -> str:
+    return (
+        conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{listen};")
+        .replace("server 127.0.0.1:8000;", f"server {auth.removeprefix('http://')};")
+        .replace("server 127.0.0.1:9000;", f"server {upstream.removeprefix('http://')};")
+    )
+
+
+def _main_conf(prefix: Path, include: Path) -> str:
+    return f"""
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {include};
+}}
+"""
+
+
+@pytest.fixture
+def nginx_gateway(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(gateway URL, authsvc URL) with nginx, authsvc and the upstream all on loopback."""
+    _require_nginx()
+    with (
+        uvicorn_server(postgres_url) as (auth, _),
+        uvicorn_server(postgres_url, factory="tests.support.upstream:app", is_factory=False) as (
+            upstream,
+            _,
+        ),
+    ):
+        listen = free_port()
+        site = tmp_path / "authsvc.conf"
+        shipped = (ROOT / "deploy/nginx/authsvc.conf").read_text()
+        site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream))
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(_main_conf(tmp_path, site))
+        check = subprocess.run(
+            [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stderr
+        process = subprocess.Popen(
+            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            gateway = f"http://127.0.0.1:{listen}"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    httpx.get(f"{gateway}/.well-known/jwks.json", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            yield gateway, auth
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+async def _user(database_url: str) -> str:
+    email = f"gw-{uuid.uuid4().hex[:10]}@example.com"
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await users.create_user(
+                conn,
+                PasswordHasher(),
+                email=email,
+                password=PASSWORD,
+                role="editor",
+                now=Clock().now(),
+            )
+    finally:
+        await engine.dispose()
+    return email
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_nginx_auth_request_end_to_end(
+    nginx_gateway: tuple[str, str], postgres_url: str
+) -> None:
+    gateway, _ = nginx_gateway
+    email = await _user(postgres_url)
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+        login = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        tokens: dict[str, Any] = login.json()
+
+        # Valid token: the upstream is reached with the identity headers.
+        ok = await client.get("/orders/42", headers=_bearer(tokens["access_token"]))
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["upstream"] is True
+        assert body["session_id"] == tokens["session"]["id"]
+        assert body["role"] == "editor"
+
+        # A client cannot smuggle its own identity headers past the gateway.
+        spoofed = await client.get(
+            "/orders/42",
+            headers={**_bearer(tokens["access_token"]), "X-Auth-Role": "admin"},
+        )
+        assert spoofed.json()["role"] == "editor"
+
+        # No token, a malformed token, a forged token: 401 with the reason, upstream untouched.
+        for headers, code in (
+            ({}, "not_authenticated"),
+            (_bearer("garbage"), "invalid_token"),
+            (_bearer(tokens["access_token"][:-4] + "AAAA"), "invalid_token"),
+        ):
+            denied = await client.get("/orders/42", headers=headers)
+            assert denied.status_code == 401
+            assert denied.headers["x-auth-error"] == code
+            assert "upstream" not in denied.text
+
+        # Logout: the very next request through the gateway is refused (well within 1 s).
+        out = await client.post("/auth/logout", headers=_bearer(tokens["access_token"]))
+        assert out.status_code == 204
+        started = time.monotonic()
+        after = await client.get("/orders/42", headers=_bearer(tokens["access_token"]))
+        assert after.status_code == 401
+        assert after.headers["x-auth-error"] == "session_revoked"
+        assert time.monotonic() - started < 1.0
+
+
+async def test_nginx_expired_token_and_cookie_mode_client(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    _require_nginx()
+    email = await _user(postgres_url)
+    with (
+        uvicorn_server(postgres_url, env={"ACCESS_TOKEN_TTL": "5", "JWT_LEEWAY": "0"}) as (auth, _),
+        uvicorn_server(postgres_url, factory="tests.support.upstream:app", is_factory=False) as (
+            upstream,
+            _,
+        ),
+    ):
+        listen = free_port()
+        site = tmp_path / "authsvc.conf"
+        site.write_text(
+            _render(
+                (ROOT / "deploy/nginx/authsvc.conf").read_text(),
+                listen=listen,
+                auth=auth,
+                upstream=upstream,
+            )
+        )
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(_main_conf(tmp_path, site))
+        process = subprocess.Popen(
+            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(0.5)
+            gateway = f"http://127.0.0.1:{listen}"
+            async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+                # A browser in cookie mode: the refresh token stays in its cookie, the access
+                # token (held in memory by auth-client.js) goes to APIs as a Bearer header.
+                login = await client.post(
+                    "/auth/login",
+                    json={"email": email, "password": PASSWORD},
+                    headers={"Session-Transport": "cookie"},
+                )
+                assert login.status_code == 200
+                assert login.json()["refresh_token"] is None
+                assert "__Secure-refresh_token" in login.headers.get("set-cookie", "")
+                access = login.json()["access_token"]
+                ok = await client.get("/orders/1", headers=_bearer(access))
+                assert ok.status_code == 200
+                await asyncio.sleep(6)  # past the 5 s lifetime, no leeway
+                expired = await client.get("/orders/1", headers=_bearer(access))
+                assert expired.status_code == 401
+                assert expired.headers["x-auth-error"] == "token_expired"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
