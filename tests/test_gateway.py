@@ -1,0 +1,199 @@
+"""Gateway mode: JWKS, discovery, key rotation, forward-auth and RFC 7662 introspection."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import KeySet
+
+from app import migrate
+from app.context import reload_keys
+from app.keys import service as keys
+from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
+from tests.support.servers import uvicorn_server
+
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
+
+
+def verify_independently(jwks: dict[str, Any], token: str) -> dict[str, Any]:
+    """Verify with joserfc (not PyJWT, which the service uses) from the JWKS document alone."""
+    decoded = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256", "EdDSA"])
+    claims: dict[str, Any] = dict(decoded.claims)
+    return claims
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+async def test_jwks_publishes_public_material_only(harness: Harness) -> None:
+    response = await harness.client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "public, max-age=300"
+    entries = response.json()["keys"]
+    assert entries
+    assert len({e["kid"] for e in entries}) == len(entries)
+    for entry in entries:
+        assert entry["use"] == "sig"
+        assert entry["alg"] in {"ES256", "EdDSA", "RS256"}
+        assert not PRIVATE_MEMBERS & entry.keys()
+
+
+async def test_discovery_document_points_at_the_keys(harness: Harness) -> None:
+    doc = (await harness.client.get("/.well-known/openid-configuration")).json()
+    assert doc["issuer"] == "https://auth.test"
+    assert doc["jwks_uri"] == "https://auth.test/.well-known/jwks.json"
+    assert doc["introspection_endpoint"] == "https://auth.test/auth/introspect"
+
+
+async def test_tokens_verify_with_an_independent_library(harness: Harness) -> None:
+    tokens = await harness.login(await harness.create_user())
+    jwks = (await harness.client.get("/.well-known/jwks.json")).json()
+    claims = verify_independently(jwks, tokens["access_token"])
+    assert claims["sid"] == tokens["session"]["id"]
+    assert claims["iss"] == "https://auth.test"
+    assert claims["aud"] == "authsvc-test"
+
+
+async def test_key_rotation_drill_with_a_caching_gateway(tmp_path: Path) -> None:
+    """A gateway caches JWKS for max-age and never refetches early; keys rotate twice; every
+    token the service issues along the way verifies at the gateway."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/drill.db"
+    await asyncio.to_thread(migrate.upgrade, url)
+    settings = make_settings(url, jwks_max_age=60, key_reload_interval=10, access_token_ttl=120)
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        cached_jwks, cached_at = (await h.client.get("/.well-known/jwks.json")).json(), 0
+        refresh_token = (await h.login(email))["refresh_token"]
+        issued: list[tuple[int, str]] = []
+        rotations = {0, 400}
+        for step in range(0, 900, 5):  # 15 minutes of simulated time, 5 s apart
+            if step in rotations:
+                await keys.rotate(
+                    h.ctx.engine,
+                    algorithm="ES256",
+                    secret=settings.secret_key.get_secret_value(),
+                    now=h.clock.now(),
+                    publish_delay=timedelta(seconds=settings.publish_delay),
+                    token_lifetime=settings.token_lifetime,
+                )
+            if step % settings.key_reload_interval == 0:
+                await reload_keys(h.ctx)
+            if step - cached_at >= settings.jwks_max_age:
+                cached_jwks = (await h.client.get("/.well-known/jwks.json")).json()
+                cached_at = step
+            response = await h.refresh(refresh_token)
+            assert response.status_code == 200, response.text
+            refresh_token = response.json()["refresh_token"]
+            issued.append((step, response.json()["access_token"]))
+            # Every token still within its lifetime verifies against the cached JWKS.
+            for when, token in issued:
+                if step - when < 120:
+                    verify_independently(cached_jwks, token)
+            h.clock.advance(5)
+        kids = {
+            jose_jwt.decode(t, KeySet.import_key_set(cached_jwks)).header["kid"]
+            for s, t in issued
+            if 900 - s < 120
+        }
+        assert len(kids) == 1
+        statuses = await keys.list_keys(
+            h.ctx.engine, now=h.clock.now(), token_lifetime=settings.token_lifetime
+        )
+        assert [s.state for s in statuses] == ["active"]  # two keys retired along the way
+
+
+async def test_verify_forward_auth(harness: Harness) -> None:
+    tokens = await harness.login(await harness.create_user())
+    for method in ("GET", "POST", "HEAD", "DELETE"):
+        response = await harness.client.request(
+            method, "/auth/verify", headers=bearer(tokens["access_token"])
+        )
+        assert response.status_code == 200, method
+        assert response.headers["x-auth-session-id"] == tokens["session"]["id"]
+        assert response.headers["x-auth-role"] == "user"
+        uuid.UUID(response.headers["x-auth-user-id"])
+    for headers, code in (
+        ({}, "not_authenticated"),
+        (bearer("x.y.z"), "invalid_token"),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, "not_authenticated"),
+    ):
+        denied = await harness.client.get("/auth/verify", headers=headers)
+        assert denied.status_code == 401
+        assert denied.headers["x-auth-error"] == code
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+    harness.clock.advance(400)
+    expired = await harness.client.get("/auth/verify", headers=bearer(tokens["access_token"]))
+    assert expired.headers["x-auth-error"] == "token_expired"
+
+
+async def test_introspection(database_url: str) -> None:
+    settings = make_settings(database_url, introspection_clients={"nginx": "gateway-secret-1"})
+    async for h in start_harness(settings):
+        tokens = await h.login(await h.create_user())
+        url = "/auth/introspect"
+        no_client = await h.client.post(url, data={"token": tokens["access_token"]})
+        assert no_client.status_code == 401
+        assert no_client.json()["error"]["code"] == "invalid_client"
+        assert no_client.headers["www-authenticate"].startswith("Basic")
+        for creds in (basic("nginx", "wrong"), basic("other", "gateway-secret-1")):
+            assert (await h.client.post(url, data={"token": "x"}, headers=creds)).status_code == 401
+        auth = basic("nginx", "gateway-secret-1")
+
+        access = (
+            await h.client.post(url, data={"token": tokens["access_token"]}, headers=auth)
+        ).json()
+        assert access["active"] is True
+        assert access["token_type"] == "access_token"
+        assert access["sid"] == tokens["session"]["id"]
+        assert access["iss"] == "https://auth.test"
+        assert access["aud"] == "authsvc-test"
+        assert access["client_id"] == "nginx"
+        assert access["exp"] > access["iat"]
+
+        data = {"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}
+        refresh = (await h.client.post(url, data=data, headers=auth)).json()
+        assert refresh["active"] is True
+        assert refresh["token_type"] == "refresh_token"
+        assert refresh["sid"] == tokens["session"]["id"]
+
+        garbage = await h.client.post(url, data={"token": "nope"}, headers=auth)
+        assert garbage.json() == {"active": False}
+
+        rotated = (await h.refresh(tokens["refresh_token"])).json()
+        used = await h.client.post(url, data={"token": tokens["refresh_token"]}, headers=auth)
+        assert used.json() == {"active": False}
+        await h.client.post("/auth/logout", headers=bearer(rotated["access_token"]))
+        for token in (rotated["access_token"], rotated["refresh_token"]):
+            after = await h.client.post(url, data={"token": token}, headers=auth)
+            assert after.json() == {"active": False}
+
+
+async def test_logout_on_one_replica_is_seen_by_the_other_at_once(postgres_url: str) -> None:
+    email_user = make_settings(postgres_url)
+    async for h in start_harness(email_user):
+        email = await h.create_user()
+    with uvicorn_server(postgres_url) as (a, _), uvicorn_server(postgres_url) as (b, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            login = await client.post(
+                f"{a}/auth/login", json={"email": email, "password": PASSWORD}
+            )
+            access = login.json()["access_token"]
+            assert (await client.get(f"{b}/auth/verify", headers=bearer(access))).status_code == 200
+            assert (
+                await client.post(f"{a}/auth/logout", headers=bearer(access))
+            ).status_code == 204
+            started = time.monotonic()
+            denied = await client.get(f"{b}/auth/verify", headers=bearer(access))
+            assert denied.status_code == 401
+            assert denied.headers["x-auth-error"] == "session_revoked"
+            assert time.monotonic() - started < 1.0
