@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from joserfc import jwt as jose_jwt
@@ -25,7 +25,8 @@ PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 
 def verify_independently(jwks: dict[str, Any], token: str) -> dict[str, Any]:
     """Verify with joserfc (not PyJWT, which the service uses) from the JWKS document alone."""
-    decoded = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256", "EdDSA"])
+    key_set = KeySet.import_key_set(cast(Any, jwks))
+    decoded = jose_jwt.decode(token, key_set, algorithms=["ES256", "EdDSA"])
     claims: dict[str, Any] = dict(decoded.claims)
     return claims
 
@@ -101,7 +102,7 @@ async def test_key_rotation_drill_with_a_caching_gateway(tmp_path: Path) -> None
                     verify_independently(cached_jwks, token)
             h.clock.advance(5)
         kids = {
-            jose_jwt.decode(t, KeySet.import_key_set(cached_jwks)).header["kid"]
+            jose_jwt.decode(t, KeySet.import_key_set(cast(Any, cached_jwks))).header["kid"]
             for s, t in issued
             if 900 - s < 120
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -60,45 +61,53 @@ http {{
 """
 
 
-@pytest.fixture
-def nginx_gateway(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(gateway URL, authsvc URL) with nginx, authsvc and the upstream all on loopback."""
+@contextlib.contextmanager
+def run_nginx(tmp_path: Path, *, auth: str, upstream: str) -> Iterator[str]:
+    """Real nginx with the shipped config, pointed at `auth` and `upstream`; yields its URL."""
     _require_nginx()
+    listen = free_port()
+    site = tmp_path / "authsvc.conf"
+    shipped = (ROOT / "deploy/nginx/authsvc.conf").read_text()
+    site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(_main_conf(tmp_path, site))
+    check = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    process = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    gateway = f"http://127.0.0.1:{listen}"
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{gateway}/.well-known/jwks.json", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield gateway
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def gateway_stack(
+    database_url: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """nginx, authsvc and the upstream, all on loopback; yields the gateway URL."""
+    _require_nginx()
+    upstream_app = "tests.support.upstream:app"
     with (
-        uvicorn_server(postgres_url) as (auth, _),
-        uvicorn_server(postgres_url, factory="tests.support.upstream:app", is_factory=False) as (
-            upstream,
-            _,
-        ),
+        uvicorn_server(database_url, env=env) as (auth, _),
+        uvicorn_server(database_url, factory=upstream_app, is_factory=False) as (upstream, _),
+        run_nginx(tmp_path, auth=auth, upstream=upstream) as gateway,
     ):
-        listen = free_port()
-        site = tmp_path / "authsvc.conf"
-        shipped = (ROOT / "deploy/nginx/authsvc.conf").read_text()
-        site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream))
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(_main_conf(tmp_path, site))
-        check = subprocess.run(
-            [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
-        )
-        assert check.returncode == 0, check.stderr
-        process = subprocess.Popen(
-            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            gateway = f"http://127.0.0.1:{listen}"
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    httpx.get(f"{gateway}/.well-known/jwks.json", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            yield gateway, auth
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+        yield gateway
 
 
 async def _user(database_url: str) -> str:
@@ -123,11 +132,13 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def test_nginx_auth_request_end_to_end(
-    nginx_gateway: tuple[str, str], postgres_url: str
-) -> None:
-    gateway, _ = nginx_gateway
+async def test_nginx_auth_request_end_to_end(postgres_url: str, tmp_path: Path) -> None:
     email = await _user(postgres_url)
+    with gateway_stack(postgres_url, tmp_path) as gateway:
+        await _end_to_end(gateway, email)
+
+
+async def _end_to_end(gateway: str, email: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
         login = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
         assert login.status_code == 200, login.text
@@ -172,53 +183,24 @@ async def test_nginx_auth_request_end_to_end(
 async def test_nginx_expired_token_and_cookie_mode_client(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    _require_nginx()
     email = await _user(postgres_url)
-    with (
-        uvicorn_server(postgres_url, env={"ACCESS_TOKEN_TTL": "5", "JWT_LEEWAY": "0"}) as (auth, _),
-        uvicorn_server(postgres_url, factory="tests.support.upstream:app", is_factory=False) as (
-            upstream,
-            _,
-        ),
-    ):
-        listen = free_port()
-        site = tmp_path / "authsvc.conf"
-        site.write_text(
-            _render(
-                (ROOT / "deploy/nginx/authsvc.conf").read_text(),
-                listen=listen,
-                auth=auth,
-                upstream=upstream,
+    env = {"ACCESS_TOKEN_TTL": "5", "JWT_LEEWAY": "0"}
+    with gateway_stack(postgres_url, tmp_path, env) as gateway:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+            # A browser in cookie mode: the refresh token stays in its cookie, the access
+            # token (held in memory by auth-client.js) goes to APIs as a Bearer header.
+            login = await client.post(
+                "/auth/login",
+                json={"email": email, "password": PASSWORD},
+                headers={"Session-Transport": "cookie"},
             )
-        )
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(_main_conf(tmp_path, site))
-        process = subprocess.Popen(
-            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            await asyncio.sleep(0.5)
-            gateway = f"http://127.0.0.1:{listen}"
-            async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
-                # A browser in cookie mode: the refresh token stays in its cookie, the access
-                # token (held in memory by auth-client.js) goes to APIs as a Bearer header.
-                login = await client.post(
-                    "/auth/login",
-                    json={"email": email, "password": PASSWORD},
-                    headers={"Session-Transport": "cookie"},
-                )
-                assert login.status_code == 200
-                assert login.json()["refresh_token"] is None
-                assert "__Secure-refresh_token" in login.headers.get("set-cookie", "")
-                access = login.json()["access_token"]
-                ok = await client.get("/orders/1", headers=_bearer(access))
-                assert ok.status_code == 200
-                await asyncio.sleep(6)  # past the 5 s lifetime, no leeway
-                expired = await client.get("/orders/1", headers=_bearer(access))
-                assert expired.status_code == 401
-                assert expired.headers["x-auth-error"] == "token_expired"
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+            assert login.status_code == 200
+            assert login.json()["refresh_token"] is None
+            assert "__Secure-refresh_token" in login.headers.get("set-cookie", "")
+            access = login.json()["access_token"]
+            ok = await client.get("/orders/1", headers=_bearer(access))
+            assert ok.status_code == 200
+            await asyncio.sleep(6)  # past the 5 s lifetime, no leeway
+            expired = await client.get("/orders/1", headers=_bearer(access))
+            assert expired.status_code == 401
+            assert expired.headers["x-auth-error"] == "token_expired"

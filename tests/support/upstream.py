@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from starlette.types import Receive, Scope, Send
 
 
@@ -9,13 +11,13 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-    body = (
-        '{"upstream": true, "user_id": "%s", "session_id": "%s", "role": "%s"}'
-        % (
-            headers.get("x-auth-user-id", ""),
-            headers.get("x-auth-session-id", ""),
-            headers.get("x-auth-role", ""),
-        )
+    body = json.dumps(
+        {
+            "upstream": True,
+            "user_id": headers.get("x-auth-user-id", ""),
+            "session_id": headers.get("x-auth-session-id", ""),
+            "role": headers.get("x-auth-role", ""),
+        }
     ).encode()
     await send(
         {
