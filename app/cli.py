@@ -196,9 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 log_config=None,
                 access_log=False,
-                # X-Forwarded-Proto/-For only from the proxies we were told to trust.
-                proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+                # Forwarded headers are handled inside the app, from TRUSTED_PROXIES only.
+                proxy_headers=False,
             )
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))

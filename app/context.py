@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth.tokens import AccessTokenCodec
 from app.core.clock import Clock
 from app.core.db import create_engine
+from app.core.ratelimit import RateLimiter
 from app.core.security import CsrfTokenCodec, PasswordHasher, RefreshTokenCodec
 from app.core.settings import Settings
 from app.keys.service import KeyRing, ensure_signing_key, load_key_ring
@@ -29,6 +30,7 @@ class AppContext:
     csrf_codec: CsrfTokenCodec
     access_codec: AccessTokenCodec
     key_ring: KeyRing
+    limiter: RateLimiter
 
 
 async def build_context(
@@ -65,6 +67,11 @@ async def build_context(
             leeway=settings.jwt_leeway,
         ),
         key_ring=key_ring,
+        limiter=RateLimiter(
+            settings.rate_limits,
+            redis_url=settings.redis_url,
+            enabled=settings.rate_limits_enabled,
+        ),
     )
 
 

@@ -12,7 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
 from app.context import build_context, reload_keys
 from app.core.clock import Clock
@@ -28,6 +30,8 @@ from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.sessions.maintenance import prune_once
 from app.sessions.middleware import SlidingSessionMiddleware
+from app.sessions.router import router as sessions_router
+from app.users.router import router as users_router
 
 logger = logging.getLogger("app")
 
@@ -44,6 +48,7 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         "/demo",
         "/auth/introspect",
+        "/auth/register",
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
     }
@@ -101,6 +106,9 @@ def create_app(
     app.include_router(health_router)
     app.include_router(keys_router)
     app.include_router(gateway_router)
+    app.include_router(sessions_router)
+    app.include_router(users_router)
+    app.include_router(admin_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.environment is not Environment.production:
         app.include_router(demo_router)
@@ -126,4 +134,8 @@ def create_app(
             ],
         )
     app.add_middleware(RequestIdMiddleware)
+    if settings.trusted_proxies:
+        # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
+        # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -138,6 +138,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "refresh_reuse_interval": 30,
         "prune_interval": 0,
         "log_format": "json",
+        "rate_limits_enabled": False,  # tests of the limits turn them on
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

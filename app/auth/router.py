@@ -32,6 +32,7 @@ from app.context import AppContext
 from app.core.errors import UnauthorizedError
 from app.core.text import has_control_characters
 from app.dependencies import ClientDep, ContextDep, DbSession
+from app.users.service import normalize_email
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -97,6 +98,8 @@ async def login(
 ) -> TokenResponse:
     """Start a new session (one per device) and return its first token pair."""
     cookies = wants_cookies(request)
+    await ctx.limiter.hit("login_ip", client.ip or "unknown")
+    await ctx.limiter.hit("login_account", normalize_email(body.email))
     grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
     return _respond(grant, ctx, response, cookies=cookies)
 
@@ -117,6 +120,7 @@ async def refresh(
 ) -> TokenResponse:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
+    await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
     service = AuthService(ctx, uow, client)
     if body.refresh_token is not None:
         grant = await service.refresh(body.refresh_token)

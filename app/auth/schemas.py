@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.text import PlainText
-from app.users.service import PASSWORD_MAX_LENGTH
+from app.users.service import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 
 class StrictModel(BaseModel):
@@ -16,7 +16,7 @@ class StrictModel(BaseModel):
 
 class LoginRequest(StrictModel):
     email: PlainText = Field(min_length=1, max_length=320)
-    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
     device_name: PlainText | None = Field(default=None, max_length=100)
 
 

@@ -59,17 +59,40 @@ class AuthService:
             and candidate is not None
             and user.password_hash == candidate.password_hash
         )
-        if user is None or not valid or not unchanged or not user.is_active:
+        locked = user is not None and user.locked_until is not None and user.locked_until > now
+        if user is None or not valid or not unchanged or not user.is_active or locked:
+            reason = _failure_reason(user, valid=valid, unchanged=unchanged, locked=locked)
+            if user is not None and reason == "wrong_password":
+                await self._count_failure(conn, user, now)
             await self._audit(
-                "login.failed",
-                now,
-                user_id=candidate.id if candidate else None,
-                reason=_failure_reason(user, valid=valid, unchanged=unchanged),
+                "login.failed", now, user_id=candidate.id if candidate else None, reason=reason
             )
             raise InvalidCredentials()
+        if user.failed_logins or user.locked_until:
+            await users.reset_login_failures(conn, user.id)
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
         return await self._start_session(conn, user, device_name, now)
+
+    async def _count_failure(self, conn: AsyncConnection, user: UserRecord, now: datetime) -> None:
+        """Lock after LOCKOUT_THRESHOLD consecutive failures, for a time that doubles with each
+        further failure up to a cap: a guesser is slowed exponentially, whatever IPs it uses,
+        while the real user is never locked out for long."""
+        settings = self._ctx.settings
+        failed = user.failed_logins + 1
+        locked_until = None
+        if failed >= settings.lockout_threshold:
+            doublings = min(failed - settings.lockout_threshold, 20)
+            seconds = min(
+                settings.lockout_base_seconds * 2**doublings, settings.lockout_max_seconds
+            )
+            locked_until = now + timedelta(seconds=seconds)
+            await self._audit(
+                "account.locked", now, user_id=user.id, failures=failed, seconds=seconds
+            )
+        await users.record_login_failure(
+            conn, user.id, failed_logins=failed, locked_until=locked_until
+        )
 
     async def _start_session(
         self, conn: AsyncConnection, user: UserRecord, device_name: str | None, now: datetime
@@ -116,6 +139,7 @@ class AuthService:
         now = self._ctx.clock.now()
         conn = await self._uow.connection()
         link = await self._locked_link(conn, refresh_token, csrf_token)
+        await self._ctx.limiter.hit("refresh_session", str(link.session.id))
         self._ctx.policy.ensure_usable(link.session, now)
         if link.used_at is not None:
             return await self._replay(conn, link, link.used_at, refresh_token, now)
@@ -271,9 +295,11 @@ class AuthService:
         )
 
 
-def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool) -> str:
+def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool, locked: bool) -> str:
     if user is None:
         return "unknown_user"
+    if locked:
+        return "locked"
     if not valid:
         return "wrong_password"
     if not unchanged:

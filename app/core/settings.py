@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Rate limits ("N/second|minute|hour"). Shared by all replicas when REDIS_URL is set,
+    # per process otherwise.
+    rate_limits_enabled: bool = True
+    redis_url: str | None = None
+    rate_limit_login_ip: str = "20/minute"
+    rate_limit_login_account: str = "10/minute"
+    rate_limit_refresh_session: str = "30/minute"
+    rate_limit_refresh_ip: str = "300/minute"
+    rate_limit_verify_ip: str = "3000/minute"
+    # Account lockout: after LOCKOUT_THRESHOLD consecutive wrong passwords the account is
+    # locked for LOCKOUT_BASE_SECONDS, doubling with each further failure up to
+    # LOCKOUT_MAX_SECONDS. A success resets it.
+    lockout_threshold: int = Field(default=5, ge=1)
+    lockout_base_seconds: int = Field(default=30, ge=1)
+    lockout_max_seconds: int = Field(default=300, ge=1)
+    allow_registration: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_timeout: float = Field(default=5.0, gt=0)
@@ -103,6 +119,15 @@ class Settings(BaseSettings):
             problems.append(
                 "REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL (and above 0)"
             )
+        for name in (
+            "rate_limit_login_ip",
+            "rate_limit_login_account",
+            "rate_limit_refresh_session",
+            "rate_limit_refresh_ip",
+            "rate_limit_verify_ip",
+        ):
+            if not _valid_limit(getattr(self, name)):
+                problems.append(f"{name.upper()} must look like '20/minute'")
         if "*" in self.cors_origins:
             problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
         if self.session_touch_interval >= self.idle_timeout:
@@ -116,6 +141,16 @@ class Settings(BaseSettings):
         if self.session_idle_timeout is not None:
             return self.session_idle_timeout
         return 2 * 3600 if self.environment is Environment.development else 24 * 3600
+
+    @property
+    def rate_limits(self) -> dict[str, str]:
+        return {
+            "login_ip": self.rate_limit_login_ip,
+            "login_account": self.rate_limit_login_account,
+            "refresh_session": self.rate_limit_refresh_session,
+            "refresh_ip": self.rate_limit_refresh_ip,
+            "verify_ip": self.rate_limit_verify_ip,
+        }
 
     @property
     def publish_delay(self) -> int:
@@ -141,6 +176,16 @@ class Settings(BaseSettings):
         if self.log_format:
             return self.log_format == "json"
         return self.environment is not Environment.development
+
+
+def _valid_limit(value: str) -> bool:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 @lru_cache

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from app.auth.dependencies import CurrentSession
-from app.dependencies import ContextDep
+from app.dependencies import ClientDep, ContextDep
 from app.gateway import service
 from app.gateway.errors import IntrospectionClientUnauthorized
 from app.gateway.schemas import IntrospectionResponse, VerifyResponse
@@ -22,11 +22,18 @@ _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 @router.api_route(
     "/verify",
     methods=_ANY_METHOD,
-    responses={401: {"description": "no or bad token; the code is in `X-Auth-Error`"}},
+    responses={
+        401: {"description": "no or bad token; the code is in `X-Auth-Error`"},
+        429: {"description": "`rate_limited`, with Retry-After"},
+    },
 )
-async def verify(auth: CurrentSession, response: Response) -> VerifyResponse:
+async def verify(
+    auth: CurrentSession, response: Response, ctx: ContextDep, client: ClientDep
+) -> VerifyResponse:
     """Forward-auth: 200 with the identity in `X-Auth-User-Id`, `X-Auth-Session-Id` and
-    `X-Auth-Role` for a gateway to pass upstream; 401 otherwise. Counts as user activity."""
+    `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429 `rate_limited` (never a
+    401) when one client IP overdoes it. Counts as user activity."""
+    await ctx.limiter.hit("verify_ip", client.ip or "unknown")
     response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
     response.headers["X-Auth-Session-Id"] = str(auth.session.id)
     response.headers["X-Auth-Role"] = auth.session.role

@@ -124,13 +124,17 @@ async def revoke_sessions(
     reason: str,
     session_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
+    except_session: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
-    """Revoke one session or all of a user's live sessions; returns the ids newly revoked."""
+    """Revoke one session or all of a user's live sessions (optionally but one); returns the
+    ids newly revoked."""
     conditions: list[ColumnElement[bool]] = [_sessions.c.revoked_at.is_(None)]
     if session_id is not None:
         conditions.append(_sessions.c.id == session_id)
     if user_id is not None:
         conditions.append(_sessions.c.user_id == user_id)
+    if except_session is not None:
+        conditions.append(_sessions.c.id != except_session)
     rows = await conn.execute(
         update(_sessions)
         .where(*conditions)
@@ -251,6 +255,43 @@ async def prune(
         tokens_deleted += (await conn.execute(old_used)).rowcount or 0
     sessions_deleted = (await conn.execute(delete(_sessions).where(dead))).rowcount or 0
     return sessions_deleted, tokens_deleted
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSession:
+    id: uuid.UUID
+    device_name: str | None
+    user_agent: str | None
+    ip: str | None
+    created_at: datetime
+    last_seen_at: datetime
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+
+
+async def list_live_sessions(
+    conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime
+) -> list[DeviceSession]:
+    rows = await conn.execute(
+        select(
+            _sessions.c.id,
+            _sessions.c.device_name,
+            _sessions.c.user_agent,
+            _sessions.c.ip,
+            _sessions.c.created_at,
+            _sessions.c.last_seen_at,
+            _sessions.c.idle_expires_at,
+            _sessions.c.absolute_expires_at,
+        )
+        .where(
+            _sessions.c.user_id == user_id,
+            _sessions.c.revoked_at.is_(None),
+            _sessions.c.idle_expires_at > now,
+            _sessions.c.absolute_expires_at > now,
+        )
+        .order_by(_sessions.c.created_at.desc())
+    )
+    return [DeviceSession(*row) for row in rows]
 
 
 async def count_tokens(conn: AsyncConnection) -> int:

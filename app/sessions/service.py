@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.auth.errors import SessionExpired, SessionRevoked
 from app.core.db import autocommit_connection
 from app.sessions import repository
+from app.sessions.errors import SessionNotFound
 from app.sessions.repository import SessionState
 
 
@@ -67,3 +68,19 @@ async def touch(
         return await repository.slide(
             conn, state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
+
+
+async def list_devices(
+    conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime
+) -> list[repository.DeviceSession]:
+    return await repository.list_live_sessions(conn, user_id, now=now)
+
+
+async def revoke_device(
+    conn: AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID, *, now: datetime
+) -> None:
+    """Revoke one of the user's own sessions; anyone else's is reported as not found."""
+    state = await repository.get_session_state(conn, session_id)
+    if state is None or state.user_id != user_id or state.revoked_at is not None:
+        raise SessionNotFound()
+    await repository.revoke_sessions(conn, now=now, reason="revoked_by_user", session_id=session_id)

@@ -18,3 +18,21 @@ class InvalidPassword(DomainError):
     status_code = 422
     code = "invalid_password"
     message = "Passwords must be 8 to 1024 characters long."
+
+
+class InvalidEmail(DomainError):
+    status_code = 422
+    code = "invalid_email"
+    message = "This is not a valid email address."
+
+
+class WrongCurrentPassword(DomainError):
+    status_code = 403
+    code = "invalid_current_password"
+    message = "The current password is not correct."
+
+
+class RegistrationClosed(DomainError):
+    status_code = 403
+    code = "registration_closed"
+    message = "Self-registration is disabled on this service."

@@ -22,9 +22,19 @@ class UserRecord:
     password_hash: str
     role: str
     is_active: bool
+    failed_logins: int
+    locked_until: datetime | None
 
 
-_COLUMNS = (_users.c.id, _users.c.email, _users.c.password_hash, _users.c.role, _users.c.is_active)
+_COLUMNS = (
+    _users.c.id,
+    _users.c.email,
+    _users.c.password_hash,
+    _users.c.role,
+    _users.c.is_active,
+    _users.c.failed_logins,
+    _users.c.locked_until,
+)
 
 
 async def get_by_email(conn: AsyncConnection, email: str) -> UserRecord | None:
@@ -74,3 +84,19 @@ async def set_password_hash(
     if now is not None:
         values["password_changed_at"] = now
     await conn.execute(update(_users).where(_users.c.id == user_id).values(**values))
+
+
+async def record_login_failure(
+    conn: AsyncConnection, user_id: uuid.UUID, *, failed_logins: int, locked_until: datetime | None
+) -> None:
+    await conn.execute(
+        update(_users)
+        .where(_users.c.id == user_id)
+        .values(failed_logins=failed_logins, locked_until=locked_until)
+    )
+
+
+async def reset_login_failures(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        update(_users).where(_users.c.id == user_id).values(failed_logins=0, locked_until=None)
+    )

@@ -5,25 +5,60 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.security import PasswordHasher
 from app.sessions import repository as sessions
 from app.users import repository
-from app.users.errors import EmailTaken, InvalidPassword, UserNotFound
+from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, UserNotFound
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
 
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    """One spelling per mailbox: trimmed, lower-cased, and the domain IDNA-encoded
+    (`Ex@BÜCHER.example` and `ex@xn--bcher-kva.example` are the same account)."""
+    try:
+        address = validate_email(email.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        return email.strip().lower()  # cannot match a stored address; login just fails
+    return (address.ascii_email or address.normalized).lower()
+
+
+def check_email(email: str) -> str:
+    try:
+        validate_email(email.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail() from exc
+    return normalize_email(email)
 
 
 def check_password_policy(password: str) -> None:
     if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
         raise InvalidPassword()
+
+
+async def hash_new_password(hasher: PasswordHasher, password: str) -> str:
+    """Policy check, then argon2id in a worker thread (call before taking a connection)."""
+    check_password_policy(password)
+    return await hasher.hash(password)
+
+
+async def insert_new_user(
+    conn: AsyncConnection, *, email: str, password_hash: str, now: datetime, role: str = "user"
+) -> uuid.UUID:
+    email = check_email(email)
+    if await repository.get_by_email(conn, email) is not None:
+        raise EmailTaken()
+    try:
+        return await repository.insert_user(
+            conn, email=email, password_hash=password_hash, role=role, now=now
+        )
+    except IntegrityError as exc:  # a concurrent create of the same email
+        raise EmailTaken() from exc
 
 
 async def create_user(
@@ -35,17 +70,9 @@ async def create_user(
     role: str,
     now: datetime,
 ) -> uuid.UUID:
-    check_password_policy(password)
-    email = normalize_email(email)
-    if await repository.get_by_email(conn, email) is not None:
-        raise EmailTaken()
-    password_hash = await hasher.hash(password)
-    try:
-        return await repository.insert_user(
-            conn, email=email, password_hash=password_hash, role=role, now=now
-        )
-    except IntegrityError as exc:  # a concurrent create of the same email
-        raise EmailTaken() from exc
+    check_email(email)
+    password_hash = await hash_new_password(hasher, password)
+    return await insert_new_user(conn, email=email, password_hash=password_hash, now=now, role=role)
 
 
 async def _require(conn: AsyncConnection, email: str) -> repository.UserRecord:
@@ -55,15 +82,29 @@ async def _require(conn: AsyncConnection, email: str) -> repository.UserRecord:
     return user
 
 
+async def require_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> repository.UserRecord:
+    user = await repository.get_by_id(conn, user_id)
+    if user is None:
+        raise UserNotFound()
+    return user
+
+
 async def set_active(conn: AsyncConnection, email: str, *, active: bool, now: datetime) -> int:
     """Activate or deactivate; deactivation revokes every session at once."""
     user = await _require(conn, email)
-    await repository.set_active(conn, user.id, active=active)
+    return await set_active_by_id(conn, user.id, active=active, now=now)
+
+
+async def set_active_by_id(
+    conn: AsyncConnection, user_id: uuid.UUID, *, active: bool, now: datetime
+) -> int:
+    await repository.set_active(conn, user_id, active=active)
     if active:
         return 0
-    return len(
-        await sessions.revoke_sessions(conn, now=now, reason="user_deactivated", user_id=user.id)
+    revoked = await sessions.revoke_sessions(
+        conn, now=now, reason="user_deactivated", user_id=user_id
     )
+    return len(revoked)
 
 
 async def set_password(
@@ -72,7 +113,21 @@ async def set_password(
     """Replace the password and revoke every session, since the old password may be known."""
     check_password_policy(password)
     user = await _require(conn, email)
-    await repository.set_password_hash(conn, user.id, await hasher.hash(password), now=now)
-    return len(
-        await sessions.revoke_sessions(conn, now=now, reason="password_changed", user_id=user.id)
+    return await replace_password_hash(conn, user.id, await hasher.hash(password), now=now)
+
+
+async def replace_password_hash(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    password_hash: str,
+    *,
+    now: datetime,
+    keep_session: uuid.UUID | None = None,
+) -> int:
+    """Store a new hash and revoke the user's sessions (all, or all but `keep_session`)."""
+    await repository.set_password_hash(conn, user_id, password_hash, now=now)
+    await repository.reset_login_failures(conn, user_id)
+    revoked = await sessions.revoke_sessions(
+        conn, now=now, reason="password_changed", user_id=user_id, except_session=keep_session
     )
+    return len(revoked)

@@ -35,6 +35,7 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         "JWT_AUDIENCE": "authsvc-test",
         "PRUNE_INTERVAL": "0",
         "LOG_LEVEL": "WARNING",
+        "RATE_LIMITS_ENABLED": "false",  # tests of the limits turn them on
         **extra,
     }
 

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from app.auth.dependencies import get_current_session
+from app.core.errors import ForbiddenError
+from app.sessions.middleware import Authenticated
+
+ADMIN_ROLE = "admin"
+
+
+async def require_admin(
+    auth: Annotated[Authenticated, Depends(get_current_session)],
+) -> Authenticated:
+    # The role is read from the session row (users table), not the token, so a demotion
+    # takes effect on the next request.
+    if auth.session.role != ADMIN_ROLE:
+        raise ForbiddenError("This needs the admin role.")
+    return auth
+
+
+AdminSession = Annotated[Authenticated, Depends(require_admin)]

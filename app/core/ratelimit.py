@@ -1,0 +1,46 @@
+"""Rate limits by name and key, in process or shared through Redis (the `limits` library)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+from app.core.errors import DomainError
+
+
+class RateLimited(DomainError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many requests; retry after the time in Retry-After."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimiter:
+    """Named limits such as {"login_ip": "30/minute"}; `hit` counts one request or refuses it.
+
+    With a Redis URL every replica shares the counters; otherwise each process counts alone
+    (right for a single instance, as documented)."""
+
+    def __init__(self, limits: dict[str, str], *, redis_url: str | None, enabled: bool) -> None:
+        self._items: dict[str, RateLimitItem] = {name: parse(v) for name, v in limits.items()}
+        uri = "async+" + redis_url if redis_url else "async+memory://"
+        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri))
+        self._enabled = enabled
+
+    async def hit(self, name: str, key: str) -> None:
+        if not self._enabled:
+            return
+        item = self._items[name]
+        if not await self._limiter.hit(item, name, key):
+            stats = await self._limiter.get_window_stats(item, name, key)
+            raise RateLimited(math.ceil(stats.reset_time - time.time()))
