@@ -71,6 +71,7 @@ async def build_context(
             settings.rate_limits,
             redis_url=settings.redis_url,
             enabled=settings.rate_limits_enabled,
+            namespace=settings.rate_limit_namespace,
         ),
     )
 

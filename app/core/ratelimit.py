@@ -31,10 +31,20 @@ class RateLimiter:
     With a Redis URL every replica shares the counters; otherwise each process counts alone
     (right for a single instance, as documented)."""
 
-    def __init__(self, limits: dict[str, str], *, redis_url: str | None, enabled: bool) -> None:
+    def __init__(
+        self,
+        limits: dict[str, str],
+        *,
+        redis_url: str | None,
+        enabled: bool,
+        namespace: str = "authsvc",
+    ) -> None:
         self._items: dict[str, RateLimitItem] = {name: parse(v) for name, v in limits.items()}
-        uri = "async+" + redis_url if redis_url else "async+memory://"
-        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri))
+        if redis_url:
+            storage = storage_from_string("async+" + redis_url, key_prefix=namespace)
+        else:
+            storage = storage_from_string("async+memory://")
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._enabled = enabled
 
     async def hit(self, name: str, key: str) -> None:

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # per process otherwise.
     rate_limits_enabled: bool = True
     redis_url: str | None = None
+    # Prefix of the Redis keys, so several deployments can share one Redis.
+    rate_limit_namespace: str = "authsvc"
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_account: str = "10/minute"
     rate_limit_refresh_session: str = "30/minute"
