@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
+import tempfile
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -14,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import migrate
+from app.audit import repository as audit_repository
 from app.context import build_context
 from app.core.clock import Clock
 from app.core.db import create_engine
@@ -51,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         "--now", action="store_true", help="sign with it at once (emergency: a key leaked)"
     )
     keys_cmd.add_parser("list", help="keys with their state and dates")
+
+    audit_cmd = sub.add_parser("audit", help="a user's audit trail, newest first")
+    audit_cmd.add_argument("user", help="email or user id")
+    audit_cmd.add_argument("--limit", type=int, default=50)
 
     user_cmd = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True
@@ -139,6 +147,25 @@ async def _run_keys(args: argparse.Namespace, settings: Settings) -> str:
         await engine.dispose()
 
 
+async def _run_audit(args: argparse.Namespace, settings: Settings) -> str:
+    async def work(conn: AsyncConnection) -> str:
+        try:
+            user = await users.require_by_id(conn, uuid.UUID(args.user))
+        except ValueError:
+            user = await users.require_by_email(conn, args.user)
+        rows = await audit_repository.query_events(conn, user_id=user.id, limit=args.limit)
+        lines = [f"audit trail of {user.email} ({user.id}), newest first"]
+        for row in rows:
+            details = " ".join(f"{k}={v}" for k, v in row.details.items())
+            lines.append(
+                f"{row.created_at.isoformat(timespec='seconds')}  {row.event:<24} "
+                f"session={row.session_id or '-'} ip={row.ip or '-'} {details}".rstrip()
+            )
+        return "\n".join(lines)
+
+    return await _in_transaction(settings, work)
+
+
 def _run_users(args: argparse.Namespace, settings: Settings) -> str:
     now = Clock().now()
     if args.action == "create":
@@ -186,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(_migrate(settings))
+            if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+                # Before the workers import prometheus_client: they share samples through it.
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
             import uvicorn
 
             uvicorn.run(
@@ -206,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             print(asyncio.run(_prune(settings)))
         elif args.command == "keys":
             print(asyncio.run(_run_keys(args, settings)))
+        elif args.command == "audit":
+            print(asyncio.run(_run_audit(args, settings)))
         else:
             print(_run_users(args, settings))
     except DomainError as exc:

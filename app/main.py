@@ -15,11 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.admin.router import router as admin_router
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.context import build_context, reload_keys
 from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
+from app.core.metrics import MetricsMiddleware
 from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
 from app.core.periodic import every
 from app.core.settings import Environment, Settings, get_settings
@@ -28,6 +30,7 @@ from app.demo.router import router as demo_router
 from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
+from app.ops.router import router as ops_router
 from app.sessions.maintenance import prune_once
 from app.sessions.middleware import SlidingSessionMiddleware
 from app.sessions.router import router as sessions_router
@@ -49,6 +52,7 @@ PUBLIC_PATHS = frozenset(
         "/demo",
         "/auth/introspect",
         "/auth/register",
+        "/metrics",
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
     }
@@ -109,6 +113,8 @@ def create_app(
     app.include_router(sessions_router)
     app.include_router(users_router)
     app.include_router(admin_router)
+    app.include_router(audit_router)
+    app.include_router(ops_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.environment is not Environment.production:
         app.include_router(demo_router)
@@ -134,6 +140,7 @@ def create_app(
             ],
         )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.

@@ -7,7 +7,9 @@ variants skip, unless REQUIRE_POSTGRES=1 (CI), where a skip becomes a failure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from fastapi import FastAPI
 from app import migrate
 from app.context import AppContext
 from app.core.clock import FrozenClock
+from app.core.logging import JsonFormatter
 from app.core.settings import Environment, Settings
 from app.main import create_app
 from app.users import service as users
@@ -56,13 +59,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+class _LogCapture(logging.Handler):
+    """Every log record of the whole run, formatted as production formats it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+_LOG_CAPTURE = _LogCapture()
+ISSUED_SECRETS: set[str] = set()  # every token the app handed out during the run
+_SECRET_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\."),  # a JWT
+    re.compile(r"\$argon2id?\$|\$2[aby]\$\d\d\$"),  # a password hash
+    re.compile(r"PRIVATE KEY"),
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(_LOG_CAPTURE)
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _secret_leaks() -> list[str]:
+    literals = {PASSWORD, TEST_SECRET, "hunter2hunter2", *ISSUED_SECRETS}
+    leaks = []
+    for line in _LOG_CAPTURE.lines:
+        if any(p.search(line) for p in _SECRET_PATTERNS) or any(x in line for x in literals):
+            leaks.append(line[:300])
+    return leaks
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """With REQUIRE_POSTGRES=1 a skipped (or absent) PostgreSQL test fails the run."""
+    """With REQUIRE_POSTGRES=1 a skipped (or absent) PostgreSQL test fails the run. And no log
+    line of the whole run may carry a password, token, hash or key (checklist G46)."""
     if REQUIRE_POSTGRES and (_postgres_outcomes["skipped"] or not _postgres_outcomes["passed"]):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    leaks = _secret_leaks()
+    if leaks:
+        print(f"\nSECRETS IN LOGS ({len(leaks)} lines), e.g.:\n" + "\n".join(leaks[:5]))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(
+        f"log lines checked for secrets: {len(_LOG_CAPTURE.lines)}, "
+        f"tokens tracked: {len(ISSUED_SECRETS)}"
+    )
     terminalreporter.write_line(
         "postgres tests: {passed} passed, {failed} failed, {skipped} skipped".format(
             **_postgres_outcomes
@@ -188,12 +235,34 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def _remember_issued_tokens(response: httpx.Response) -> None:
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return
+    await response.aread()
+    try:
+        body = response.json()
+    except ValueError:
+        return
+    if isinstance(body, dict):
+        for key in ("access_token", "refresh_token"):
+            if isinstance(body.get(key), str):
+                ISSUED_SECRETS.add(body[key])
+    for cookie in response.headers.get_list("set-cookie"):
+        value = cookie.split(";", 1)[0].partition("=")[2]
+        if len(value) >= 40:
+            ISSUED_SECRETS.add(value)
+
+
 async def start_harness(settings: Settings, root_path: str = "") -> AsyncIterator[Harness]:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
     app = create_app(settings, clock=clock, configure_logs=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000), root_path=root_path)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            event_hooks={"response": [_remember_issued_tokens]},
+        ) as client:
             yield Harness(app=app, client=client, clock=clock)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit import repository
+from app.core.metrics import AUTH_EVENTS, REUSE_DETECTIONS
 
 logger = logging.getLogger("app.audit")
 
@@ -45,6 +46,9 @@ async def record(
             "created_at": now,
         },
     )
+    AUTH_EVENTS.labels(event).inc()
+    if event == "refresh.reuse_detected":
+        REUSE_DETECTIONS.labels(str(details.get("reuse_class"))).inc()
     logger.info(
         event,
         extra={

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     prune_interval: int = Field(default=3600, ge=0)
+    # Protects /metrics when set (Prometheus: `authorization: {credentials: ...}`).
+    metrics_token: SecretStr | None = None
     log_level: str = "INFO"
     log_format: str | None = None  # "json" or "console"; default depends on environment
 

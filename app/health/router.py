@@ -1,28 +1,43 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
-from sqlalchemy import text
 
 from app.core.errors import ServiceUnavailableError, is_database_unavailable
 from app.dependencies import ContextDep
+from app.health import repository
 
 router = APIRouter(tags=["health"])
+logger = logging.getLogger("app.health")
 
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    """The process is up and serving."""
+    """The process is up and serving. Never touches the database."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database unreachable"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "database unreachable, or migrations pending"}},
+)
 async def readyz(ctx: ContextDep) -> dict[str, str]:
-    """The database answers: this replica can take traffic."""
+    """The database answers and its schema is at this code's migration head: this replica can
+    take traffic. 503 `service_unavailable` (with Retry-After) otherwise, within the pool
+    timeout."""
+    expected = repository.expected_revisions()
     try:
         async with ctx.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            current = await repository.database_revisions(conn)
     except Exception as exc:
         if is_database_unavailable(exc):
             raise ServiceUnavailableError("The database is unreachable.") from exc
         raise
-    return {"status": "ready", "database": "ok"}
+    if current != expected:
+        logger.warning(
+            "readiness.migrations_pending",
+            extra={"database_revision": sorted(current), "code_revision": sorted(expected)},
+        )
+        raise ServiceUnavailableError("Database migrations are pending.")
+    return {"status": "ready", "database": "ok", "migrations": "current"}

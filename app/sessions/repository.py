@@ -294,5 +294,14 @@ async def list_live_sessions(
     return [DeviceSession(*row) for row in rows]
 
 
+async def count_live_sessions(conn: AsyncConnection, *, now: datetime) -> int:
+    stmt = select(func.count()).where(
+        _sessions.c.revoked_at.is_(None),
+        _sessions.c.idle_expires_at > now,
+        _sessions.c.absolute_expires_at > now,
+    )
+    return int((await conn.execute(stmt)).scalar_one())
+
+
 async def count_tokens(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(_tokens))).scalar_one())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +14,8 @@ from app.core.db import autocommit_connection
 from app.sessions import repository
 from app.sessions.errors import SessionNotFound
 from app.sessions.repository import SessionState
+
+logger = logging.getLogger("app.sessions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,14 @@ class SessionPolicy:
         if state is None or state.revoked_at is not None or not state.user_active:
             raise SessionRevoked()
         if now >= state.idle_expires_at or now >= state.absolute_expires_at:
+            logger.info(
+                "session.expired",
+                extra={
+                    "session_id": str(state.id),
+                    "user_id": str(state.user_id),
+                    "deadline": "absolute" if now >= state.absolute_expires_at else "idle",
+                },
+            )
             raise SessionExpired()
         return state
 

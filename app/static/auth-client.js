@@ -290,10 +290,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
       session: {
         ...body.session,
         refresh_after: body.refresh_after,
-        expires_at:
-          typeof claims.exp === "number"
-            ? new Date(claims.exp * 1000).toISOString()
-            : new Date(Date.parse(body.refresh_after) + ttlMs / 5).toISOString(),
+        expires_at: typeof claims.exp === "number" ? new Date(claims.exp * 1000).toISOString() : null,
       },
     };
     if (typeof body.csrf_token === "string" && body.csrf_token) csrfFromBody = body.csrf_token;
@@ -521,6 +518,8 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
         if (result.kind === "ok") accept(result.body, result.receivedAt, { broadcast: true });
         return result;
       });
+      // Ended or replaced meanwhile (a peer's broadcast, a logout): that has been reported.
+      if (epoch !== started && outcome.kind !== "ok") return sessionView();
       switch (outcome.kind) {
         case "ok":
         case "adopted":
@@ -660,8 +659,11 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
         if (state && state.access !== used) {
           response = await send(spare || target, state.access);
           if (response.status === 401) {
+            const retried = state ? state.access : null;
             const retry = await errorCode(response);
-            if (SESSION_END_CODES.has(retry.code)) endSession(retry.code);
+            if (SESSION_END_CODES.has(retry.code) && retried && state && state.access === retried) {
+              endSession(retry.code);
+            }
           }
         }
       } else if (SESSION_END_CODES.has(code) && state && state.access === used) {
@@ -705,7 +707,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     }
     if (response.status === 401) {
       const { code } = await errorCode(response);
-      if (SESSION_END_CODES.has(code)) endSession(code);
+      if (SESSION_END_CODES.has(code) && state && state.access === used) endSession(code);
     }
     return null;
   }

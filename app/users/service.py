@@ -75,7 +75,7 @@ async def create_user(
     return await insert_new_user(conn, email=email, password_hash=password_hash, now=now, role=role)
 
 
-async def _require(conn: AsyncConnection, email: str) -> repository.UserRecord:
+async def require_by_email(conn: AsyncConnection, email: str) -> repository.UserRecord:
     user = await repository.get_by_email(conn, normalize_email(email))
     if user is None:
         raise UserNotFound()
@@ -91,7 +91,7 @@ async def require_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> repository
 
 async def set_active(conn: AsyncConnection, email: str, *, active: bool, now: datetime) -> int:
     """Activate or deactivate; deactivation revokes every session at once."""
-    user = await _require(conn, email)
+    user = await require_by_email(conn, email)
     return await set_active_by_id(conn, user.id, active=active, now=now)
 
 
@@ -112,7 +112,7 @@ async def set_password(
 ) -> int:
     """Replace the password and revoke every session, since the old password may be known."""
     check_password_policy(password)
-    user = await _require(conn, email)
+    user = await require_by_email(conn, email)
     return await replace_password_hash(conn, user.id, await hasher.hash(password), now=now)
 
 

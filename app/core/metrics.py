@@ -1,0 +1,92 @@
+"""Prometheus metrics (prometheus-client), safe with several uvicorn workers.
+
+With several workers, `python -m app serve` points PROMETHEUS_MULTIPROC_DIR at a fresh folder
+before the workers start; every process then writes its samples there and /metrics aggregates
+them, whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "authsvc_http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "authsvc_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUTH_EVENTS = Counter(
+    "authsvc_auth_events_total",
+    "Security events by name: login.succeeded/failed, refresh.rotated/retried/reuse_detected, "
+    "logout, account.locked, ...",
+    ["event"],
+)
+REUSE_DETECTIONS = Counter(
+    "authsvc_refresh_reuse_detections_total",
+    "Refresh-token reuse detected, by class",
+    ["reuse_class"],
+)
+ACTIVE_SESSIONS = Gauge(
+    "authsvc_active_sessions", "Live sessions (at the last scrape)", multiprocess_mode="mostrecent"
+)
+POOL_CHECKED_OUT = Gauge(
+    "authsvc_db_pool_checked_out", "Database connections in use", multiprocess_mode="livesum"
+)
+POOL_SIZE = Gauge("authsvc_db_pool_size", "Database pool size", multiprocess_mode="livesum")
+
+
+def render() -> tuple[bytes, str]:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI: counts and times every HTTP request under its route template (not the raw
+    path, whose ids would explode the label set)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_count(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(route).observe(time.perf_counter() - started)
+            pool = getattr(getattr(scope["app"].state, "ctx", None), "engine", None)
+            if pool is not None:
+                POOL_CHECKED_OUT.set(pool.pool.checkedout())
+                POOL_SIZE.set(pool.pool.size())

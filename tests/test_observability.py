@@ -1,0 +1,127 @@
+"""Issue 7: audit trail queries, Prometheus metrics, structured logs without secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from app.core.logging import JsonFormatter, request_id_var
+from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
+from tests.test_cli import _cli
+
+
+async def test_admin_audit_query(harness: Harness) -> None:
+    admin = await harness.login(await harness.create_user(role="admin"))
+    email = await harness.create_user()
+    tokens = await harness.login(email)
+    await harness.client.post("/auth/login", json={"email": email, "password": "wrong password"})
+    rotated = (await harness.refresh(tokens["refresh_token"])).json()
+    await harness.client.post("/auth/logout", headers=bearer(rotated["access_token"]))
+    sid = tokens["session"]["id"]
+
+    by_session = await harness.client.get(
+        "/admin/audit", params={"session_id": sid}, headers=bearer(admin["access_token"])
+    )
+    assert by_session.status_code == 200
+    assert [e["event"] for e in by_session.json()] == ["logout", "refresh.rotated", "login.succeeded"]
+    user_id = by_session.json()[0]["user_id"]
+    by_user = await harness.client.get(
+        "/admin/audit", params={"user_id": user_id}, headers=bearer(admin["access_token"])
+    )
+    events = [e["event"] for e in by_user.json()]
+    assert "login.failed" in events
+    assert all(e["user_id"] == user_id for e in by_user.json())
+    later = (harness.clock.now() + timedelta(seconds=1)).isoformat()
+    none_since = await harness.client.get(
+        "/admin/audit", params={"user_id": user_id, "since": later},
+        headers=bearer(admin["access_token"]),
+    )
+    assert none_since.json() == []
+    denied = await harness.client.get("/admin/audit", headers=bearer(tokens["access_token"]))
+    assert denied.status_code == 401  # that session is logged out
+    plain = await harness.login(await harness.create_user())
+    forbidden = await harness.client.get("/admin/audit", headers=bearer(plain["access_token"]))
+    assert forbidden.status_code == 403
+    bad = await harness.client.get(
+        "/admin/audit", params={"user_id": "nope"}, headers=bearer(admin["access_token"])
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "validation_error"
+
+
+async def test_cli_audit(harness: Harness, database_url: str) -> None:
+    email = await harness.create_user()
+    await harness.login(email)
+    result = await _cli(database_url, "audit", email)
+    assert result.returncode == 0, result.stderr
+    assert "login.succeeded" in result.stdout
+    unknown = await _cli(database_url, "audit", "ghost@example.com")
+    assert unknown.returncode == 1
+    assert "user_not_found" in unknown.stderr
+
+
+async def test_metrics_count_requests_and_auth_events(harness: Harness) -> None:
+    email = await harness.create_user()
+    await harness.login(email)
+    await harness.client.post("/auth/login", json={"email": email, "password": "wrong password"})
+    response = await harness.client.get("/metrics")
+    assert response.status_code == 200
+    text = response.text
+    assert 'authsvc_auth_events_total{event="login.succeeded"}' in text
+    assert 'authsvc_auth_events_total{event="login.failed"}' in text
+    assert 'authsvc_http_requests_total{method="POST",route="/auth/login",status="200"}' in text
+    assert "authsvc_http_request_duration_seconds_bucket" in text
+    assert "authsvc_active_sessions" in text
+    assert "authsvc_db_pool_checked_out" in text
+
+
+async def test_metrics_token(database_url: str) -> None:
+    async for h in start_harness(make_settings(database_url, metrics_token="scrape-secret-123")):
+        assert (await h.client.get("/metrics")).status_code == 401
+        wrong = await h.client.get("/metrics", headers=bearer("nope"))
+        assert wrong.status_code == 401
+        ok = await h.client.get("/metrics", headers=bearer("scrape-secret-123"))
+        assert ok.status_code == 200
+
+
+def test_json_log_line_shape() -> None:
+    record = logging.LogRecord("app.audit", logging.INFO, __file__, 1, "login.succeeded", (), None)
+    record.user_id = "u1"
+    token = request_id_var.set("req-1")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id_var.reset(token)
+    assert line["event"] == "login.succeeded"
+    assert line["request_id"] == "req-1"
+    assert line["user_id"] == "u1"
+    assert line["level"] == "info"
+
+
+@pytest.mark.parametrize("secret_source", ["password", "refresh", "access"])
+async def test_no_secret_in_logs_of_a_full_flow(
+    harness: Harness, caplog: pytest.LogCaptureFixture, secret_source: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    email = await harness.create_user()
+    tokens = await harness.login(email)
+    await harness.client.post("/auth/login", json={"email": email, "password": "hunter2hunter2"})
+    rotated = (await harness.refresh(tokens["refresh_token"])).json()
+    harness.clock.advance(31)
+    await harness.refresh(tokens["refresh_token"])  # reuse detection
+    await harness.client.get("/auth/me", headers=bearer(rotated["access_token"]))
+    formatter = JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "login.succeeded" in text
+    secrets = {
+        "password": [PASSWORD, "hunter2hunter2"],
+        "refresh": [tokens["refresh_token"], rotated["refresh_token"]],
+        "access": [tokens["access_token"], rotated["access_token"], "eyJ"],
+    }[secret_source]
+    for secret in secrets:
+        assert secret not in text
+    assert str(uuid.UUID(tokens["session"]["id"])) in text  # ids are logged, secrets are not
