@@ -27,7 +27,8 @@ async def test_admin_audit_query(harness: Harness) -> None:
         "/admin/audit", params={"session_id": sid}, headers=bearer(admin["access_token"])
     )
     assert by_session.status_code == 200
-    assert [e["event"] for e in by_session.json()] == ["logout", "refresh.rotated", "login.succeeded"]
+    events_of_session = [e["event"] for e in by_session.json()]
+    assert events_of_session == ["logout", "refresh.rotated", "login.succeeded"]
     user_id = by_session.json()[0]["user_id"]
     by_user = await harness.client.get(
         "/admin/audit", params={"user_id": user_id}, headers=bearer(admin["access_token"])
@@ -37,7 +38,8 @@ async def test_admin_audit_query(harness: Harness) -> None:
     assert all(e["user_id"] == user_id for e in by_user.json())
     later = (harness.clock.now() + timedelta(seconds=1)).isoformat()
     none_since = await harness.client.get(
-        "/admin/audit", params={"user_id": user_id, "since": later},
+        "/admin/audit",
+        params={"user_id": user_id, "since": later},
         headers=bearer(admin["access_token"]),
     )
     assert none_since.json() == []
