@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.tokens import AccessTokenCodec
 from app.core.clock import Clock
-from app.core.db import create_engine
+from app.core.db import UnitOfWork, create_engine
 from app.core.ratelimit import RateLimiter
 from app.core.security import CsrfTokenCodec, PasswordHasher, RefreshTokenCodec
 from app.core.settings import Settings
 from app.keys.service import KeyRing, ensure_signing_key, load_key_ring
+from app.sessions.cache import SessionStateCache
 from app.sessions.service import SessionPolicy
 
 
@@ -31,6 +32,7 @@ class AppContext:
     access_codec: AccessTokenCodec
     key_ring: KeyRing
     limiter: RateLimiter
+    session_cache: SessionStateCache
 
 
 async def build_context(
@@ -73,6 +75,7 @@ async def build_context(
             enabled=settings.rate_limits_enabled,
             namespace=settings.rate_limit_namespace,
         ),
+        session_cache=SessionStateCache(settings.session_cache_ttl),
     )
 
 
@@ -86,3 +89,8 @@ async def reload_keys(ctx: AppContext) -> None:
     )
     ctx.key_ring = ring
     ctx.access_codec.use(ring)
+
+
+def forget_sessions_after_commit(ctx: AppContext, uow: UnitOfWork) -> None:
+    """Call after revoking sessions: once committed, this process stops trusting cached rows."""
+    uow.after_commit(ctx.session_cache.clear)

@@ -186,6 +186,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "prune_interval": 0,
         "log_format": "json",
         "rate_limits_enabled": False,  # tests of the limits turn them on
+        # Tests revoke sessions behind the app's back (CLI, direct SQL) and expect it at once;
+        # the cache's own tests turn it on.
+        "session_cache_ttl": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from app.admin.dependencies import AdminSession
 from app.audit.service import record
+from app.context import forget_sessions_after_commit
 from app.dependencies import ClientDep, ContextDep, DbSession
 from app.sessions import service as sessions
 from app.sessions.router import device_out
@@ -47,6 +48,7 @@ async def _set_active(
     conn = await uow.connection()
     user = await users.require_by_id(conn, user_id)
     revoked = await users.set_active_by_id(conn, user_id, active=active, now=now)
+    forget_sessions_after_commit(ctx, uow)
     await record(
         conn,
         "user.activated" if active else "user.deactivated",

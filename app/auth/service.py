@@ -16,7 +16,7 @@ from app.auth.errors import (
     RefreshTokenReused,
 )
 from app.auth.tokens import IssuedAccessToken
-from app.context import AppContext
+from app.context import AppContext, forget_sessions_after_commit
 from app.core.db import UnitOfWork, autocommit_connection
 from app.sessions import repository as sessions
 from app.sessions.repository import SessionState, TokenLink
@@ -210,6 +210,7 @@ class AuthService:
         await sessions.revoke_sessions(
             conn, now=now, reason="refresh_token_reused", session_id=link.session.id
         )
+        forget_sessions_after_commit(self._ctx, self._uow)
         await self._audit(
             "refresh.reuse_detected",
             now,
@@ -240,6 +241,7 @@ class AuthService:
         now = self._ctx.clock.now()
         conn = await self._uow.connection()
         await sessions.revoke_sessions(conn, now=now, reason="logout", session_id=session_id)
+        forget_sessions_after_commit(self._ctx, self._uow)
         await self._audit("logout", now, user_id=user_id, session_id=session_id, scope="session")
 
     async def logout_with_refresh_token(self, refresh_token: str, csrf_token: str) -> None:
@@ -255,6 +257,7 @@ class AuthService:
         revoked = await sessions.revoke_sessions(
             conn, now=now, reason="logout_all", user_id=user_id
         )
+        forget_sessions_after_commit(self._ctx, self._uow)
         await self._audit(
             "logout",
             now,

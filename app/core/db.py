@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -119,6 +119,13 @@ class UnitOfWork:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._conn: AsyncConnection | None = None
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction has committed (e.g. drop cached state that the
+        committed change made stale; running it earlier would let a concurrent request
+        re-cache the old state)."""
+        self._after_commit.append(callback)
 
     async def connection(self) -> AsyncConnection:
         if self._conn is None:
@@ -143,3 +150,7 @@ class UnitOfWork:
                 await conn.rollback()
         finally:
             await conn.close()
+        callbacks, self._after_commit = self._after_commit, []
+        if commit:
+            for callback in callbacks:
+                callback()

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # How long a used refresh token is kept so that a replay is still caught as theft. None
     # (the default) keeps it as long as its session lives: theft is caught at any time.
     refresh_token_retention: int | None = Field(default=None, ge=0)
+    # How long each process may reuse a session row it read (0 disables). Bounds how late a
+    # revocation made on another replica is seen here; this process's own are seen at once.
+    session_cache_ttl: float = Field(default=0.5, ge=0, le=1.0)
     jwt_leeway: int = Field(default=30, ge=0, le=300)
 
     jwt_issuer: str | None = None

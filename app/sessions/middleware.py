@@ -91,7 +91,9 @@ class SlidingSessionMiddleware:
     async def _authenticate(ctx: AppContext, token: str) -> Authenticated:
         now = ctx.clock.now()
         claims = ctx.access_codec.verify(token, now=now)
-        state = await load_for_request(ctx.engine, ctx.policy, claims.session_id, now)
+        state = await load_for_request(
+            ctx.engine, ctx.policy, ctx.session_cache, claims.session_id, now
+        )
         if state.user_id != claims.user_id:
             raise InvalidToken()
         return Authenticated(claims=claims, session=state)
@@ -101,7 +103,9 @@ class SlidingSessionMiddleware:
         # The response has been sent: a failure here can only be logged. The next request
         # will slide instead, well inside the idle timeout.
         try:
-            if await touch(ctx.engine, ctx.policy, auth.session, ctx.clock.now()):
+            if await touch(
+                ctx.engine, ctx.policy, ctx.session_cache, auth.session, ctx.clock.now()
+            ):
                 logger.debug("session.slid", extra={"session_id": str(auth.session.id)})
         except Exception as exc:
             if not is_database_unavailable(exc):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from app.audit.service import record
 from app.auth.dependencies import CurrentSession
+from app.context import forget_sessions_after_commit
 from app.dependencies import ClientDep, ContextDep, DbSession
 from app.sessions import service
 from app.sessions.repository import DeviceSession
@@ -52,6 +53,7 @@ async def revoke_session(
     now = ctx.clock.now()
     conn = await uow.connection()
     await service.revoke_device(conn, auth.session.user_id, session_id, now=now)
+    forget_sessions_after_commit(ctx, uow)
     await record(
         conn,
         "session.revoked",

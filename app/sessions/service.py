@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.auth.errors import SessionExpired, SessionRevoked
 from app.core.db import autocommit_connection
 from app.sessions import repository
+from app.sessions.cache import SessionStateCache
 from app.sessions.errors import SessionNotFound
 from app.sessions.repository import SessionState
 
@@ -30,6 +31,14 @@ class SessionPolicy:
 
     def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
         return min(now + self.idle_timeout, state.absolute_expires_at)
+
+    def is_usable(self, state: SessionState, now: datetime) -> bool:
+        return (
+            state.revoked_at is None
+            and state.user_active
+            and now < state.idle_expires_at
+            and now < state.absolute_expires_at
+        )
 
     def ensure_usable(self, state: SessionState | None, now: datetime) -> SessionState:
         if state is None or state.revoked_at is not None or not state.user_active:
@@ -54,15 +63,29 @@ async def load_usable(
 
 
 async def load_for_request(
-    engine: AsyncEngine, policy: SessionPolicy, session_id: uuid.UUID, now: datetime
+    engine: AsyncEngine,
+    policy: SessionPolicy,
+    cache: SessionStateCache,
+    session_id: uuid.UUID,
+    now: datetime,
 ) -> SessionState:
-    """The session named by an access token, if it may still be used (one indexed read)."""
+    """The session named by an access token, if it may still be used: one indexed read, or
+    none while a recent read (see SessionStateCache) says it is usable."""
+    cached = cache.get(session_id)
+    if cached is not None and policy.is_usable(cached, now):
+        return cached
     async with autocommit_connection(engine) as conn:
-        return await load_usable(conn, policy, session_id, now)
+        state = await load_usable(conn, policy, session_id, now)
+    cache.put(state)
+    return state
 
 
 async def touch(
-    engine: AsyncEngine, policy: SessionPolicy, state: SessionState, now: datetime
+    engine: AsyncEngine,
+    policy: SessionPolicy,
+    cache: SessionStateCache,
+    state: SessionState,
+    now: datetime,
 ) -> bool:
     """Slide the idle deadline after activity; returns whether the database was written.
 
@@ -76,9 +99,12 @@ async def touch(
     if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
         return False
     async with autocommit_connection(engine) as conn:
-        return await repository.slide(
+        written = await repository.slide(
             conn, state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
+    # Whether this request or a concurrent one moved it, the stored deadline is now this far.
+    cache.put(replace(state, idle_expires_at=target))
+    return written
 
 
 async def list_devices(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from app.audit.service import record
 from app.auth.dependencies import CurrentSession
+from app.context import forget_sessions_after_commit
 from app.dependencies import ClientDep, ContextDep, DbSession
 from app.users import service
 from app.users.errors import RegistrationClosed, WrongCurrentPassword
@@ -37,6 +38,7 @@ async def change_password(
     revoked = await service.replace_password_hash(
         conn, user.id, new_hash, now=now, keep_session=auth.session.id
     )
+    forget_sessions_after_commit(ctx, uow)
     await record(
         conn,
         "password.changed",

@@ -36,6 +36,7 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         "PRUNE_INTERVAL": "0",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMITS_ENABLED": "false",  # tests of the limits turn them on
+        "SESSION_CACHE_TTL": "0",  # tests of the cache turn it on
         **extra,
     }
 

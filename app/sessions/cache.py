@@ -1,0 +1,50 @@
+"""A per-process cache of session rows for the per-request check: bounded staleness.
+
+Only ever used to *accept* a request: a cached row that looks expired or revoked is re-read.
+A revocation made by this process clears the cache once its transaction commits; one made by
+another replica is seen here within `ttl` seconds (issue: within 1 s). ttl=0 disables it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from app.sessions.repository import SessionState
+
+
+class SessionStateCache:
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._monotonic = monotonic
+        self._entries: dict[uuid.UUID, tuple[float, SessionState]] = {}
+
+    def get(self, session_id: uuid.UUID) -> SessionState | None:
+        if self._ttl <= 0:
+            return None
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        stored_at, state = entry
+        if self._monotonic() - stored_at > self._ttl:
+            del self._entries[session_id]
+            return None
+        return state
+
+    def put(self, state: SessionState) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[state.id] = (self._monotonic(), state)
+
+    def clear(self) -> None:
+        self._entries.clear()
