@@ -81,8 +81,12 @@ _SECRET_PATTERNS = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The app's own configure_logging is skipped in tests (configure_logs=False): mirror what
+    # it does to the driver loggers, then capture everything else at DEBUG.
     logging.getLogger().addHandler(_LOG_CAPTURE)
     logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("aiosqlite", "asyncpg"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _secret_leaks() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -85,7 +86,8 @@ async def test_d27_cookie_attributes_and_prefixes(harness: Harness) -> None:
         assert attrs["secure"] is True
         assert str(attrs["samesite"]).lower() == "strict"
         assert "domain" not in attrs
-        assert int(attrs["max-age"]) == response.json()["refresh_expires_in"]
+        absolute = datetime.fromisoformat(response.json()["session"]["absolute_expires_at"])
+        assert int(attrs["max-age"]) == int((absolute - harness.clock.now()).total_seconds())
         assert len(cookie["value"]) >= 43
     (csrf,) = [c for c in cookies if c["name"] == CSRF_COOKIE]
     assert csrf["name"].startswith("__Host-")

@@ -72,13 +72,17 @@ def _respond(
 ) -> TokenResponse:
     body = _token_response(grant)
     if cookies:
+        csrf_token = ctx.csrf_codec.token_for(grant.session.id)
         set_session_cookies(
             response,
             refresh_token=grant.refresh_token,
-            csrf_token=ctx.csrf_codec.token_for(grant.session.id),
-            max_age=grant.refresh_expires_in,
+            csrf_token=csrf_token,
+            # Until the absolute deadline, not the idle one: a browser that kept the cookie
+            # past an idle expiry lets the server say why (session_expired) on the next refresh.
+            max_age=_seconds_until(grant.session.absolute_expires_at, grant.now),
         )
         body.refresh_token = None
+        body.csrf_token = csrf_token
     return body
 
 

@@ -46,6 +46,11 @@ class TokenResponse(BaseModel):
         description="Seconds until the refresh token stops working if the session stays idle."
     )
     refresh_after: datetime = Field(description="When a client should refresh silently.")
+    csrf_token: str | None = Field(
+        default=None,
+        description="Cookie transport only: the value to send as X-CSRF-Token (also in the "
+        "__Host-csrf_token cookie, which a frontend on another origin cannot read).",
+    )
     session: SessionInfo
 
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -127,6 +127,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(code, message), status_code=exc.status_code, headers=exc.headers
         )
+
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        # Registered for the types a database failure raises, so Starlette's
+        # ExceptionMiddleware answers them inside the middleware stack (request id, no-store,
+        # metrics see the 503). The catch-all below runs in ServerErrorMiddleware, which
+        # re-raises after responding.
+        if not is_database_unavailable(exc):
+            raise exc  # a bug, not an outage: the catch-all answers 500 and logs it
+        logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
+        return domain_error_response(ServiceUnavailableError())
+
+    app.add_exception_handler(SQLAlchemyError, _database)
+    app.add_exception_handler(OSError, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

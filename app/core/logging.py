@@ -62,3 +62,6 @@ def configure_logging(level: str = "INFO", *, json_output: bool = True) -> None:
         logging.getLogger(name).propagate = True
     # The access log would print query strings, where a careless client may put a token.
     logging.getLogger("uvicorn.access").disabled = True
+    # Driver debug logs print SQL parameters (password hashes, token hashes): never below INFO.
+    for name in ("aiosqlite", "asyncpg"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
