@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.core.clock import Clock
-from app.core.db import create_engine
-from app.core.security import PasswordHasher
-from app.users import service as users
 from tests.conftest import PASSWORD
-from tests.support.servers import free_port, uvicorn_server
+from tests.support.servers import create_user_in, free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,21 +106,7 @@ def gateway_stack(
 
 
 async def _user(database_url: str) -> str:
-    email = f"gw-{uuid.uuid4().hex[:10]}@example.com"
-    engine = create_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await users.create_user(
-                conn,
-                PasswordHasher(),
-                email=email,
-                password=PASSWORD,
-                role="editor",
-                now=Clock().now(),
-            )
-    finally:
-        await engine.dispose()
-    return email
+    return await create_user_in(database_url, prefix="gw", role="editor")
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -10,33 +10,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.core.clock import Clock
 from app.core.db import create_engine, table_of
-from app.core.security import PasswordHasher
 from app.sessions.models import RefreshToken
-from app.users import service as users
 from tests.conftest import PASSWORD
-from tests.support.servers import uvicorn_server
+from tests.support.servers import create_user_in, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
 
 async def _create_user(database_url: str) -> str:
-    email = f"proc-{uuid.uuid4().hex[:10]}@example.com"
-    engine = create_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await users.create_user(
-                conn,
-                PasswordHasher(),
-                email=email,
-                password=PASSWORD,
-                role="user",
-                now=Clock().now(),
-            )
-    finally:
-        await engine.dispose()
-    return email
+    return await create_user_in(database_url, prefix="proc")
 
 
 async def _login(client: httpx.AsyncClient, base: str, email: str) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import uuid
+from datetime import datetime
+from typing import Literal
 
 from app.context import AppContext
 from app.core.db import autocommit_connection
@@ -45,17 +48,14 @@ async def _access(ctx: AppContext, token: str) -> IntrospectionResponse | None:
         return None
     if state.user_id != claims.user_id:
         return None
-    return IntrospectionResponse(
-        active=True,
-        token_type="access_token",  # noqa: S106 - RFC 7662 type name
-        sub=str(claims.user_id),
-        sid=str(claims.session_id),
+    return _active(
+        ctx,
+        "access_token",
+        user_id=claims.user_id,
+        session_id=claims.session_id,
         role=claims.role,
-        scope=claims.role,
-        iss=ctx.settings.issuer,
-        aud=ctx.settings.jwt_audience,
-        iat=int(claims.issued_at.timestamp()),
-        exp=int(claims.expires_at.timestamp()),
+        issued_at=claims.issued_at,
+        expires_at=claims.expires_at,
     )
 
 
@@ -71,15 +71,36 @@ async def _refresh(ctx: AppContext, token: str) -> IntrospectionResponse | None:
         state = ctx.policy.ensure_usable(link.session, now)
     except DomainError:
         return None
+    return _active(
+        ctx,
+        "refresh_token",
+        user_id=state.user_id,
+        session_id=state.id,
+        role=state.role,
+        issued_at=state.created_at,
+        expires_at=min(state.idle_expires_at, state.absolute_expires_at),
+    )
+
+
+def _active(
+    ctx: AppContext,
+    token_type: Literal["access_token", "refresh_token"],
+    *,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    role: str,
+    issued_at: datetime,
+    expires_at: datetime,
+) -> IntrospectionResponse:
     return IntrospectionResponse(
         active=True,
-        token_type="refresh_token",  # noqa: S106 - RFC 7662 type name
-        sub=str(state.user_id),
-        sid=str(state.id),
-        role=state.role,
-        scope=state.role,
+        token_type=token_type,
+        sub=str(user_id),
+        sid=str(session_id),
+        role=role,
+        scope=role,
         iss=ctx.settings.issuer,
         aud=ctx.settings.jwt_audience,
-        iat=int(state.created_at.timestamp()),
-        exp=int(min(state.idle_expires_at, state.absolute_expires_at).timestamp()),
+        iat=int(issued_at.timestamp()),
+        exp=int(expires_at.timestamp()),
     )

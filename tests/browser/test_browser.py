@@ -27,14 +27,11 @@ from sqlalchemy import select
 
 from app import migrate
 from app.audit.models import AuditEvent
-from app.core.clock import Clock
 from app.core.db import create_engine, table_of
-from app.core.security import PasswordHasher
 from app.sessions.models import RefreshToken, Session
-from app.users import service as users
 from app.users.models import User
 from tests.conftest import PASSWORD
-from tests.support.servers import free_port, uvicorn_server
+from tests.support.servers import create_user_in, free_port, uvicorn_server
 
 REQUIRE_BROWSER = os.environ.get("REQUIRE_BROWSER") == "1"
 
@@ -159,21 +156,7 @@ async def idle_service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 
 async def create_user(database_url: str) -> str:
-    email = f"browser-{uuid.uuid4().hex[:10]}@example.com"
-    engine = create_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await users.create_user(
-                conn,
-                PasswordHasher(),
-                email=email,
-                password=PASSWORD,
-                role="user",
-                now=Clock().now(),
-            )
-    finally:
-        await engine.dispose()
-    return email
+    return await create_user_in(database_url, prefix="browser")
 
 
 @dataclass

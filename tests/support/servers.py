@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +100,23 @@ def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: floa
                 return
         time.sleep(0.1)
     raise RuntimeError("server did not become healthy")
+
+
+async def create_user_in(database_url: str, *, prefix: str = "user", role: str = "user") -> str:
+    """A user created straight in a database that a server process (not this one) serves."""
+    from app.core.clock import Clock
+    from app.core.db import create_engine
+    from app.core.security import PasswordHasher
+    from app.users import service as users
+    from tests.conftest import PASSWORD
+
+    email = f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await users.create_user(
+                conn, PasswordHasher(), email=email, password=PASSWORD, role=role, now=Clock().now()
+            )
+    finally:
+        await engine.dispose()
+    return email
