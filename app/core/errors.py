@@ -83,8 +83,11 @@ def domain_error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
 
-# Deadlock and serialisation failures: the transaction was rolled back and may simply be retried.
+# SQLSTATEs a client should simply retry: deadlock / serialisation failures (the transaction was
+# rolled back), and the classes of a server going away or coming back: 08 connection exception,
+# 53 insufficient resources, 57 operator intervention (shutting down, starting up).
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -93,8 +96,12 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, DBAPIError):
         return False
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return exc.connection_invalidated or sqlstate in _RETRYABLE_SQLSTATES
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+    return (
+        exc.connection_invalidated
+        or sqlstate in _RETRYABLE_SQLSTATES
+        or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES
+    )
 
 
 _HTTP_CODES = {

@@ -107,10 +107,11 @@ class SlidingSessionMiddleware:
                 ctx.engine, ctx.policy, ctx.session_cache, auth.session, ctx.clock.now()
             ):
                 logger.debug("session.slid", extra={"session_id": str(auth.session.id)})
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                raise
-            logger.warning("session.slide_failed", extra={"error_type": type(exc).__name__})
+        except Exception as exc:  # never raise once the response is out: log, and go on
+            if is_database_unavailable(exc):
+                logger.warning("session.slide_failed", extra={"error_type": type(exc).__name__})
+            else:
+                logger.exception("session.slide_failed")
 
 
 def bearer_token(scope: Scope) -> str | None:
