@@ -352,6 +352,16 @@ def main() -> int:
         )
         results.append(
             wrk(
+                "/auth/verify (forward-auth)",
+                f"{service}/auth/verify",
+                duration=d,
+                threads=t,
+                connections=c,
+                headers=auth,
+            )
+        )
+        results.append(
+            wrk(
                 "/auth/me (slides)",
                 f"{service}/auth/me",
                 duration=d,
