@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 
 from app.core.logging import JsonFormatter, request_id_var
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
+from tests.support.servers import create_user_in, uvicorn_server
 from tests.test_cli import _cli
 
 
@@ -127,3 +131,28 @@ async def test_no_secret_in_logs_of_a_full_flow(
     for secret in secrets:
         assert secret not in text
     assert str(uuid.UUID(tokens["session"]["id"])) in text  # ids are logged, secrets are not
+
+
+async def test_metrics_add_up_across_workers(postgres_url: str, tmp_path: Path) -> None:
+    """With several workers each process writes its samples to PROMETHEUS_MULTIPROC_DIR (as
+    `python -m app serve --workers N` arranges) and any worker's /metrics reports the sum."""
+    email = await create_user_in(postgres_url, prefix="metrics")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with uvicorn_server(postgres_url, workers=2, env=env) as (base, _):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for _ in range(12):  # fresh connections spread over both workers
+                async with httpx.AsyncClient(base_url=base, timeout=30) as one_off:
+                    response = await one_off.post(
+                        "/auth/login", json={"email": email, "password": PASSWORD}
+                    )
+                    assert response.status_code == 200
+            pids = await asyncio.to_thread(lambda: {p.name for p in tmp_path.glob("counter_*.db")})
+            assert len(pids) >= 2, pids  # both workers served and recorded
+            for _ in range(4):
+                text = (await client.get("/metrics")).text
+                line = next(
+                    ln
+                    for ln in text.splitlines()
+                    if ln.startswith('authsvc_auth_events_total{event="login.succeeded"}')
+                )
+                assert float(line.split()[-1]) == 12.0
