@@ -117,6 +117,11 @@ async def _prune(settings: Settings) -> str:
 
 
 async def _run_keys(args: argparse.Namespace, settings: Settings) -> str:
+    if settings.jwt_private_key_file is not None:
+        raise SystemExit(
+            "error: keys come from JWT_PRIVATE_KEY_FILE; rotate by replacing the files "
+            "(keep the old public key in JWT_PUBLIC_KEY_FILES until its tokens expire)"
+        )
     engine = create_engine(settings.database_url)
     now, lifetime = Clock().now(), settings.token_lifetime
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ from app.core.db import UnitOfWork, create_engine
 from app.core.ratelimit import RateLimiter
 from app.core.security import CsrfTokenCodec, PasswordHasher, RefreshTokenCodec
 from app.core.settings import Settings
-from app.keys.service import KeyRing, ensure_signing_key, load_key_ring
+from app.keys.service import KeyRing, ensure_signing_key, load_file_key_ring, load_key_ring
 from app.sessions.cache import SessionStateCache
 from app.sessions.service import SessionPolicy
 
@@ -44,11 +45,10 @@ async def build_context(
         pool_timeout=settings.db_pool_timeout,
     )
     secret = settings.secret_key.get_secret_value()
-    algorithm = settings.jwt_algorithm.value
-    await ensure_signing_key(engine, algorithm=algorithm, secret=secret, now=clock.now())
-    key_ring = await load_key_ring(
-        engine, secret=secret, now=clock.now(), token_lifetime=settings.token_lifetime
-    )
+    if settings.jwt_private_key_file is None:
+        algorithm = settings.jwt_algorithm.value
+        await ensure_signing_key(engine, algorithm=algorithm, secret=secret, now=clock.now())
+    key_ring = await _key_ring(settings, engine, clock)
     return AppContext(
         settings=settings,
         engine=engine,
@@ -79,14 +79,22 @@ async def build_context(
     )
 
 
+async def _key_ring(settings: Settings, engine: AsyncEngine, clock: Clock) -> KeyRing:
+    if settings.jwt_private_key_file is not None:
+        return await asyncio.to_thread(
+            load_file_key_ring, settings.jwt_private_key_file, settings.jwt_public_key_files
+        )
+    return await load_key_ring(
+        engine,
+        secret=settings.secret_key.get_secret_value(),
+        now=clock.now(),
+        token_lifetime=settings.token_lifetime,
+    )
+
+
 async def reload_keys(ctx: AppContext) -> None:
     """Pick up rotated keys: publish new ones, sign with the newly active one, drop retired."""
-    ring = await load_key_ring(
-        ctx.engine,
-        secret=ctx.settings.secret_key.get_secret_value(),
-        now=ctx.clock.now(),
-        token_lifetime=ctx.settings.token_lifetime,
-    )
+    ring = await _key_ring(ctx.settings, ctx.engine, ctx.clock)
     ctx.key_ring = ring
     ctx.access_codec.use(ring)
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import asyncpg
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from app import migrate
@@ -15,7 +19,7 @@ from app.core.clock import Clock
 from app.core.db import create_engine, table_of
 from app.keys.models import SigningKey
 from app.keys.service import KeyRingError
-from tests.conftest import POSTGRES_URL, TEST_SECRET, make_settings
+from tests.conftest import POSTGRES_URL, TEST_SECRET, bearer, make_settings, start_harness
 
 
 async def test_replicas_starting_together_share_one_key(postgres_url: str) -> None:
@@ -50,3 +54,41 @@ async def test_key_is_stored_encrypted_and_bound_to_the_secret(sqlite_url: str) 
             await build_context(other, Clock())
     finally:
         await ctx.engine.dispose()
+
+
+def _pem_pair(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / f"{name}.pem"
+    public = tmp_path / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+async def test_keys_from_pem_files(sqlite_url: str, tmp_path: Path) -> None:
+    current, _ = _pem_pair(tmp_path, "current")
+    _, previous_public = _pem_pair(tmp_path, "previous")
+    settings = make_settings(
+        sqlite_url,
+        jwt_private_key_file=str(current),
+        jwt_public_key_files=[str(previous_public)],
+    )
+    async for h in start_harness(settings):
+        tokens = await h.login(await h.create_user())
+        kid = jwt.get_unverified_header(tokens["access_token"])["kid"]
+        jwks = (await h.client.get("/.well-known/jwks.json")).json()["keys"]
+        assert len(jwks) == 2
+        assert kid in {k["kid"] for k in jwks}
+        assert all(k["alg"] == "ES256" for k in jwks)
+        me = await h.client.get("/auth/me", headers=bearer(tokens["access_token"]))
+        assert me.status_code == 200

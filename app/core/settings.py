@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     jwt_audience: str = "authsvc"
     jwt_algorithm: SigningAlgorithm = SigningAlgorithm.ES256
 
+    # Keys from PEM files instead of the database (e.g. mounted from a secret store): the
+    # private key signs (its type picks ES256 / EdDSA / RS256); the public keys of previous keys
+    # keep verifying while their tokens live. Files are re-read every KEY_RELOAD_INTERVAL.
+    jwt_private_key_file: str | None = None
+    jwt_public_key_files: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long gateways may cache /.well-known/jwks.json (Cache-Control max-age).
     jwks_max_age: int = Field(default=300, ge=0, le=86400)
     # How often each process re-reads the signing keys from the database.
@@ -95,7 +100,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str | None = None  # "json" or "console"; default depends on environment
 
-    @field_validator("cors_origins", "trusted_proxies", "introspection_clients", mode="before")
+    @field_validator(
+        "cors_origins",
+        "trusted_proxies",
+        "introspection_clients",
+        "jwt_public_key_files",
+        mode="before",
+    )
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip():

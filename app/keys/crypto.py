@@ -41,6 +41,36 @@ def public_jwk(public_key: PublicKey, *, kid: str, algorithm: str) -> dict[str, 
     return jwk
 
 
+_PRIVATE_TYPES = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
+_PUBLIC_TYPES = (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
+
+
+def algorithm_of(public_key: PublicKey) -> str:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if not isinstance(public_key.curve, ec.SECP256R1):
+            raise ValueError("EC keys must be P-256 (ES256)")
+        return "ES256"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    return "RS256"
+
+
+def load_private_pem(pem: bytes) -> PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    ):
+        raise ValueError("unsupported private key type (use P-256, Ed25519 or RSA)")
+    return key
+
+
+def load_public_pem(pem: bytes) -> PublicKey:
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, _PUBLIC_TYPES):
+        raise ValueError("unsupported public key type (use P-256, Ed25519 or RSA)")
+    return key
+
+
 def thumbprint_kid(public_key: PublicKey) -> str:
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -64,13 +94,7 @@ class KeyEncryptor:
         return nonce + self._aead.encrypt(nonce, pem, kid.encode())
 
     def decrypt(self, blob: bytes, kid: str) -> PrivateKey:
-        pem = self._aead.decrypt(blob[:12], blob[12:], kid.encode())
-        key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(
-            key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-        ):
-            raise ValueError("unsupported private key type")
-        return key
+        return load_private_pem(self._aead.decrypt(blob[:12], blob[12:], kid.encode()))
 
 
 def dumps_jwk(jwk: dict[str, Any]) -> str:

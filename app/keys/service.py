@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -22,8 +23,11 @@ from app.keys.crypto import (
     KeyEncryptor,
     PrivateKey,
     PublicKey,
+    algorithm_of,
     dumps_jwk,
     generate_private_key,
+    load_private_pem,
+    load_public_pem,
     public_jwk,
     thumbprint_kid,
 )
@@ -184,4 +188,27 @@ async def load_key_ring(
             signer = SigningKeyPair(kid=key.kid, algorithm=key.algorithm, private_key=private_key)
     if signer is None:
         raise KeyRingError("no active signing key; run `python -m app migrate`")
+    return KeyRing(signer, verifiers)
+
+
+def load_file_key_ring(private_key_file: str, public_key_files: list[str]) -> KeyRing:
+    """Keys managed outside the service (a secret store mounting PEM files): the private key
+    signs; the extra public keys keep verifying tokens of keys being rotated out. Re-read on
+    every reload, so replacing the files rotates without a restart."""
+    private_key = load_private_pem(Path(private_key_file).read_bytes())
+    signer_kid = thumbprint_kid(private_key.public_key())
+    algorithm = algorithm_of(private_key.public_key())
+    signer = SigningKeyPair(kid=signer_kid, algorithm=algorithm, private_key=private_key)
+    verifiers: dict[str, VerificationKey] = {}
+    public_keys = [private_key.public_key()]
+    public_keys += [load_public_pem(Path(path).read_bytes()) for path in public_key_files]
+    for public_key in public_keys:
+        kid = thumbprint_kid(public_key)
+        alg = algorithm_of(public_key)
+        verifiers[kid] = VerificationKey(
+            kid=kid,
+            algorithm=alg,
+            public_key=public_key,
+            jwk=public_jwk(public_key, kid=kid, algorithm=alg),
+        )
     return KeyRing(signer, verifiers)
