@@ -381,3 +381,14 @@ async def test_short_password_on_login_is_a_clear_422(harness: Harness) -> None:
     assert response.status_code == 422
     assert code(response) == "validation_error"
     await asyncio.sleep(0)
+
+
+async def test_token_endpoint_shares_the_login_limits(database_url: str) -> None:
+    settings = make_settings(database_url, rate_limits_enabled=True, rate_limit_login_ip="2/minute")
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        form = {"grant_type": "password", "username": email, "password": "not the password"}
+        statuses = [(await h.client.post("/auth/token", data=form)).status_code for _ in range(3)]
+        assert statuses == [400, 400, 429]
+        limited = await h.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert code(limited) == "rate_limited"

@@ -288,3 +288,21 @@ async def test_cors_credentials_only_for_configured_origins(database_url: str) -
 def test_wildcard_cors_with_credentials_is_refused() -> None:
     with pytest.raises(ValueError, match="CORS_ORIGINS"):
         make_settings("sqlite+aiosqlite:///x.db", cors_origins=["*"])
+
+
+async def test_an_unrelated_authorization_header_does_not_skip_the_checks(
+    harness: Harness,
+) -> None:
+    login = await cookie_login(harness, await harness.create_user())
+    response = await harness.client.post(
+        "/auth/logout",
+        content=b"x=1",
+        headers={
+            **cookie_header(login, "/auth/logout"),
+            "content-type": "application/x-www-form-urlencoded",
+            "Authorization": "Basic YWJjOmRlZg==",
+            "X-CSRF-Token": csrf_of(login),
+        },
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"

@@ -13,10 +13,13 @@ from typing import Any, cast
 import httpx
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
+from sqlalchemy import update
 
 from app import migrate
 from app.context import reload_keys
+from app.core.db import table_of
 from app.keys import service as keys
+from app.users.models import User
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 from tests.support.servers import uvicorn_server
 
@@ -198,3 +201,21 @@ async def test_logout_on_one_replica_is_seen_by_the_other_at_once(postgres_url: 
             assert denied.status_code == 401
             assert denied.headers["x-auth-error"] == "session_revoked"
             assert time.monotonic() - started < 1.0
+
+
+async def test_introspection_reports_the_current_role(database_url: str) -> None:
+    settings = make_settings(database_url, introspection_clients={"gw": "gateway-secret-2"})
+    async for h in start_harness(settings):
+        email = await h.create_user(role="admin")
+        tokens = await h.login(email)
+        users_table = table_of(User)
+        async with h.ctx.engine.begin() as conn:
+            await conn.execute(
+                update(users_table).where(users_table.c.email == email).values(role="user")
+            )
+        answer = await h.client.post(
+            "/auth/introspect",
+            data={"token": tokens["access_token"]},
+            headers=basic("gw", "gateway-secret-2"),
+        )
+        assert answer.json()["role"] == "user"

@@ -156,3 +156,11 @@ async def test_metrics_add_up_across_workers(postgres_url: str, tmp_path: Path) 
                     if ln.startswith('authsvc_auth_events_total{event="login.succeeded"}')
                 )
                 assert float(line.split()[-1]) == 12.0
+
+
+async def test_metric_labels_stay_bounded(harness: Harness) -> None:
+    for method in ("X0ZZ", "X1ZZ", "BREW"):
+        await harness.client.request(method, "/healthz")
+    text = (await harness.client.get("/metrics")).text
+    assert 'method="X0ZZ"' not in text
+    assert 'method="other"' in text

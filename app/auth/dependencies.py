@@ -7,7 +7,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app.auth.errors import NotAuthenticated
 from app.auth.transport import check_cross_site, refresh_cookie, wants_cookies
-from app.sessions.middleware import AUTH_STATE_KEY, Authenticated
+from app.sessions.middleware import AUTH_STATE_KEY, Authenticated, bearer_token
 
 # Only for the OpenAPI document (the /docs "Authorize" button); the middleware verifies.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -38,7 +38,7 @@ async def guard_cookie_request(request: Request) -> None:
     403 `csrf_failed`, not a validation error. The session-bound CSRF token is checked later,
     by the service, once the refresh cookie has named the session."""
     uses_cookies = wants_cookies(request) or (
-        refresh_cookie(request) is not None and "authorization" not in request.headers
+        refresh_cookie(request) is not None and bearer_token(request.scope) is None
     )
     if uses_cookies:
         check_cross_site(request, request.app.state.ctx.settings.cors_origins)

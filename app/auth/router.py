@@ -40,6 +40,11 @@ _401 = {"description": "Not authenticated: see `error.code`"}
 _403 = {"description": "`csrf_failed`: cross-site request refused (cookie transport)"}
 
 
+async def _limit_login(ctx: AppContext, ip: str | None, email: str) -> None:
+    await ctx.limiter.hit("login_ip", ip or "unknown")
+    await ctx.limiter.hit("login_account", normalize_email(email))
+
+
 def _refresh_after(issued_at: datetime, expires_at: datetime) -> datetime:
     # Refresh once four fifths of the token's life have passed: early enough to absorb
     # a slow network, late enough not to rotate needlessly.
@@ -102,8 +107,7 @@ async def login(
 ) -> TokenResponse:
     """Start a new session (one per device) and return its first token pair."""
     cookies = wants_cookies(request)
-    await ctx.limiter.hit("login_ip", client.ip or "unknown")
-    await ctx.limiter.hit("login_account", normalize_email(body.email))
+    await _limit_login(ctx, client.ip, body.email)
     grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
     return _respond(grant, ctx, response, cookies=cookies)
 
@@ -160,10 +164,12 @@ async def token(
                 raise OAuthError("invalid_request", "username and password are required")
             if has_control_characters(username):
                 raise OAuthError("invalid_request", "username must not contain control characters")
+            await _limit_login(ctx, client.ip, username)  # same limits as /auth/login
             grant = await service.login(username, password, device_name="openapi-docs")
         elif grant_type == "refresh_token":
             if not refresh_token:
                 raise OAuthError("invalid_request", "refresh_token is required")
+            await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
             grant = await service.refresh(refresh_token)
         elif grant_type is None:
             raise OAuthError("invalid_request", "grant_type is required")

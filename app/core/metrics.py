@@ -60,6 +60,10 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+# Label values must come from a fixed set, or a client inventing methods grows the series forever.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Pure ASGI: counts and times every HTTP request under its route template (not the raw
     path, whose ids would explode the label set)."""
@@ -84,7 +88,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_count)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(route).observe(time.perf_counter() - started)
             pool = getattr(getattr(scope["app"].state, "ctx", None), "engine", None)
             if pool is not None:

@@ -178,8 +178,10 @@ class Settings(BaseSettings):
 
     @property
     def token_lifetime(self) -> timedelta:
-        """The longest an access token can be accepted after it was signed."""
-        return timedelta(seconds=self.access_token_ttl + self.jwt_leeway)
+        """How long a superseded key must keep verifying: a token it signed is accepted for
+        TTL + leeway, and a replica may sign with it for up to one reload interval after its
+        successor activated."""
+        return timedelta(seconds=self.access_token_ttl + self.jwt_leeway + self.key_reload_interval)
 
     @property
     def issuer(self) -> str:

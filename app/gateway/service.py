@@ -53,7 +53,7 @@ async def _access(ctx: AppContext, token: str) -> IntrospectionResponse | None:
         "access_token",
         user_id=claims.user_id,
         session_id=claims.session_id,
-        role=claims.role,
+        role=state.role,  # the account's role now, not the one the token was issued with
         issued_at=claims.issued_at,
         expires_at=claims.expires_at,
     )
