@@ -21,7 +21,6 @@ from app.context import build_context, reload_keys
 from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
-from app.core.metrics import MetricsMiddleware
 from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
 from app.core.periodic import every
 from app.core.settings import Environment, Settings, get_settings
@@ -140,7 +139,6 @@ def create_app(
             ],
         )
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(MetricsMiddleware)
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.

@@ -57,11 +57,6 @@ class CsrfFailed(ForbiddenError):
     message = "Cross-site request refused: missing or wrong CSRF token, origin or content type."
 
 
-class UnsupportedGrantType(DomainError):
-    code = "unsupported_grant_type"
-    message = "grant_type must be `password` or `refresh_token`."
-
-
 class OAuthError(DomainError):
     """An RFC 6749 §5.2 error from the token endpoint: its own body shape, not the envelope."""
 

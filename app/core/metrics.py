@@ -8,7 +8,6 @@ them, whichever worker answers the scrape.
 from __future__ import annotations
 
 import os
-import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +18,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 REQUESTS = Counter(
     "authsvc_http_requests_total",
@@ -64,34 +63,15 @@ def render() -> tuple[bytes, str]:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class MetricsMiddleware:
-    """Pure ASGI: counts and times every HTTP request under its route template (not the raw
-    path, whose ids would explode the label set)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_count(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_count)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - started)
-            pool = getattr(getattr(scope["app"].state, "ctx", None), "engine", None)
-            if pool is not None:
-                POOL_CHECKED_OUT.set(pool.pool.checkedout())
-                POOL_SIZE.set(pool.pool.size())
+def record_request(scope: Scope, status: int, seconds: float) -> None:
+    """Count and time one finished HTTP request under its route template (not the raw path,
+    whose ids would explode the label set). Called by the request-id middleware, which already
+    wraps every request, so measuring costs no extra middleware layer."""
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(route).observe(seconds)
+    engine = getattr(getattr(scope["app"].state, "ctx", None), "engine", None)
+    if engine is not None:
+        POOL_CHECKED_OUT.set(engine.pool.checkedout())
+        POOL_SIZE.set(engine.pool.size())

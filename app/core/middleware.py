@@ -14,13 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import error_body
 from app.core.logging import request_id_var
+from app.core.metrics import record_request
 
 logger = logging.getLogger("app.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Accepts a sane `X-Request-ID` or makes one, binds it to logs, and echoes it back."""
+    """Accepts a sane `X-Request-ID` or makes one, binds it to logs, and echoes it back; and,
+    as it sees every request's status and duration anyway, records its metrics."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,6 +47,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "http.request",
@@ -52,7 +56,7 @@ class RequestIdMiddleware:
                         "method": scope["method"],
                         "path": scope["path"],  # never the query string: it may hold secrets
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                     },
                 )
             request_id_var.reset(token)

@@ -301,7 +301,3 @@ async def count_live_sessions(conn: AsyncConnection, *, now: datetime) -> int:
         _sessions.c.absolute_expires_at > now,
     )
     return int((await conn.execute(stmt)).scalar_one())
-
-
-async def count_tokens(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(_tokens))).scalar_one())
