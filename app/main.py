@@ -17,10 +17,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app.admin.router import router as admin_router
 from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
-from app.context import build_context, reload_keys
+from app.context import AppContext, build_context, reload_keys
 from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
+from app.core.metrics import record_pool
 from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
 from app.core.periodic import every
 from app.core.settings import Environment, Settings, get_settings
@@ -77,7 +78,8 @@ def create_app(
         jobs = [
             asyncio.create_task(
                 every(settings.key_reload_interval, lambda: reload_keys(ctx), name="keys.reload")
-            )
+            ),
+            asyncio.create_task(every(2.0, lambda: _sample_pool(ctx), name="metrics.pool")),
         ]
         if settings.prune_interval:
             jobs.append(
@@ -93,6 +95,7 @@ def create_app(
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
+            ctx.passwords.close()
             if engine is None:
                 await ctx.engine.dispose()
 
@@ -118,6 +121,17 @@ def create_app(
     if settings.environment is not Environment.production:
         app.include_router(demo_router)
 
+    add_middleware_stack(app, settings)
+    return app
+
+
+async def _sample_pool(ctx: AppContext) -> None:
+    record_pool(ctx.engine.pool)
+
+
+def add_middleware_stack(app: FastAPI, settings: Settings) -> None:
+    """Every middleware of the service, in order; also used by the benchmark to measure the
+    stack's own cost on a bare endpoint (bench.ceiling)."""
     # Outermost last: request id wraps everything so every log line has one.
     app.add_middleware(
         SlidingSessionMiddleware, public_paths=PUBLIC_PATHS, passive_paths=PASSIVE_PATHS
@@ -143,4 +157,3 @@ def create_app(
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    return app

@@ -31,6 +31,7 @@ from app.core.clock import Clock
 from app.core.db import create_engine
 from app.core.security import PasswordHasher
 from app.users import service as users
+from bench import checks
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "lua"
@@ -197,14 +198,6 @@ def argon2_verify_rate(seconds: float = 5.0, threads: int = 2) -> float:
     return total / (time.perf_counter() - started)
 
 
-async def count_token_rows(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM refresh_tokens"))
-    finally:
-        await conn.close()
-
-
 async def refresh_chains(base: str, refreshes: int, sessions: int) -> list[str]:
     """`refreshes` rotations spread over `sessions` fresh sessions; returns their access tokens."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
@@ -237,10 +230,11 @@ async def logout_all(base: str, access_tokens: list[str]) -> None:
 
 def token_table(base: str, database_url: str, refreshes: int, sessions: int) -> dict[str, int]:
     """How the refresh-token table grows under rotation and shrinks with prune."""
-    rows = {"before": asyncio.run(count_token_rows(database_url))}
+    dsn = _raw(database_url)
+    rows = {"before": asyncio.run(checks.count_token_rows(dsn))}
     access = asyncio.run(refresh_chains(base, refreshes, sessions))
     rows[f"after {refreshes} refreshes ({sessions} sessions)"] = asyncio.run(
-        count_token_rows(database_url)
+        checks.count_token_rows(dsn)
     )
     rows["after prune, default retention (session life)"] = prune_rows(database_url, None)
     time.sleep(31)
@@ -262,15 +256,91 @@ def prune_rows(database_url: str, retention: int | None) -> int:
     subprocess.run(
         [sys.executable, "-m", "app", "prune"], cwd=ROOT, env=env, check=True, capture_output=True
     )
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    return asyncio.run(checks.count_token_rows(_raw(database_url)))
 
-    async def count() -> int:
-        conn = await asyncpg.connect(dsn)
-        value = await conn.fetchval("SELECT count(*) FROM refresh_tokens")
-        await conn.close()
-        return int(value)
 
-    return asyncio.run(count())
+def _raw(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+LOGIN_BODY = {"email": EMAIL, "password": PASSWORD}
+
+
+@dataclass
+class Run:
+    """Everything one benchmark run measured, for the report."""
+
+    results: list[Result]
+    stack_rounds: list[tuple[float, float]]  # (B0, B0 + our middleware) req/s, interleaved
+    verify_under_login: tuple[Result, Result] | None = None
+    updates: tuple[int, int] | None = None  # (session UPDATEs, verifies answered 200)
+    lookup_rounds: list[tuple[float, float]] | None = None  # (small, large table) refresh req/s
+    lookup_rows: tuple[int, int] | None = None
+    argon2_per_s: float = 0.0
+    token_table: dict[str, int] | None = None
+
+
+def service_env(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": SECRET,
+        "ENVIRONMENT": "production",
+        "JWT_ISSUER": "https://auth.bench",
+        "ACCESS_TOKEN_TTL": "3600",
+        "PRUNE_INTERVAL": "0",
+        "LOG_LEVEL": "INFO",
+        # One client IP drives all the load: measure the service, not the limiter.
+        "RATE_LIMITS_ENABLED": "false",
+    }
+
+
+def refresh_run(name: str, base: str, duration: int, chains: int = 8) -> Result:
+    """`chains` clients, each walking its own rotation chain (one wrk thread per chain)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as fh:
+        for _ in range(chains):
+            fh.write(login(base)["refresh_token"] + "\n")
+    try:
+        return wrk(
+            name,
+            base,
+            duration=duration,
+            threads=chains,
+            connections=chains,
+            script=LUA / "refresh_chain.lua",
+            env={"TOKENS_FILE": fh.name},
+        )
+    finally:
+        os.unlink(fh.name)
+
+
+def login_run(name: str, base: str, duration: int, connections: int) -> Result:
+    return wrk(
+        name,
+        f"{base}/auth/login",
+        duration=duration,
+        threads=2,
+        connections=connections,
+        script=LUA / "login.lua",
+        env={"LOGIN_BODY": json.dumps(LOGIN_BODY)},
+    )
+
+
+def verify_while_logging_in(
+    base: str, duration: int, auth: dict[str, str]
+) -> tuple[Result, Result]:
+    """/auth/verify from 4 connections while 8 connections of logins keep both cores busy."""
+    with ThreadPoolExecutor(1) as pool:
+        logins = pool.submit(login_run, "/auth/login (load)", base, duration + 2, 8)
+        time.sleep(1.5)  # let the logins saturate the CPU first
+        verify = wrk(
+            "/auth/verify under login load",
+            f"{base}/auth/verify",
+            duration=duration,
+            threads=2,
+            connections=4,
+            headers=auth,
+        )
+        return verify, logins.result()
 
 
 def main() -> int:
@@ -283,6 +353,9 @@ def main() -> int:
         default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     parser.add_argument(
+        "--lookup-rows", type=int, default=1_000_000, help="large refresh-token table (0 skips)"
+    )
+    parser.add_argument(
         "--table-refreshes",
         type=int,
         default=10_000,
@@ -292,153 +365,200 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
-
-    name = asyncio.run(create_database(args.admin_dsn))
-    base_dsn = args.admin_dsn.rpartition("/")[0]
-    raw_dsn = f"{base_dsn}/{name}"
-    database_url = raw_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    results: list[Result] = []
-    extra: dict[str, float | int] = {}
-    table: dict[str, int] = {}
+    databases: list[str] = []
     processes: list[subprocess.Popen[bytes]] = []
-    d, c, t = args.duration, args.connections, 2
     try:
-        migrate.upgrade(database_url)
-        asyncio.run(seed_user(database_url))
-        ceiling_port, service_port = _free_port(), _free_port()
-        processes.append(
-            start(
-                "bench.ceiling:app",
-                ceiling_port,
-                args.workers,
-                {"BENCH_DSN": raw_dsn},
-                factory=False,
-            )
-        )
-        service_env = {
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": SECRET,
-            "ENVIRONMENT": "production",
-            "JWT_ISSUER": "https://auth.bench",
-            "ACCESS_TOKEN_TTL": "3600",
-            "PRUNE_INTERVAL": "0",
-            "LOG_LEVEL": "INFO",
-            # One client IP drives all the load: measure the service, not the limiter.
-            "RATE_LIMITS_ENABLED": "false",
-        }
-        processes.append(
-            start("app.main:create_app", service_port, args.workers, service_env, factory=True)
-        )
-        ceiling = f"http://127.0.0.1:{ceiling_port}"
-        service = f"http://127.0.0.1:{service_port}"
-
-        results.append(
-            wrk("B0 constant JSON", f"{ceiling}/b0", duration=d, threads=t, connections=c)
-        )
-        results.append(
-            wrk("B1 one asyncpg SELECT", f"{ceiling}/b1", duration=d, threads=t, connections=c)
-        )
-        access = login(service)["access_token"]
-        auth = {"Authorization": f"Bearer {access}"}
-        results.append(
-            wrk(
-                "/auth/session-status",
-                f"{service}/auth/session-status",
-                duration=d,
-                threads=t,
-                connections=c,
-                headers=auth,
-            )
-        )
-        results.append(
-            wrk(
-                "/auth/verify (forward-auth)",
-                f"{service}/auth/verify",
-                duration=d,
-                threads=t,
-                connections=c,
-                headers=auth,
-            )
-        )
-        results.append(
-            wrk(
-                "/auth/me (slides)",
-                f"{service}/auth/me",
-                duration=d,
-                threads=t,
-                connections=c,
-                headers=auth,
-            )
-        )
-        with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as fh:
-            for _ in range(8):
-                fh.write(login(service)["refresh_token"] + "\n")
-        results.append(
-            wrk(
-                "/auth/refresh (8 chains)",
-                service,
-                duration=d,
-                threads=8,
-                connections=8,
-                script=LUA / "refresh_chain.lua",
-                env={"TOKENS_FILE": fh.name},
-            )
-        )
-        os.unlink(fh.name)
-        results.append(
-            wrk(
-                "/auth/login",
-                f"{service}/auth/login",
-                duration=d,
-                threads=2,
-                connections=4,
-                script=LUA / "login.lua",
-                env={"LOGIN_BODY": json.dumps({"email": EMAIL, "password": PASSWORD})},
-            )
-        )
-        stop(processes.pop())
-        stop(processes.pop())
-        extra["argon2_verify_per_s_2_cores"] = argon2_verify_rate()
-        if args.table_refreshes:
-            processes.append(
-                start("app.main:create_app", service_port, args.workers, service_env, factory=True)
-            )
-            table = token_table(service, database_url, args.table_refreshes, 50)
-            stop(processes.pop())
+        run = _measure(args, databases, processes)
     finally:
         for process in processes:
             stop(process)
-        asyncio.run(drop_database(args.admin_dsn, name))
-
-    report(results, extra, args)
-    if table:
-        print("\nrefresh_tokens rows:")
-        for label, count in table.items():
-            print(f"  {label:<48} {count:>8}")
+        for name in databases:
+            asyncio.run(drop_database(args.admin_dsn, name))
+    report(run, args)
     return 0
 
 
-def report(results: list[Result], extra: dict[str, float | int], args: argparse.Namespace) -> None:
-    by_name = {r.name: r for r in results}
+def _new_database(args: argparse.Namespace, databases: list[str]) -> tuple[str, str]:
+    """A migrated database with the bench user: (raw asyncpg DSN, SQLAlchemy URL)."""
+    name = asyncio.run(create_database(args.admin_dsn))
+    databases.append(name)
+    raw_dsn = f"{args.admin_dsn.rpartition('/')[0]}/{name}"
+    database_url = raw_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    migrate.upgrade(database_url)
+    asyncio.run(seed_user(database_url))
+    return raw_dsn, database_url
+
+
+def _measure(
+    args: argparse.Namespace, databases: list[str], processes: list[subprocess.Popen[bytes]]
+) -> Run:
+    d, c, w = args.duration, args.connections, args.workers
+    raw_dsn, database_url = _new_database(args, databases)
+    ports = [_free_port() for _ in range(3)]
+    ceiling_env = {"BENCH_DSN": raw_dsn}
+    processes.append(start("bench.ceiling:app", ports[0], w, ceiling_env, factory=False))
+    processes.append(start("bench.ceiling:stacked_app", ports[1], w, ceiling_env, factory=False))
+    env = service_env(database_url)
+    processes.append(start("app.main:create_app", ports[2], w, env, factory=True))
+    ceiling, stacked, service = (f"http://127.0.0.1:{p}" for p in ports)
+
+    results = [
+        wrk("B0 constant JSON", f"{ceiling}/b0", duration=d, threads=2, connections=c),
+        wrk("B1 one asyncpg SELECT", f"{ceiling}/b1", duration=d, threads=2, connections=c),
+    ]
+    # Interleaved, so that drift in the machine's speed hits both sides alike.
+    stack_rounds = []
+    for _ in range(3):
+        bare = wrk("b0", f"{ceiling}/b0", duration=max(2, d // 2), threads=2, connections=c)
+        ours = wrk("b0+", f"{stacked}/b0", duration=max(2, d // 2), threads=2, connections=c)
+        stack_rounds.append((bare.rps, ours.rps))
+    stop(processes.pop(1))
+
+    auth = {"Authorization": f"Bearer {login(service)['access_token']}"}
+    for name, path in (
+        ("/auth/session-status", "/auth/session-status"),
+        ("/auth/verify (forward-auth)", "/auth/verify"),
+        ("/auth/me (slides)", "/auth/me"),
+    ):
+        results.append(
+            wrk(name, f"{service}{path}", duration=d, threads=2, connections=c, headers=auth)
+        )
+    results.append(refresh_run("/auth/refresh (8 chains)", service, d))
+    results.append(login_run("/auth/login (8 connections)", service, d, 8))
+    run = Run(results=results, stack_rounds=stack_rounds)
+    run.verify_under_login = verify_while_logging_in(service, d, auth)
+    run.updates = asyncio.run(checks.session_updates_per_verifies(raw_dsn, service, LOGIN_BODY))
+    for process in processes[::-1]:
+        stop(process)
+    processes.clear()
+    run.argon2_per_s = argon2_verify_rate()
+    if args.lookup_rows:
+        _lookup(args, run, databases, processes, (raw_dsn, database_url))
+    if args.table_refreshes:
+        processes.append(start("app.main:create_app", ports[2], w, env, factory=True))
+        run.token_table = token_table(service, database_url, args.table_refreshes, 50)
+        stop(processes.pop())
+    return run
+
+
+def _lookup(
+    args: argparse.Namespace,
+    run: Run,
+    databases: list[str],
+    processes: list[subprocess.Popen[bytes]],
+    small: tuple[str, str],
+) -> None:
+    """Refresh throughput on the bench database against one whose token table holds
+    `--lookup-rows` rows, servers side by side and runs interleaved."""
+    large = _new_database(args, databases)
+    large_rows = asyncio.run(checks.fill_token_table(large[0], args.lookup_rows))
+    small_rows = asyncio.run(checks.count_token_rows(small[0]))
+    ports = [_free_port(), _free_port()]
+    for port, (_, url) in zip(ports, (small, large), strict=True):
+        processes.append(
+            start("app.main:create_app", port, args.workers, service_env(url), factory=True)
+        )
+    rounds = []
+    duration = max(2, args.duration // 2)
+    for _ in range(3):
+        a = refresh_run("small", f"http://127.0.0.1:{ports[0]}", duration)
+        b = refresh_run("large", f"http://127.0.0.1:{ports[1]}", duration)
+        rounds.append((a.rps, b.rps))
+    for process in processes[::-1]:
+        stop(process)
+    processes.clear()
+    run.lookup_rounds, run.lookup_rows = rounds, (small_rows, large_rows)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def report(run: Run, args: argparse.Namespace) -> None:
+    by_name = {r.name: r for r in run.results}
     b0, b1 = by_name["B0 constant JSON"], by_name["B1 one asyncpg SELECT"]
     print(
         f"\nPostgreSQL, {args.workers} uvicorn workers, wrk {args.duration}s, "
-        f"{args.connections} connections (refresh: 8, login: 4)\n"
+        f"{args.connections} connections (refresh: 8 chains, login: 8 connections)\n"
     )
     columns = ("req/s", 9), ("p50 ms", 7), ("p99 ms", 7), ("errors", 6), ("/ B1", 5)
-    print(f"| {'endpoint':<28} | " + " | ".join(f"{n:>{w}}" for n, w in columns) + " |")
-    print(f"|{'-' * 30}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 7}|")
-    for r in results:
+    print(f"| {'endpoint':<30} | " + " | ".join(f"{n:>{w}}" for n, w in columns) + " |")
+    print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 7}|")
+    extra = list(run.verify_under_login or ())
+    for r in [*run.results, *extra]:
         print(
-            f"| {r.name:<28} | {r.rps:>9.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | "
+            f"| {r.name:<30} | {r.rps:>9.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | "
             f"{r.errors:>6} | {r.rps / b1.rps:>5.2f} |"
         )
-    argon = extra.get("argon2_verify_per_s_2_cores")
-    if argon:
-        login_rate = by_name["/auth/login"].rps
-        print(f"\nargon2id verify, 2 cores: {argon:.1f}/s")
-        print(f"login / argon2 ceiling = {login_rate / argon:.2f}")
-    print(f"B1 / B0 = {b1.rps / b0.rps:.2f}")
+    print(f"\nB1 / B0 = {b1.rps / b0.rps:.2f}")
+    _report_targets(run, by_name, b1)
+    if run.token_table:
+        print("\nrefresh_tokens rows:")
+        for label, count in run.token_table.items():
+            print(f"  {label:<48} {count:>8}")
+
+
+def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def ratio(name: str, target: float) -> None:
+        value = by_name[name].rps / b1.rps
+        rows.append((f"{name} / B1", f"{value:.2f}", f">= {target}", value >= target))
+
+    ratio("/auth/verify (forward-auth)", 0.85)
+    ratio("/auth/session-status", 0.85)
+    ratio("/auth/refresh (8 chains)", 0.40)
+    login = by_name["/auth/login (8 connections)"].rps / run.argon2_per_s
+    rows.append(
+        (
+            f"login / argon2id ceiling ({run.argon2_per_s:.1f}/s on 2 cores)",
+            f"{login:.2f}",
+            ">= 0.85",
+            login >= 0.85,
+        )
+    )
+    if run.verify_under_login:
+        p99 = run.verify_under_login[0].p99_ms
+        rows.append(
+            ("p99 /auth/verify while logins saturate CPU", f"{p99:.1f} ms", "<= 50 ms", p99 <= 50)
+        )
+    if run.updates:
+        updates, ok = run.updates
+        per_1000 = updates * 1000 / max(ok, 1)
+        rows.append(
+            (
+                f"session UPDATEs per 1000 verifies, 50 sessions ({ok} answered 200)",
+                f"{per_1000:.0f}",
+                "<= 60",
+                per_1000 <= 60 and ok > 0,
+            )
+        )
+    if run.lookup_rounds and run.lookup_rows:
+        small = _median([a for a, _ in run.lookup_rounds])
+        large = _median([b for _, b in run.lookup_rounds])
+        rows.append(
+            (
+                f"refresh at {run.lookup_rows[1]:,} / at {run.lookup_rows[0]:,} token rows"
+                f" ({large:.0f} / {small:.0f} req/s, medians of 3)",
+                f"{large / small:.2f}",
+                ">= 0.9",
+                large / small >= 0.9,
+            )
+        )
+    bare = _median([a for a, _ in run.stack_rounds])
+    ours = _median([b for _, b in run.stack_rounds])
+    cost = 1 - ours / bare
+    rows.append(
+        (
+            f"middleware stack cost on B0 ({ours:.0f} vs {bare:.0f} req/s, medians of 3)",
+            f"{cost:.1%}",
+            "<= 10%",
+            cost <= 0.10,
+        )
+    )
+    print("\n| target | measured | goal | met |\n|---|---|---|---|")
+    for label, value, goal, met in rows:
+        print(f"| {label} | {value} | {goal} | {'yes' if met else 'NO'} |")
 
 
 if __name__ == "__main__":

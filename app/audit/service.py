@@ -23,6 +23,11 @@ class ClientInfo:
     ip: str | None = None
     user_agent: str | None = None
 
+    @property
+    def stored_user_agent(self) -> str | None:
+        """The User-Agent as stored (the column holds 512 characters)."""
+        return self.user_agent[:512] if self.user_agent else None
+
 
 async def record(
     conn: AsyncConnection,
@@ -41,11 +46,24 @@ async def record(
             "user_id": user_id,
             "session_id": session_id,
             "ip": client.ip,
-            "user_agent": client.user_agent[:512] if client.user_agent else None,
+            "user_agent": client.stored_user_agent,
             "details": details,
             "created_at": now,
         },
     )
+    announce(event, client=client, user_id=user_id, session_id=session_id, **details)
+
+
+def announce(
+    event: str,
+    *,
+    client: ClientInfo,
+    user_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+    **details: Any,
+) -> None:
+    """The log line and metrics of an event whose row is already written (by `record`, or by
+    the one-round-trip rotation, which writes its audit row itself)."""
     AUTH_EVENTS.labels(event).inc()
     if event == "refresh.reuse_detected":
         REUSE_DETECTIONS.labels(str(details.get("reuse_class"))).inc()

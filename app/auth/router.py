@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request, Response, status
 
 from app.auth.dependencies import CookieGuard, CurrentSession, current_session_or_none
 from app.auth.errors import NotAuthenticated, OAuthError, RefreshTokenInvalid
+from app.auth.refresh_service import RefreshService
 from app.auth.schemas import (
     LoginRequest,
     MeResponse,
@@ -123,13 +124,12 @@ async def refresh(
     request: Request,
     response: Response,
     ctx: ContextDep,
-    uow: DbSession,
     client: ClientDep,
 ) -> TokenResponse:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
     await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
-    service = AuthService(ctx, uow, client)
+    service = RefreshService(ctx, client)
     if body.refresh_token is not None:
         grant = await service.refresh(body.refresh_token)
         return _respond(grant, ctx, response, cookies=wants_cookies(request))
@@ -170,7 +170,7 @@ async def token(
             if not refresh_token:
                 raise OAuthError("invalid_request", "refresh_token is required")
             await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
-            grant = await service.refresh(refresh_token)
+            grant = await RefreshService(ctx, client).refresh(refresh_token)
         elif grant_type is None:
             raise OAuthError("invalid_request", "grant_type is required")
         else:

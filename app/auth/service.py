@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,7 +13,6 @@ from app.auth.errors import (
     CsrfFailed,
     InvalidCredentials,
     RefreshTokenInvalid,
-    RefreshTokenReused,
 )
 from app.auth.tokens import IssuedAccessToken
 from app.context import AppContext, forget_sessions_after_commit
@@ -36,6 +35,19 @@ class TokenGrant:
     def refresh_expires_in(self) -> int:
         deadline = min(self.session.idle_expires_at, self.session.absolute_expires_at)
         return max(0, int((deadline - self.now).total_seconds()))
+
+
+def issue_grant(
+    ctx: AppContext, state: SessionState, refresh_token: str, now: datetime
+) -> TokenGrant:
+    access = ctx.access_codec.issue(
+        user_id=state.user_id,
+        session_id=state.id,
+        role=state.role,
+        now=now,
+        not_after=state.absolute_expires_at,
+    )
+    return TokenGrant(access=access, refresh_token=refresh_token, session=state, now=now)
 
 
 class AuthService:
@@ -104,13 +116,13 @@ class AuthService:
             session_id=session_id,
             user_id=user.id,
             device_name=device_name,
-            user_agent=self._client.user_agent[:512] if self._client.user_agent else None,
+            user_agent=self._client.stored_user_agent,
             ip=self._client.ip,
             now=now,
             idle_expires_at=idle,
             absolute_expires_at=absolute,
         )
-        refresh_token = self._ctx.refresh_codec.new_token()
+        refresh_token = self._ctx.refresh_codec.new_token(session_id)
         await sessions.insert_refresh_token(
             conn,
             session_id=session_id,
@@ -133,28 +145,12 @@ class AuthService:
         await self._audit("login.succeeded", now, user_id=user.id, session_id=session_id)
         return self._grant(state, refresh_token, now)
 
-    async def refresh(self, refresh_token: str, *, csrf_token: str | None = None) -> TokenGrant:
-        """Rotate. `csrf_token` is given (possibly empty) when the token came from a cookie:
-        it must then be the session's CSRF token, checked before anything changes."""
-        now = self._ctx.clock.now()
-        conn = await self._uow.connection()
-        link = await self._locked_link(conn, refresh_token, csrf_token)
-        await self._ctx.limiter.hit("refresh_session", str(link.session.id))
-        self._ctx.policy.ensure_usable(link.session, now)
-        if link.used_at is not None:
-            return await self._replay(conn, link, link.used_at, refresh_token, now)
-        # Under the session lock nobody else can claim it; the condition in the UPDATE is the
-        # second line of defence that keeps one successor even if that ever changed.
-        if not await sessions.claim_token(conn, link.id, now=now):  # pragma: no cover
-            raise RefreshTokenInvalid()
-        return await self._rotate(conn, link, refresh_token, now)
-
     async def _locked_link(
         self, conn: AsyncConnection, refresh_token: str, csrf_token: str | None
     ) -> TokenLink:
         token_hash = self._ctx.refresh_codec.hash(refresh_token)
-        # The session lock serialises every refresh of one session (all racers but one wait
-        # here, then see the token used) and orders locks the same way revocation does.
+        # The session lock orders this logout after any refresh of the session in flight, and
+        # takes locks in the same order as every other writer of a session.
         if not await sessions.lock_session_of_token(conn, token_hash):
             raise RefreshTokenInvalid()
         link = await sessions.find_token_link(conn, token_hash)
@@ -163,79 +159,6 @@ class AuthService:
         if csrf_token is not None and not self._ctx.csrf_codec.matches(link.session.id, csrf_token):
             raise CsrfFailed()
         return link
-
-    async def _rotate(
-        self, conn: AsyncConnection, link: TokenLink, refresh_token: str, now: datetime
-    ) -> TokenGrant:
-        successor = self._ctx.refresh_codec.successor(refresh_token)
-        await sessions.insert_refresh_token(
-            conn,
-            session_id=link.session.id,
-            token_hash=self._ctx.refresh_codec.hash(successor),
-            parent_id=link.id,
-            generation=link.generation + 1,
-            now=now,
-        )
-        state = await self._slide(conn, link.session, now)
-        await self._audit(
-            "refresh.rotated",
-            now,
-            user_id=state.user_id,
-            session_id=state.id,
-            generation=link.generation + 1,
-        )
-        return self._grant(state, successor, now)
-
-    async def _replay(
-        self,
-        conn: AsyncConnection,
-        link: TokenLink,
-        used_at: datetime,
-        refresh_token: str,
-        now: datetime,
-    ) -> TokenGrant:
-        interval = timedelta(seconds=self._ctx.settings.refresh_reuse_interval)
-        is_newest_parent = link.successor_id is not None and link.successor_used_at is None
-        if is_newest_parent and now - used_at <= interval:
-            state = await self._slide(conn, link.session, now)
-            await self._audit(
-                "refresh.retried",
-                now,
-                user_id=state.user_id,
-                session_id=state.id,
-                reuse_class="retry_inside_interval",
-            )
-            return self._grant(state, self._ctx.refresh_codec.successor(refresh_token), now)
-        reuse_class = "stale_replay" if is_newest_parent else "ancestor_replay"
-        await sessions.revoke_sessions(
-            conn, now=now, reason="refresh_token_reused", session_id=link.session.id
-        )
-        forget_sessions_after_commit(self._ctx, self._uow)
-        await self._audit(
-            "refresh.reuse_detected",
-            now,
-            user_id=link.session.user_id,
-            session_id=link.session.id,
-            reuse_class=reuse_class,
-            generation=link.generation,
-        )
-        raise RefreshTokenReused()
-
-    async def _slide(
-        self, conn: AsyncConnection, state: SessionState, now: datetime
-    ) -> SessionState:
-        policy = self._ctx.policy
-        target = policy.slid_deadline(state, now)
-        if target > state.idle_expires_at:
-            await sessions.slide(
-                conn,
-                state.id,
-                now=now,
-                idle_expires_at=target,
-                only_if_before=target - policy.touch_interval,
-            )
-            state = replace(state, idle_expires_at=target)
-        return state
 
     async def logout(self, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
         now = self._ctx.clock.now()
@@ -269,14 +192,7 @@ class AuthService:
         return len(revoked)
 
     def _grant(self, state: SessionState, refresh_token: str, now: datetime) -> TokenGrant:
-        access = self._ctx.access_codec.issue(
-            user_id=state.user_id,
-            session_id=state.id,
-            role=state.role,
-            now=now,
-            not_after=state.absolute_expires_at,
-        )
-        return TokenGrant(access=access, refresh_token=refresh_token, session=state, now=now)
+        return issue_grant(self._ctx, state, refresh_token, now)
 
     async def _audit(
         self,

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import DateTime, Table, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -102,6 +104,33 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
         yield conn
         if conn.in_transaction():
             await conn.commit()
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled connection's own asyncpg connection, outside any transaction (each statement
+    commits on its own), for a hot path that is one statement: SQLAlchemy's execution path
+    costs more than the statement there (docs/performance.md). PostgreSQL only.
+
+    Straight from the pool (one greenlet hop each way, no Connection object). A connection
+    that failed, or was cancelled mid-statement, is invalidated so the pool replaces it
+    instead of handing it to the next request.
+    """
+    pooled = await engine.raw_connection()
+    raw: Any = pooled.driver_connection
+    try:
+        yield raw
+    except BaseException as exc:
+        if not isinstance(exc, asyncpg.PostgresError) or raw.is_closed() or _server_gone(exc):
+            await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+def _server_gone(exc: asyncpg.PostgresError) -> bool:
+    # 08 connection exception, 57 operator intervention (shutdown, restart)
+    return str(exc.sqlstate or "")[:2] in {"08", "57"}
 
 
 def table_of(model: type[Base]) -> Table:

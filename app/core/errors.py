@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -94,14 +95,18 @@ def is_database_unavailable(exc: BaseException) -> bool:
     """Failures a client should retry (503), as opposed to bugs (500)."""
     if isinstance(exc, PoolTimeoutError | OperationalError | ConnectionError | OSError):
         return True
+    if type(exc) is asyncpg.InterfaceError:  # raw driver: closed or unusable connection
+        return True  # (its subclasses are client-side mistakes: bad data, unsupported feature)
+    if isinstance(exc, asyncpg.PostgresError):  # raw driver (see core.db.driver_connection)
+        return _retryable_sqlstate(str(exc.sqlstate or ""))
     if not isinstance(exc, DBAPIError):
         return False
     sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
-    return (
-        exc.connection_invalidated
-        or sqlstate in _RETRYABLE_SQLSTATES
-        or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES
-    )
+    return exc.connection_invalidated or _retryable_sqlstate(sqlstate)
+
+
+def _retryable_sqlstate(sqlstate: str) -> bool:
+    return sqlstate in _RETRYABLE_SQLSTATES or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES
 
 
 _HTTP_CODES = {
@@ -147,6 +152,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(SQLAlchemyError, _database)
     app.add_exception_handler(OSError, _database)
+    app.add_exception_handler(asyncpg.PostgresError, _database)
+    app.add_exception_handler(asyncpg.InterfaceError, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -54,3 +54,19 @@ class RateLimiter:
         if not await self._limiter.hit(item, name, key):
             stats = await self._limiter.get_window_stats(item, name, key)
             raise RateLimited(math.ceil(stats.reset_time - time.time()))
+
+    async def check(self, name: str, key: str) -> None:
+        """Refuse if the limit is used up, without counting this request: for a request whose
+        key is only a claim until the database confirms it (see `count`)."""
+        if not self._enabled:
+            return
+        item = self._items[name]
+        if not await self._limiter.test(item, name, key):
+            stats = await self._limiter.get_window_stats(item, name, key)
+            raise RateLimited(math.ceil(stats.reset_time - time.time()))
+
+    async def count(self, name: str, key: str) -> None:
+        """Count a request that `check` let through and that proved legitimate; never refuses
+        (the work is done by now)."""
+        if self._enabled:
+            await self._limiter.hit(self._items[name], name, key)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.core.db import autocommit_connection
 from app.core.errors import UnauthorizedError
-from app.core.metrics import ACTIVE_SESSIONS, render
+from app.core.metrics import ACTIVE_SESSIONS, record_pool, render
 from app.dependencies import ContextDep
 from app.sessions import repository as sessions
 
@@ -23,6 +23,7 @@ async def metrics(request: Request, ctx: ContextDep) -> Response:
         presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
             raise UnauthorizedError()
+    record_pool(ctx.engine.pool)
     async with autocommit_connection(ctx.engine) as conn:
         ACTIVE_SESSIONS.set(await sessions.count_live_sessions(conn, now=ctx.clock.now()))
     body, content_type = render()

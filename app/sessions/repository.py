@@ -159,8 +159,9 @@ async def insert_refresh_token(
     parent_id: uuid.UUID | None,
     generation: int,
     now: datetime,
+    token_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    token_id = uuid.uuid4()
+    token_id = token_id or uuid.uuid4()
     await conn.execute(
         insert(_tokens).values(
             id=token_id,
@@ -184,6 +185,18 @@ async def lock_session_of_token(conn: AsyncConnection, token_hash: bytes) -> boo
     owner = select(_tokens.c.session_id).where(_tokens.c.token_hash == token_hash)
     stmt = select(_sessions.c.id).where(_sessions.c.id == owner.scalar_subquery()).with_for_update()
     return (await conn.execute(stmt)).first() is not None
+
+
+async def lock_session(conn: AsyncConnection, session_id: uuid.UUID) -> bool:
+    """Lock a session row before changing it or its tokens (the one lock order, see above)."""
+    stmt = select(_sessions.c.id).where(_sessions.c.id == session_id).with_for_update()
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def session_of_token(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
+    stmt = select(_tokens.c.session_id).where(_tokens.c.token_hash == token_hash)
+    session_id: uuid.UUID | None = (await conn.execute(stmt)).scalar_one_or_none()
+    return session_id
 
 
 async def find_token_link(conn: AsyncConnection, token_hash: bytes) -> TokenLink | None:

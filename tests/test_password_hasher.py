@@ -1,0 +1,52 @@
+"""Password hashing stays off the event loop and behind request handling (issue 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from app.core.security import PasswordHasher
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX thread priorities")
+async def test_hashes_run_on_their_own_lower_priority_threads() -> None:
+    hasher = PasswordHasher(threads=1)
+    try:
+        stored = await hasher.hash(PASSWORD)
+        assert (await hasher.verify_and_update(PASSWORD, stored)) == (True, None)
+
+        def where() -> tuple[int, int]:
+            tid = threading.get_native_id()
+            return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+        # The pool is the one hash() used: the same single thread.
+        tid, nice = await asyncio.get_running_loop().run_in_executor(hasher._pool, where)
+        assert tid != threading.get_native_id()
+        assert nice >= os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + 10 or nice == 19
+    finally:
+        hasher.close()
+
+
+async def test_the_event_loop_keeps_running_while_hashes_are_computed() -> None:
+    hasher = PasswordHasher(threads=2)
+    try:
+        stored = await hasher.hash(PASSWORD)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await asyncio.gather(*(hasher.verify_and_update(PASSWORD, stored) for _ in range(6)))
+        task.cancel()
+        assert ticks >= 5  # the loop was never blocked for the whole batch
+    finally:
+        hasher.close()
