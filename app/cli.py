@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
                 # Before the workers import prometheus_client: they share samples through it.
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
+            # The workers size their password-hashing pools by it (cores per worker).
+            os.environ.setdefault("WEB_CONCURRENCY", str(args.workers))
             import uvicorn
 
             uvicorn.run(

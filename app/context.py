@@ -58,7 +58,7 @@ async def build_context(
             absolute_lifetime=timedelta(seconds=settings.session_absolute_lifetime),
             touch_interval=timedelta(seconds=settings.session_touch_interval),
         ),
-        passwords=PasswordHasher(),
+        passwords=PasswordHasher(settings.password_hash_threads),
         refresh_codec=RefreshTokenCodec(secret),
         csrf_codec=CsrfTokenCodec(secret),
         access_codec=AccessTokenCodec(

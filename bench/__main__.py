@@ -110,7 +110,10 @@ def start(
         "warning",
     ]
     if factory:
-        cmd.append("--factory")
+        # The service starts as in production: `python -m app serve` (multiprocess metrics,
+        # hashing threads sized per worker), which runs uvicorn with these workers.
+        cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--workers", str(workers)]
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -328,19 +331,52 @@ def login_run(name: str, base: str, duration: int, connections: int) -> Result:
 def verify_while_logging_in(
     base: str, duration: int, auth: dict[str, str]
 ) -> tuple[Result, Result]:
-    """/auth/verify from 4 connections while 8 connections of logins keep both cores busy."""
+    """A gateway's steady stream of /auth/verify (4 connections, 10 ms apart: at most 400/s)
+    while 16 connections of logins keep both cores busy hashing."""
     with ThreadPoolExecutor(1) as pool:
-        logins = pool.submit(login_run, "/auth/login (load)", base, duration + 2, 8)
+        logins = pool.submit(login_run, "/auth/login (during verify)", base, duration + 2, 16)
         time.sleep(1.5)  # let the logins saturate the CPU first
         verify = wrk(
-            "/auth/verify under login load",
+            "/auth/verify during logins",
             f"{base}/auth/verify",
             duration=duration,
             threads=2,
             connections=4,
             headers=auth,
+            script=LUA / "paced.lua",
+            env={"PACE_MS": "10"},
         )
         return verify, logins.result()
+
+
+def session_updates_per_verifies(
+    dsn: str, base: str, sessions: int = 50, verifies: int = 1000
+) -> tuple[int, int]:
+    """1000 /auth/verify over 50 sessions (wrk, 32 connections, tokens in turn), once the
+    sessions have been idle for one touch interval (5 s by default), so each is due a slide.
+    Returns (session row UPDATEs, requests)."""
+    asyncio.run(checks.install_update_counter(dsn))
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as fh:
+        for _ in range(sessions):
+            fh.write(login(base)["access_token"] + "\n")
+    try:
+        time.sleep(5.5)
+        before = asyncio.run(checks.session_updates(dsn))
+        result = wrk(
+            "verify round robin",
+            f"{base}/auth/verify",
+            duration=30,
+            threads=2,
+            connections=32,
+            script=LUA / "verify_round_robin.lua",
+            env={"TOKENS_FILE": fh.name, "PER_THREAD": str(verifies // 2)},
+        )
+        after = asyncio.run(checks.session_updates(dsn, drop=True))
+    finally:
+        os.unlink(fh.name)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} verify errors in the UPDATE count")
+    return after - before, verifies
 
 
 def main() -> int:
@@ -427,7 +463,7 @@ def _measure(
     results.append(login_run("/auth/login (8 connections)", service, d, 8))
     run = Run(results=results, stack_rounds=stack_rounds)
     run.verify_under_login = verify_while_logging_in(service, d, auth)
-    run.updates = asyncio.run(checks.session_updates_per_verifies(raw_dsn, service, LOGIN_BODY))
+    run.updates = session_updates_per_verifies(raw_dsn, service)
     for process in processes[::-1]:
         stop(process)
     processes.clear()
@@ -518,16 +554,18 @@ def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
         )
     )
     if run.verify_under_login:
-        p99 = run.verify_under_login[0].p99_ms
-        rows.append(
-            ("p99 /auth/verify while logins saturate CPU", f"{p99:.1f} ms", "<= 50 ms", p99 <= 50)
+        verify, logins = run.verify_under_login
+        label = (
+            f"p99 /auth/verify ({verify.rps:.0f}/s, paced) while logins take the CPU"
+            f" ({logins.rps:.1f}/s)"
         )
+        rows.append((label, f"{verify.p99_ms:.1f} ms", "<= 50 ms", verify.p99_ms <= 50))
     if run.updates:
         updates, ok = run.updates
         per_1000 = updates * 1000 / max(ok, 1)
         rows.append(
             (
-                f"session UPDATEs per 1000 verifies, 50 sessions ({ok} answered 200)",
+                f"session UPDATEs per {ok} verifies over 50 sessions",
                 f"{per_1000:.0f}",
                 "<= 60",
                 per_1000 <= 60 and ok > 0,

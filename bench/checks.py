@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-
 import asyncpg
-import httpx
 
 # Counts every row UPDATE of `sessions`, whichever statement or process makes it: exact, unlike
 # pg_stat_user_tables, whose counters are flushed by backends only every so often.
@@ -23,53 +19,23 @@ CREATE OR REPLACE TRIGGER bench_count_session_updates AFTER UPDATE ON sessions
 """
 
 
-async def session_updates_per_verifies(
-    dsn: str,
-    base: str,
-    login_body: dict[str, str],
-    *,
-    sessions: int = 50,
-    verifies: int = 1000,
-    touch_interval: float = 5.0,
-) -> tuple[int, int]:
-    """`verifies` /auth/verify calls spread round-robin over `sessions` sessions, 32 at a time,
-    after the sessions have been idle for one touch interval (so each one is due a slide).
-    Returns (session row UPDATEs, verify calls answered 200)."""
+async def install_update_counter(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(_COUNT_UPDATES)
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-            tokens = []
-            for _ in range(sessions):
-                response = await client.post("/auth/login", json=login_body)
-                response.raise_for_status()
-                tokens.append(response.json()["access_token"])
-            await asyncio.sleep(touch_interval + 0.5)
-            before = await conn.fetchval("SELECT n FROM bench_session_updates")
-            ok = await _verify_round_robin(client, tokens, verifies)
-        after = await conn.fetchval("SELECT n FROM bench_session_updates")
-        await conn.execute("DROP TRIGGER bench_count_session_updates ON sessions")
-        return int(after - before), ok
     finally:
         await conn.close()
 
 
-async def _verify_round_robin(client: httpx.AsyncClient, tokens: list[str], total: int) -> int:
-    cycle = itertools.cycle(tokens)
-    queue = [next(cycle) for _ in range(total)]
-    ok = 0
-
-    async def worker() -> None:
-        nonlocal ok
-        while queue:
-            token = queue.pop()
-            response = await client.get(
-                "/auth/verify", headers={"Authorization": f"Bearer {token}"}
-            )
-            ok += response.status_code == 200
-
-    await asyncio.gather(*(worker() for _ in range(32)))
-    return ok
+async def session_updates(dsn: str, *, drop: bool = False) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count = int(await conn.fetchval("SELECT n FROM bench_session_updates"))
+        if drop:
+            await conn.execute("DROP TRIGGER bench_count_session_updates ON sessions")
+        return count
+    finally:
+        await conn.close()
 
 
 async def fill_token_table(dsn: str, rows: int, per_session: int = 100) -> int:

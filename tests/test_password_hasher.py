@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from app.core.security import PasswordHasher
+from app.core.security import PasswordHasher, default_hash_threads
 
 PASSWORD = "correct horse battery staple"
 
@@ -50,3 +50,15 @@ async def test_the_event_loop_keeps_running_while_hashes_are_computed() -> None:
         assert ticks >= 5  # the loop was never blocked for the whole batch
     finally:
         hasher.close()
+
+
+def test_hash_threads_default_to_this_workers_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert default_hash_threads() == 2
+    monkeypatch.setenv("WEB_CONCURRENCY", "16")
+    assert default_hash_threads() == 1  # never zero
+    monkeypatch.delenv("WEB_CONCURRENCY")
+    assert default_hash_threads() == 8

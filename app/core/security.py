@@ -105,12 +105,15 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _usable_cores() -> int:
-    """The cores this process may run on (a container's share, not the host's count)."""
+def default_hash_threads() -> int:
+    """This process's share of the cores it may run on (a container's share, not the host's
+    count), split between the server's worker processes (WEB_CONCURRENCY)."""
     try:
-        return max(1, min(len(os.sched_getaffinity(0)), 16))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, min(os.cpu_count() or 1, 16))
+        cores = os.cpu_count() or 1
+    workers = os.environ.get("WEB_CONCURRENCY", "1")
+    return max(1, min(cores // max(1, int(workers) if workers.isdigit() else 1), 16))
 
 
 class PasswordHasher:
@@ -125,7 +128,7 @@ class PasswordHasher:
         # Verifying against this when the user does not exist keeps both paths equally slow.
         self._dummy = self._hash.hash(new_opaque_token())
         self._pool = ThreadPoolExecutor(
-            max_workers=threads or _usable_cores(),
+            max_workers=threads or default_hash_threads(),
             thread_name_prefix="password-hash",
             initializer=_lower_thread_priority,
         )

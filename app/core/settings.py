@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     allow_registration: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
+    # Threads hashing passwords in each process. Unset: this process's share of the cores
+    # (cores / WEB_CONCURRENCY, which `serve --workers N` sets), so hashes never outnumber cores.
+    password_hash_threads: int | None = Field(default=None, ge=1, le=64)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     prune_interval: int = Field(default=3600, ge=0)
     # Protects /metrics when set (Prometheus: `authorization: {credentials: ...}`).
