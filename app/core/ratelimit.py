@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NoReturn
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -52,8 +53,7 @@ class RateLimiter:
             return
         item = self._items[name]
         if not await self._limiter.hit(item, name, key):
-            stats = await self._limiter.get_window_stats(item, name, key)
-            raise RateLimited(math.ceil(stats.reset_time - time.time()))
+            await self._refuse(item, name, key)
 
     async def check(self, name: str, key: str) -> None:
         """Refuse if the limit is used up, without counting this request: for a request whose
@@ -62,11 +62,14 @@ class RateLimiter:
             return
         item = self._items[name]
         if not await self._limiter.test(item, name, key):
-            stats = await self._limiter.get_window_stats(item, name, key)
-            raise RateLimited(math.ceil(stats.reset_time - time.time()))
+            await self._refuse(item, name, key)
 
     async def count(self, name: str, key: str) -> None:
         """Count a request that `check` let through and that proved legitimate; never refuses
         (the work is done by now)."""
         if self._enabled:
             await self._limiter.hit(self._items[name], name, key)
+
+    async def _refuse(self, item: RateLimitItem, name: str, key: str) -> NoReturn:
+        stats = await self._limiter.get_window_stats(item, name, key)
+        raise RateLimited(math.ceil(stats.reset_time - time.time()))

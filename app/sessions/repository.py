@@ -33,6 +33,14 @@ class SessionState:
     absolute_expires_at: datetime
     revoked_at: datetime | None
 
+    def is_usable_at(self, now: datetime) -> bool:
+        return (
+            self.revoked_at is None
+            and self.user_active
+            and now < self.idle_expires_at
+            and now < self.absolute_expires_at
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TokenLink:
@@ -44,6 +52,12 @@ class TokenLink:
     session: SessionState
     successor_id: uuid.UUID | None
     successor_used_at: datetime | None
+
+    @property
+    def is_newest_parent(self) -> bool:
+        """Rotated once, and its successor not yet used: the parent of the session's newest
+        token (a replay of it inside the reuse interval is a retry)."""
+        return self.successor_id is not None and self.successor_used_at is None
 
 
 _SESSION_COLUMNS = (

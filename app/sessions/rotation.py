@@ -110,7 +110,7 @@ async def _rotate_portable(conn: AsyncConnection, r: RotationRequest) -> Rotatio
     if link is None or link.session.id != r.session_id:
         return Rotation("invalid")
     state = link.session
-    if not _usable(state, r.now):
+    if not state.is_usable_at(r.now):
         return Rotation("unusable", session=state, generation=link.generation)
     if link.used_at is None:
         if not await _claim(conn, link, r):  # pragma: no cover - impossible under the lock
@@ -143,24 +143,13 @@ async def _claim(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> 
     return True
 
 
-def _usable(state: SessionState, now: datetime) -> bool:
-    return (
-        state.revoked_at is None
-        and state.user_active
-        and now < state.idle_expires_at
-        and now < state.absolute_expires_at
-    )
-
-
 def _is_retry(link: TokenLink, used_at: datetime, r: RotationRequest) -> bool:
     """The newest used token, presented again within the reuse interval: a retry or a race."""
-    is_newest_parent = link.successor_id is not None and link.successor_used_at is None
-    return is_newest_parent and r.now - used_at <= r.reuse_interval
+    return link.is_newest_parent and r.now - used_at <= r.reuse_interval
 
 
 async def _revoke_for_reuse(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> Rotation:
-    newest_parent = link.successor_id is not None and link.successor_used_at is None
-    reuse_class = "stale_replay" if newest_parent else "ancestor_replay"
+    reuse_class = "stale_replay" if link.is_newest_parent else "ancestor_replay"
     await repository.revoke_sessions(
         conn, now=r.now, reason="refresh_token_reused", session_id=r.session_id
     )

@@ -32,14 +32,6 @@ class SessionPolicy:
     def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
         return min(now + self.idle_timeout, state.absolute_expires_at)
 
-    def is_usable(self, state: SessionState, now: datetime) -> bool:
-        return (
-            state.revoked_at is None
-            and state.user_active
-            and now < state.idle_expires_at
-            and now < state.absolute_expires_at
-        )
-
     def ensure_usable(self, state: SessionState | None, now: datetime) -> SessionState:
         if state is None or state.revoked_at is not None or not state.user_active:
             raise SessionRevoked()
@@ -72,7 +64,7 @@ async def load_for_request(
     """The session named by an access token, if it may still be used: one indexed read, or
     none while a recent read (see SessionStateCache) says it is usable."""
     cached = cache.get(session_id)
-    if cached is not None and policy.is_usable(cached, now):
+    if cached is not None and cached.is_usable_at(now):
         return cached
     async with autocommit_connection(engine) as conn:
         state = await load_usable(conn, policy, session_id, now)
