@@ -91,29 +91,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(
-    target: str, port: int, workers: int, env: dict[str, str], factory: bool
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    if factory:
-        # The service starts as in production: `python -m app serve` (multiprocess metrics,
-        # hashing threads sized per worker), which runs uvicorn with these workers.
-        cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--workers", str(workers)]
+def start_ceiling(target: str, port: int, workers: int, dsn: str) -> subprocess.Popen[bytes]:
+    """A reference app of bench.ceiling under plain uvicorn."""
+    cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    return _launch(cmd, {"BENCH_DSN": dsn}, f"http://127.0.0.1:{port}/b0")
+
+
+def start_service(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The service as in production: `python -m app serve` (multiprocess metrics, hashing
+    threads sized per worker), which runs uvicorn with these workers."""
+    cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]
+    return _launch(cmd, env, f"http://127.0.0.1:{port}/healthz")
+
+
+def _launch(cmd: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -124,21 +117,13 @@ def start(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if (
-                httpx.get(
-                    f"http://127.0.0.1:{port}/b0"
-                    if not factory
-                    else f"http://127.0.0.1:{port}/healthz",
-                    timeout=1,
-                ).status_code
-                == 200
-            ):
+            if httpx.get(ready_url, timeout=1).status_code == 200:
                 time.sleep(1.0)  # let every worker finish starting
                 return process
         except httpx.HTTPError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"{target} did not start")
+    raise RuntimeError(f"{' '.join(cmd)} did not start")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -431,11 +416,10 @@ def _measure(
     d, c, w = args.duration, args.connections, args.workers
     raw_dsn, database_url = _new_database(args, databases)
     ports = [_free_port() for _ in range(3)]
-    ceiling_env = {"BENCH_DSN": raw_dsn}
-    processes.append(start("bench.ceiling:app", ports[0], w, ceiling_env, factory=False))
-    processes.append(start("bench.ceiling:stacked_app", ports[1], w, ceiling_env, factory=False))
+    processes.append(start_ceiling("bench.ceiling:app", ports[0], w, raw_dsn))
+    processes.append(start_ceiling("bench.ceiling:stacked_app", ports[1], w, raw_dsn))
     env = service_env(database_url)
-    processes.append(start("app.main:create_app", ports[2], w, env, factory=True))
+    processes.append(start_service(ports[2], w, env))
     ceiling, stacked, service = (f"http://127.0.0.1:{p}" for p in ports)
 
     results = [
@@ -471,7 +455,7 @@ def _measure(
     if args.lookup_rows:
         _lookup(args, run, databases, processes, (raw_dsn, database_url))
     if args.table_refreshes:
-        processes.append(start("app.main:create_app", ports[2], w, env, factory=True))
+        processes.append(start_service(ports[2], w, env))
         run.token_table = token_table(service, database_url, args.table_refreshes, 50)
         stop(processes.pop())
     return run
@@ -491,9 +475,7 @@ def _lookup(
     small_rows = asyncio.run(checks.count_token_rows(small[0]))
     ports = [_free_port(), _free_port()]
     for port, (_, url) in zip(ports, (small, large), strict=True):
-        processes.append(
-            start("app.main:create_app", port, args.workers, service_env(url), factory=True)
-        )
+        processes.append(start_service(port, args.workers, service_env(url)))
     rounds = []
     duration = max(2, args.duration // 2)
     for _ in range(5):
