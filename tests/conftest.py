@@ -249,6 +249,12 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def error_code(response: httpx.Response) -> str:
+    """The stable `error.code` of an error response."""
+    code: str = response.json()["error"]["code"]
+    return code
+
+
 async def _remember_issued_tokens(response: httpx.Response) -> None:
     if not response.headers.get("content-type", "").startswith("application/json"):
         return

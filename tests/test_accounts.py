@@ -14,7 +14,14 @@ from app.audit.models import AuditEvent
 from app.core.db import table_of
 from app.users import repository as user_repo
 from app.users.models import User
-from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
+from tests.conftest import (
+    PASSWORD,
+    Harness,
+    bearer,
+    error_code,
+    make_settings,
+    start_harness,
+)
 from tests.support.servers import uvicorn_server
 
 PROXY = "203.0.113.7"  # the test transport's peer address, trusted as a proxy below
@@ -22,11 +29,6 @@ PROXY = "203.0.113.7"  # the test transport's peer address, trusted as a proxy b
 
 def from_ip(ip: str) -> dict[str, str]:
     return {"X-Forwarded-For": ip}
-
-
-def code(response: httpx.Response) -> str:
-    value: str = response.json()["error"]["code"]
-    return value
 
 
 async def _stored_hash(h: Harness, email: str) -> str:
@@ -74,7 +76,7 @@ async def test_lockout_survives_ip_rotation_and_expires(database_url: str) -> No
         )
         assert during.status_code == 401
         assert during.text == answers[0].text
-        assert code(during) == "invalid_credentials"
+        assert error_code(during) == "invalid_credentials"
         events = await _events(h, await _user_id(h, email))
         assert [e for e, _ in events].count("account.locked") >= 1
         assert {d["ip"] for e, d in events if e == "login.failed"} >= {"198.51.100.0", "192.0.2.1"}
@@ -130,7 +132,7 @@ async def test_login_rate_limit_per_ip_and_per_account(database_url: str) -> Non
             ).status_code == 200
         limited = await h.client.post("/auth/login", json=body, headers=from_ip("198.51.100.9"))
         assert limited.status_code == 429
-        assert code(limited) == "rate_limited"
+        assert error_code(limited) == "rate_limited"
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         # Another IP may still log in, until the account's own limit is reached.
         assert (
@@ -142,7 +144,7 @@ async def test_login_rate_limit_per_ip_and_per_account(database_url: str) -> Non
         per_account = await h.client.post(
             "/auth/login", json=body, headers=from_ip("198.51.100.12")
         )
-        assert code(per_account) == "rate_limited"
+        assert error_code(per_account) == "rate_limited"
 
 
 async def test_refresh_rate_limit_per_session(database_url: str) -> None:
@@ -158,7 +160,7 @@ async def test_refresh_rate_limit_per_session(database_url: str) -> None:
             token = response.json()["refresh_token"]
         limited = await h.refresh(token)
         assert limited.status_code == 429
-        assert code(limited) == "rate_limited"
+        assert error_code(limited) == "rate_limited"
         # Refused, not consumed: the token is still the session's newest and still works later.
         assert (
             await h.client.get("/auth/me", headers=bearer(tokens["access_token"]))
@@ -237,12 +239,12 @@ async def test_device_sessions_list_and_revoke(harness: Harness) -> None:
     )
     assert revoke.status_code == 204
     me = await harness.client.get("/auth/me", headers=bearer(phone["access_token"]))
-    assert code(me) == "session_revoked"
-    assert code(await harness.refresh(phone["refresh_token"])) == "session_revoked"
+    assert error_code(me) == "session_revoked"
+    assert error_code(await harness.refresh(phone["refresh_token"])) == "session_revoked"
     again = await harness.client.delete(
         f"/auth/sessions/{phone['session']['id']}", headers=bearer(laptop["access_token"])
     )
-    assert code(again) == "session_not_found"
+    assert error_code(again) == "session_not_found"
 
 
 async def test_users_cannot_see_or_revoke_each_others_sessions(harness: Harness) -> None:
@@ -254,7 +256,7 @@ async def test_users_cannot_see_or_revoke_each_others_sessions(harness: Harness)
         f"/auth/sessions/{alice['session']['id']}", headers=bearer(bob["access_token"])
     )
     assert attempt.status_code == 404
-    assert code(attempt) == "session_not_found"
+    assert error_code(attempt) == "session_not_found"
     assert (
         await harness.client.get("/auth/me", headers=bearer(alice["access_token"]))
     ).status_code == 200
@@ -274,7 +276,7 @@ async def test_password_change_revokes_other_sessions(harness: Harness) -> None:
         headers=bearer(here["access_token"]),
     )
     assert wrong.status_code == 403
-    assert code(wrong) == "invalid_current_password"
+    assert error_code(wrong) == "invalid_current_password"
     short = await harness.client.post(
         "/auth/password",
         json={"current_password": PASSWORD, "new_password": "short"},
@@ -291,12 +293,12 @@ async def test_password_change_revokes_other_sessions(harness: Harness) -> None:
         await harness.client.get("/auth/me", headers=bearer(here["access_token"]))
     ).status_code == 200
     assert (
-        code(await harness.client.get("/auth/me", headers=bearer(other["access_token"])))
+        error_code(await harness.client.get("/auth/me", headers=bearer(other["access_token"])))
         == "session_revoked"
     )
     await harness.login(email, "a new password")
     old = await harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
-    assert code(old) == "invalid_credentials"
+    assert error_code(old) == "invalid_credentials"
 
 
 async def test_admin_routes(harness: Harness) -> None:
@@ -313,7 +315,7 @@ async def test_admin_routes(harness: Harness) -> None:
     ):
         denied = await harness.client.request(method, path, headers=bearer(plain["access_token"]))
         assert denied.status_code == 403, path
-        assert code(denied) == "forbidden"
+        assert error_code(denied) == "forbidden"
 
     sessions = await harness.client.get(
         f"/admin/users/{target_id}/sessions", headers=bearer(admin["access_token"])
@@ -324,10 +326,10 @@ async def test_admin_routes(harness: Harness) -> None:
     )
     assert off.json()["is_active"] is False
     assert (
-        code(await harness.client.get("/auth/me", headers=bearer(target["access_token"])))
+        error_code(await harness.client.get("/auth/me", headers=bearer(target["access_token"])))
         == "session_revoked"
     )
-    assert code(await harness.refresh(target["refresh_token"])) == "session_revoked"
+    assert error_code(await harness.refresh(target["refresh_token"])) == "session_revoked"
     on = await harness.client.post(
         f"/admin/users/{target_id}/activate", headers=bearer(admin["access_token"])
     )
@@ -337,7 +339,7 @@ async def test_admin_routes(harness: Harness) -> None:
         f"/admin/users/{uuid.uuid4()}/sessions", headers=bearer(admin["access_token"])
     )
     assert missing.status_code == 404
-    assert code(missing) == "user_not_found"
+    assert error_code(missing) == "user_not_found"
 
 
 async def test_registration(database_url: str) -> None:
@@ -346,7 +348,7 @@ async def test_registration(database_url: str) -> None:
             "/auth/register", json={"email": "new@example.com", "password": PASSWORD}
         )
         assert closed.status_code == 403
-        assert code(closed) == "registration_closed"
+        assert error_code(closed) == "registration_closed"
     async for h in start_harness(make_settings(database_url, allow_registration=True)):
         email = f"New-{uuid.uuid4().hex[:8]}@Example.COM"
         created = await h.client.post("/auth/register", json={"email": email, "password": PASSWORD})
@@ -355,11 +357,11 @@ async def test_registration(database_url: str) -> None:
         await h.login(email.lower())
         dup = await h.client.post("/auth/register", json={"email": email, "password": PASSWORD})
         assert dup.status_code == 409
-        assert code(dup) == "email_taken"
+        assert error_code(dup) == "email_taken"
         bad = await h.client.post(
             "/auth/register", json={"email": "not-an-email", "password": PASSWORD}
         )
-        assert code(bad) == "invalid_email"
+        assert error_code(bad) == "invalid_email"
         short = await h.client.post(
             "/auth/register", json={"email": "x@example.com", "password": "short"}
         )
@@ -379,7 +381,7 @@ async def test_short_password_on_login_is_a_clear_422(harness: Harness) -> None:
         "/auth/login", json={"email": "a@example.com", "password": "short"}
     )
     assert response.status_code == 422
-    assert code(response) == "validation_error"
+    assert error_code(response) == "validation_error"
     await asyncio.sleep(0)
 
 
@@ -391,4 +393,4 @@ async def test_token_endpoint_shares_the_login_limits(database_url: str) -> None
         statuses = [(await h.client.post("/auth/token", data=form)).status_code for _ in range(3)]
         assert statuses == [400, 400, 429]
         limited = await h.client.post("/auth/login", json={"email": email, "password": PASSWORD})
-        assert code(limited) == "rate_limited"
+        assert error_code(limited) == "rate_limited"

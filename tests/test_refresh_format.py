@@ -12,16 +12,11 @@ from app.audit.models import AuditEvent
 from app.core.db import table_of
 from app.core.security import RefreshTokenCodec, new_opaque_token
 from app.sessions.models import RefreshToken, Session
-from tests.conftest import Harness, make_settings, start_harness
+from tests.conftest import Harness, error_code, make_settings, start_harness
 
 _tokens = table_of(RefreshToken)
 _sessions = table_of(Session)
 _audit = table_of(AuditEvent)
-
-
-def _code(response: Any) -> str:
-    code: str = response.json()["error"]["code"]
-    return code
 
 
 def _prefix(session_id: str) -> str:
@@ -59,7 +54,7 @@ async def test_a_token_naming_another_session_is_invalid_and_changes_nothing(
     rows, events = await _count(harness, _tokens), await _count(harness, _audit)
     response = await harness.refresh(forged)
     assert response.status_code == 401
-    assert _code(response) == "refresh_token_invalid"
+    assert error_code(response) == "refresh_token_invalid"
     assert (await _count(harness, _tokens), await _count(harness, _audit)) == (rows, events)
     for tokens in (victim, attacker):  # both sessions untouched
         assert (await harness.refresh(tokens["refresh_token"])).status_code == 200
@@ -89,7 +84,7 @@ async def test_an_unknown_token_under_a_real_session_id_is_invalid(harness: Harn
     tokens = await harness.login(await harness.create_user())
     guess = _prefix(tokens["session"]["id"]) + "." + new_opaque_token()
     response = await harness.refresh(guess)
-    assert _code(response) == "refresh_token_invalid"
+    assert error_code(response) == "refresh_token_invalid"
     async with harness.ctx.engine.connect() as conn:
         revoked = (
             await conn.execute(
@@ -110,7 +105,7 @@ async def test_forged_tokens_do_not_use_up_a_sessions_refresh_limit(database_url
         tokens = await h.login(await h.create_user())
         forged = _prefix(tokens["session"]["id"]) + "." + new_opaque_token()
         for _ in range(5):
-            assert _code(await h.refresh(forged)) == "refresh_token_invalid"
+            assert error_code(await h.refresh(forged)) == "refresh_token_invalid"
         token = tokens["refresh_token"]
         for _ in range(3):  # the owner's full budget is still there
             response = await h.refresh(token)

@@ -11,16 +11,11 @@ from sqlalchemy import func, select
 from app.audit.models import AuditEvent
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
-from tests.conftest import Harness, bearer, make_settings, start_harness
+from tests.conftest import Harness, bearer, error_code, make_settings, start_harness
 
 _tokens = table_of(RefreshToken)
 _sessions = table_of(Session)
 _audit = table_of(AuditEvent)
-
-
-def _code(response: Any) -> str:
-    code: str = response.json()["error"]["code"]
-    return code
 
 
 async def _session_row(h: Harness, session_id: str) -> Any:
@@ -90,7 +85,7 @@ async def test_reuse_interval_boundary(harness: Harness) -> None:
     retry = await harness.refresh(tokens["refresh_token"])
     assert retry.json()["refresh_token"] == first["refresh_token"]
     harness.clock.advance(1)  # one second later: theft
-    assert _code(await harness.refresh(tokens["refresh_token"])) == "refresh_token_reused"
+    assert error_code(await harness.refresh(tokens["refresh_token"])) == "refresh_token_reused"
 
 
 async def test_replay_after_interval_is_theft_and_revokes_everything(harness: Harness) -> None:
@@ -99,15 +94,15 @@ async def test_replay_after_interval_is_theft_and_revokes_everything(harness: Ha
     harness.clock.advance(31)
     replay = await harness.refresh(tokens["refresh_token"])
     assert replay.status_code == 401
-    assert _code(replay) == "refresh_token_reused"
+    assert error_code(replay) == "refresh_token_reused"
     session = await _session_row(harness, tokens["session"]["id"])
     assert session.revoked_at is not None
     assert session.revoke_reason == "refresh_token_reused"
     # The newest refresh token and every access token of the session stop working at once.
-    assert _code(await harness.refresh(r2["refresh_token"])) == "session_revoked"
+    assert error_code(await harness.refresh(r2["refresh_token"])) == "session_revoked"
     for access in (tokens["access_token"], r2["access_token"]):
         me = await harness.client.get("/auth/me", headers=bearer(access))
-        assert _code(me) == "session_revoked"
+        assert error_code(me) == "session_revoked"
     assert await _reuse_classes(harness, tokens["session"]["id"]) == ["stale_replay"]
 
 
@@ -116,8 +111,8 @@ async def test_ancestor_replay_is_theft_even_inside_the_interval(harness: Harnes
     r2 = (await harness.refresh(tokens["refresh_token"])).json()
     r3 = (await harness.refresh(r2["refresh_token"])).json()
     replay = await harness.refresh(tokens["refresh_token"])  # R1, two generations old, at once
-    assert _code(replay) == "refresh_token_reused"
-    assert _code(await harness.refresh(r3["refresh_token"])) == "session_revoked"
+    assert error_code(replay) == "refresh_token_reused"
+    assert error_code(await harness.refresh(r3["refresh_token"])) == "session_revoked"
     assert await _reuse_classes(harness, tokens["session"]["id"]) == ["ancestor_replay"]
 
 
@@ -127,17 +122,17 @@ async def test_attacker_first_then_user_revokes_attackers_branch(harness: Harnes
     attacker = (await harness.refresh(stolen)).json()  # attacker rotates R1 -> R2
     harness.clock.advance(120)
     user = await harness.refresh(stolen)  # the real user comes back with R1
-    assert _code(user) == "refresh_token_reused"
-    assert _code(await harness.refresh(attacker["refresh_token"])) == "session_revoked"
+    assert error_code(user) == "refresh_token_reused"
+    assert error_code(await harness.refresh(attacker["refresh_token"])) == "session_revoked"
     me = await harness.client.get("/auth/me", headers=bearer(attacker["access_token"]))
-    assert _code(me) == "session_revoked"
+    assert error_code(me) == "session_revoked"
 
 
 async def test_refresh_after_idle_deadline_issues_nothing(harness: Harness) -> None:
     tokens = await harness.login(await harness.create_user())
     harness.clock.advance(3600)
     response = await harness.refresh(tokens["refresh_token"])
-    assert _code(response) == "session_expired"
+    assert error_code(response) == "session_expired"
     rows = await _token_rows(harness, tokens["session"]["id"])
     assert len(rows) == 1
     assert rows[0].used_at is None
@@ -148,9 +143,9 @@ async def test_logout_all_and_logout_stop_refresh(harness: Harness) -> None:
     a = await harness.login(email)
     b = await harness.login(email)
     await harness.client.post("/auth/logout", headers=bearer(a["access_token"]))
-    assert _code(await harness.refresh(a["refresh_token"])) == "session_revoked"
+    assert error_code(await harness.refresh(a["refresh_token"])) == "session_revoked"
     await harness.client.post("/auth/logout-all", headers=bearer(b["access_token"]))
-    assert _code(await harness.refresh(b["refresh_token"])) == "session_revoked"
+    assert error_code(await harness.refresh(b["refresh_token"])) == "session_revoked"
 
 
 # --- Concurrency: real PostgreSQL connections racing on the same row -------------------------
@@ -209,7 +204,7 @@ async def test_race_then_theft_is_still_caught(pg_harness: Harness) -> None:
     tokens = await h.login(await h.create_user())
     await _race(h, tokens["refresh_token"], 10)
     h.clock.advance(31)
-    assert _code(await h.refresh(tokens["refresh_token"])) == "refresh_token_reused"
+    assert error_code(await h.refresh(tokens["refresh_token"])) == "refresh_token_reused"
 
 
 async def test_theft_racing_the_thiefs_refresh_never_500s(pg_harness: Harness) -> None:
@@ -224,11 +219,11 @@ async def test_theft_racing_the_thiefs_refresh_never_500s(pg_harness: Harness) -
             h.refresh(r2["refresh_token"]), h.refresh(tokens["refresh_token"])
         )
         assert attacker.status_code in {200, 401}, attacker.text
-        assert _code(victim) == "refresh_token_reused"
+        assert error_code(victim) == "refresh_token_reused"
         assert (await _session_row(h, tokens["session"]["id"])).revoked_at is not None
         if attacker.status_code == 200:
             late = await h.refresh(attacker.json()["refresh_token"])
-            assert _code(late) == "session_revoked"
+            assert error_code(late) == "session_revoked"
 
 
 async def test_logout_racing_refresh_never_500s(pg_harness: Harness) -> None:
@@ -244,4 +239,6 @@ async def test_logout_racing_refresh_never_500s(pg_harness: Harness) -> None:
         assert refreshed.status_code in {200, 401}, refreshed.text
         assert (await _session_row(h, tokens["session"]["id"])).revoked_at is not None
         if refreshed.status_code == 200:
-            assert _code(await h.refresh(refreshed.json()["refresh_token"])) == "session_revoked"
+            assert (
+                error_code(await h.refresh(refreshed.json()["refresh_token"])) == "session_revoked"
+            )

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, get_default_algorithms
 
-from tests.conftest import Harness, bearer
+from tests.conftest import Harness, bearer, error_code
 
 ME = "/auth/me"
 ISSUER = "https://auth.test"
@@ -93,11 +93,6 @@ def changed(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
         else:
             result[name] = value
     return result
-
-
-def error_code(response: httpx.Response) -> str:
-    code: str = response.json()["error"]["code"]
-    return code
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
