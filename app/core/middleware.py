@@ -32,7 +32,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming = _header(scope, _X_REQUEST_ID)
         request_id = (
             incoming if incoming and _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
         )
