@@ -46,6 +46,13 @@ async def test_invalid_utf8_gets_400_malformed_body(harness: Harness) -> None:
         ("/auth/login", b"email=a&password=b", "text/plain"),
         ("/auth/refresh", b'{"refresh_token": ""}', "application/json"),
         ("/auth/refresh", b'{"refresh_token": 5}', "application/json"),
+        # /auth/refresh parses its own body (app/core/json_body.py): the same refusals.
+        ("/auth/refresh", b"", "application/json"),
+        ("/auth/refresh", b'{"refresh_token": ', "application/json"),
+        ("/auth/refresh", b"[]", "application/json"),
+        ("/auth/refresh", b'{"refresh_token": "x", "admin": true}', "application/json"),
+        ("/auth/refresh", b'{"refresh_token": "x"}', "text/plain"),
+        ("/auth/refresh", b'{"refresh_token": "' + b"x" * 513 + b'"}', "application/json"),
     ],
 )
 async def test_malformed_bodies_get_422_with_envelope(
@@ -147,3 +154,15 @@ async def test_refresh_without_any_token_is_401(harness: Harness, content: bytes
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "refresh_token_invalid"
+
+
+async def test_refresh_validation_error_names_the_body_field_and_not_the_token(
+    harness: Harness,
+) -> None:
+    token = "t0ken-" + "y" * 600
+    response = await harness.client.post("/auth/refresh", json={"refresh_token": token})
+    assert response.status_code == 422
+    (field,) = response.json()["error"]["fields"]
+    assert field["loc"] == ["body", "refresh_token"]
+    assert field["type"] == "string_too_long"
+    assert "t0ken" not in response.text

@@ -93,3 +93,15 @@ async def test_docs_work_offline(harness: Harness) -> None:
         assert len(response.content) > 1000
     redirect = await harness.client.get("/docs/oauth2-redirect")
     assert redirect.status_code == 200
+
+
+async def test_openapi_documents_the_refresh_body_and_response(harness: Harness) -> None:
+    # /auth/refresh reads its body itself (a hot path); /docs must still show and send it.
+    spec = (await harness.client.get("/openapi.json")).json()
+    operation = spec["paths"]["/auth/refresh"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["refresh_token"]["anyOf"][0]["maxLength"] == 512
+    assert body["additionalProperties"] is False
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/TokenResponse"}
+    assert {"401", "403", "422"} <= set(operation["responses"])

@@ -6,8 +6,14 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
+from pydantic import BaseModel
 
-from app.auth.dependencies import CookieGuard, CurrentSession, current_session_or_none
+from app.auth.dependencies import (
+    CookieGuard,
+    CurrentSession,
+    current_session_or_none,
+    guard_cookie_request,
+)
 from app.auth.errors import NotAuthenticated, OAuthError, RefreshTokenInvalid
 from app.auth.refresh_service import RefreshService
 from app.auth.schemas import (
@@ -31,8 +37,9 @@ from app.auth.transport import (
 )
 from app.context import AppContext
 from app.core.errors import UnauthorizedError
+from app.core.json_body import openapi_body, parse_json_body
 from app.core.text import has_control_characters
-from app.dependencies import ClientDep, ContextDep, DbSession
+from app.dependencies import ClientDep, ContextDep, DbSession, get_client_info, get_context
 from app.users.service import normalize_email
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -115,30 +122,31 @@ async def login(
 
 @router.post(
     "/refresh",
-    responses={401: _401, 403: _403},
+    responses={401: _401, 403: _403, 422: {"description": "`validation_error`"}},
     description=_COOKIE_DOC,
-    dependencies=[CookieGuard],
+    response_model=TokenResponse,
+    openapi_extra=openapi_body(RefreshRequest),
 )
-async def refresh(
-    body: RefreshRequest,
-    request: Request,
-    response: Response,
-    ctx: ContextDep,
-    client: ClientDep,
-) -> TokenResponse:
+async def refresh(request: Request) -> Response:
     """Rotate a refresh token. Retrying the same token within the reuse interval returns the
     same successor; replaying it later is treated as theft and revokes the session."""
+    await guard_cookie_request(request)
+    body = await parse_json_body(request, RefreshRequest)
+    ctx, client = await get_context(request), await get_client_info(request)
     await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
     service = RefreshService(ctx, client)
+    response = Response(media_type="application/json")
     if body.refresh_token is not None:
         grant = await service.refresh(body.refresh_token)
-        return _respond(grant, ctx, response, cookies=wants_cookies(request))
-    token = refresh_cookie(request)
-    if token is None:
-        raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
-    grant = await service.refresh(token, csrf_token=csrf_header(request))
-    # A token that came from a cookie goes back only into a cookie, never into the body.
-    return _respond(grant, ctx, response, cookies=True)
+        payload = _respond(grant, ctx, response, cookies=wants_cookies(request))
+    else:
+        token = refresh_cookie(request)
+        if token is None:
+            raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
+        grant = await service.refresh(token, csrf_token=csrf_header(request))
+        # A token that came from a cookie goes back only into a cookie, never into the body.
+        payload = _respond(grant, ctx, response, cookies=True)
+    return _with_json_body(response, payload)
 
 
 @router.post(
@@ -253,6 +261,14 @@ async def me(auth: CurrentSession) -> MeResponse:
     return MeResponse(
         id=session.user_id, email=session.email, role=session.role, is_active=session.user_active
     )
+
+
+def _with_json_body(response: Response, model: BaseModel) -> Response:
+    """Fill in the body of a response whose headers (cookies) are already set. A returned
+    Response goes out as it is: FastAPI neither validates nor serialises it again."""
+    response.body = model.model_dump_json().encode()
+    response.headers["content-length"] = str(len(response.body))
+    return response
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
