@@ -264,7 +264,7 @@ class Run:
     updates: tuple[int, int] | None = None  # (session UPDATEs, verifies answered 200)
     lookup_rounds: list[tuple[float, float]] | None = None  # (small, large table) refresh req/s
     lookup_rows: tuple[int, int] | None = None
-    argon2_per_s: float = 0.0
+    login_rounds: list[tuple[float, float]] | None = None  # (argon2 verifies/s, logins/s)
     token_table: dict[str, int] | None = None
 
 
@@ -311,6 +311,16 @@ def login_run(name: str, base: str, duration: int, connections: int) -> Result:
         script=LUA / "login.lua",
         env={"LOGIN_BODY": json.dumps(LOGIN_BODY)},
     )
+
+
+def login_against_ceiling(base: str, duration: int, rounds: int = 3) -> list[tuple[float, Result]]:
+    """Logins (8 connections) right after the raw argon2 rate, `rounds` times: the machine's
+    drift moves both sides of each pair alike. The service is idle while the ceiling runs."""
+    pairs = []
+    for _ in range(rounds):
+        ceiling_rate = argon2_verify_rate()
+        pairs.append((ceiling_rate, login_run("/auth/login (8 connections)", base, duration, 8)))
+    return pairs
 
 
 def verify_while_logging_in(
@@ -444,14 +454,15 @@ def _measure(
             wrk(name, f"{service}{path}", duration=d, threads=2, connections=c, headers=auth)
         )
     results.append(refresh_run("/auth/refresh (8 chains)", service, d))
-    results.append(login_run("/auth/login (8 connections)", service, d, 8))
+    login_rounds = login_against_ceiling(service, d)
+    results.append(login_rounds[0][1])
     run = Run(results=results, stack_rounds=stack_rounds)
+    run.login_rounds = [(ceiling_rate, result.rps) for ceiling_rate, result in login_rounds]
     run.verify_under_login = verify_while_logging_in(service, d, auth)
     run.updates = session_updates_per_verifies(raw_dsn, service)
     for process in processes[::-1]:
         stop(process)
     processes.clear()
-    run.argon2_per_s = argon2_verify_rate()
     if args.lookup_rows:
         _lookup(args, run, databases, processes, (raw_dsn, database_url))
     if args.table_refreshes:
@@ -512,6 +523,9 @@ def report(run: Run, args: argparse.Namespace) -> None:
     _report_targets(run, by_name, b1)
     pairs = " ".join(f"{a:.0f}/{b:.0f}" for a, b in run.stack_rounds)
     print(f"\nB0 / B0 with our middleware, req/s, back to back: {pairs}")
+    if run.login_rounds:
+        pairs = " ".join(f"{a:.1f}/{b:.1f}" for a, b in run.login_rounds)
+        print(f"argon2id verifies/s on 2 cores / logins/s, back to back: {pairs}")
     if run.lookup_rounds:
         pairs = " ".join(f"{a:.0f}/{b:.0f}" for a, b in run.lookup_rounds)
         print(f"refresh req/s, small / large token table, back to back: {pairs}")
@@ -531,15 +545,17 @@ def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
     ratio("/auth/verify (forward-auth)", 0.85)
     ratio("/auth/session-status", 0.85)
     ratio("/auth/refresh (8 chains)", 0.40)
-    login = by_name["/auth/login (8 connections)"].rps / run.argon2_per_s
-    rows.append(
-        (
-            f"login / argon2id ceiling ({run.argon2_per_s:.1f}/s on 2 cores)",
-            f"{login:.2f}",
-            ">= 0.85",
-            login >= 0.85,
+    if run.login_rounds:
+        login = _median([logins / ceiling for ceiling, logins in run.login_rounds])
+        rows.append(
+            (
+                f"login / argon2id ceiling on 2 cores (median of {len(run.login_rounds)}"
+                " back-to-back pairs)",
+                f"{login:.2f}",
+                ">= 0.85",
+                login >= 0.85,
+            )
         )
-    )
     if run.verify_under_login:
         verify, logins = run.verify_under_login
         label = (
