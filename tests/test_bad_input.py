@@ -23,10 +23,11 @@ async def _row_counts(h: Harness) -> tuple[int, int]:
     return int(sessions or 0), int(tokens or 0)
 
 
-async def test_invalid_utf8_gets_400_malformed_body(harness: Harness) -> None:
+@pytest.mark.parametrize("path", ["/auth/login", "/auth/refresh"])
+async def test_invalid_utf8_gets_400_malformed_body(harness: Harness, path: str) -> None:
     before = await _row_counts(harness)
     response = await harness.client.post(
-        "/auth/login",
+        path,
         content=b"\xff\xfe\xfa not utf-8",
         headers={"content-type": "application/json"},
     )

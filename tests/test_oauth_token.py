@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import BaseModel
+
+from app.core.json_body import openapi_body
 from tests.conftest import PASSWORD, Harness, bearer
 
 
@@ -105,3 +109,14 @@ async def test_openapi_documents_the_refresh_body_and_response(harness: Harness)
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/TokenResponse"}
     assert {"401", "403", "422"} <= set(operation["responses"])
+
+
+def test_openapi_body_refuses_nested_models() -> None:
+    class Inner(BaseModel):
+        value: int
+
+    class Outer(BaseModel):
+        inner: Inner
+
+    with pytest.raises(ValueError, match="nests models"):
+        openapi_body(Outer)

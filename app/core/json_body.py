@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` for a route that reads `model` as its JSON body."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+    """`openapi_extra` for a route that reads `model` as its JSON body. Flat models only: a
+    nested model's `#/$defs/...` references would not resolve inside the OpenAPI document."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        raise ValueError(f"{model.__name__} nests models: declare it as a body parameter")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def parse_json_body(request: Request, model: type[Model]) -> Model:
@@ -37,6 +37,8 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
+        if not _is_utf8(raw):  # 400 malformed_body, as FastAPI answers an undecodable body
+            raise HTTPException(status_code=400) from None
         # Without `input`: it may hold a token, and the 422 body shows only these three.
         raise RequestValidationError(
             [
@@ -51,6 +53,14 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _invalid(kind: str, message: str) -> RequestValidationError:
