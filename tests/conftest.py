@@ -11,11 +11,11 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -29,6 +29,9 @@ from app.core.logging import JsonFormatter
 from app.core.settings import Environment, Settings
 from app.main import create_app
 from app.users import service as users
+
+if TYPE_CHECKING:
+    from tests.support import pgcluster
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -153,6 +156,22 @@ async def _drop_pg_database(url: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(params=["postgres"])  # the "postgres" param counts these as PostgreSQL tests
+def pg_cluster() -> Iterator[pgcluster.PgCluster]:
+    """A private PostgreSQL cluster the test may stop and start (an outage), never the shared
+    server: stopping that would break every other test running."""
+    # Imported here: tests.support imports this module (a cycle at import time).
+    from tests.support.pgcluster import find_bin_dir, private_postgres
+
+    if find_bin_dir() is None:
+        message = "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " and REQUIRE_POSTGRES=1")
+        pytest.skip(message)
+    with private_postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app import migrate
 from tests.conftest import PASSWORD
+from tests.support.pgcluster import PgCluster
 from tests.support.servers import create_user_in, free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
@@ -185,3 +187,56 @@ async def test_nginx_expired_token_and_cookie_mode_client(
             expired = await client.get("/orders/1", headers=_bearer(access))
             assert expired.status_code == 401
             assert expired.headers["x-auth-error"] == "token_expired"
+
+
+async def test_nginx_passes_verify_rate_limit_through_per_client(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A 429 from /auth/verify reaches the client as a 429 with Retry-After (nginx's
+    auth_request would answer 500), and the limit counts each client, not the gateway."""
+    email = await _user(postgres_url)
+    env = {
+        "RATE_LIMITS_ENABLED": "true",
+        "RATE_LIMIT_VERIFY_IP": "3/minute",
+        "TRUSTED_PROXIES": '["127.0.0.1"]',
+    }
+    with gateway_stack(postgres_url, tmp_path, env) as gateway:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+            login = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+            token = login.json()["access_token"]
+            # The test client sits on the trusted gateway's own address, so the
+            # X-Forwarded-For it sends stands for two different clients behind it.
+            first = {**_bearer(token), "X-Forwarded-For": "198.51.100.7"}
+            statuses = [
+                (await client.get("/orders/1", headers=first)).status_code for _ in range(3)
+            ]
+            assert statuses == [200, 200, 200]
+            limited = await client.get("/orders/1", headers=first)
+            assert limited.status_code == 429, limited.text
+            assert int(limited.headers["retry-after"]) >= 1
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert "upstream" not in limited.text
+            other = {**_bearer(token), "X-Forwarded-For": "198.51.100.8"}
+            assert (await client.get("/orders/1", headers=other)).status_code == 200
+
+
+async def test_nginx_passes_an_outage_through_as_503(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """With the database down, /auth/verify answers 503: the client gets 503 with Retry-After
+    (nginx's auth_request would answer 500), and 200 again once the database is back."""
+    await asyncio.to_thread(migrate.upgrade, pg_cluster.url)
+    email = await _user(pg_cluster.url)
+    env = {"DB_POOL_TIMEOUT": "1"}
+    with gateway_stack(pg_cluster.url, tmp_path, env) as gateway:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+            login = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+            headers = _bearer(login.json()["access_token"])
+            assert (await client.get("/orders/1", headers=headers)).status_code == 200
+            await asyncio.to_thread(pg_cluster.stop)
+            # Twice: the pooled connection dies under the first, the second is refused.
+            for _ in range(2):
+                down = await client.get("/orders/1", headers=headers)
+                assert down.status_code == 503, down.text
+                assert int(down.headers["retry-after"]) >= 1
+                assert down.json()["error"]["code"] == "service_unavailable"
+            await asyncio.to_thread(pg_cluster.start)
+            assert (await client.get("/orders/1", headers=headers)).status_code == 200

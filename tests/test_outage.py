@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,29 +24,17 @@ from app.core.db import create_engine
 from app.health import repository as health
 from tests.conftest import (
     PASSWORD,
-    REQUIRE_POSTGRES,
     Harness,
     bearer,
     make_settings,
     start_harness,
 )
-from tests.support.pgcluster import PgCluster, find_bin_dir, private_postgres
+from tests.support.pgcluster import PgCluster
 
 pytestmark = pytest.mark.slow
 
 # Generous against a 1 s pool timeout, far below a hang (or the 30 s command timeout).
 BOUND = 3.0
-
-
-@pytest.fixture(params=["postgres"])  # the "postgres" param counts these as PostgreSQL tests
-def pg_cluster() -> Iterator[PgCluster]:
-    if find_bin_dir() is None:
-        message = "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message + " and REQUIRE_POSTGRES=1")
-        pytest.skip(message)
-    with private_postgres() as cluster:
-        yield cluster
 
 
 def harness_on(url: str, **overrides: Any) -> contextlib.AbstractAsyncContextManager[Harness]:
