@@ -197,7 +197,7 @@ async def test_nginx_passes_verify_rate_limit_through_per_client(
     email = await _user(postgres_url)
     env = {
         "RATE_LIMITS_ENABLED": "true",
-        "RATE_LIMIT_VERIFY_IP": "3/minute",
+        "RATE_LIMIT_VERIFY_IP": "3/hour",
         "TRUSTED_PROXIES": '["127.0.0.1"]',
     }
     with gateway_stack(postgres_url, tmp_path, env) as gateway:
