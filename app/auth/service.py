@@ -143,7 +143,7 @@ class AuthService:
             revoked_at=None,
         )
         await self._audit("login.succeeded", now, user_id=user.id, session_id=session_id)
-        return self._grant(state, refresh_token, now)
+        return issue_grant(self._ctx, state, refresh_token, now)
 
     async def _locked_link(
         self, conn: AsyncConnection, refresh_token: str, csrf_token: str | None
@@ -190,9 +190,6 @@ class AuthService:
             sessions_revoked=len(revoked),
         )
         return len(revoked)
-
-    def _grant(self, state: SessionState, refresh_token: str, now: datetime) -> TokenGrant:
-        return issue_grant(self._ctx, state, refresh_token, now)
 
     async def _audit(
         self,

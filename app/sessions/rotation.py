@@ -21,6 +21,7 @@ from app.audit import repository as audit
 from app.core.db import autocommit_connection, driver_connection
 from app.sessions import repository
 from app.sessions.repository import SessionState, TokenLink
+from app.sessions.service import SessionPolicy
 
 Outcome = Literal["invalid", "unusable", "rotated", "retried", "reused"]
 
@@ -32,8 +33,7 @@ class RotationRequest:
     successor_id: uuid.UUID
     successor_hash: bytes
     now: datetime
-    idle_timeout: timedelta
-    touch_interval: timedelta
+    policy: SessionPolicy  # the idle timeout and touch interval of the slide
     reuse_interval: timedelta
     ip: str | None
     user_agent: str | None
@@ -69,8 +69,8 @@ async def _rotate_postgres(engine: AsyncEngine, r: RotationRequest) -> Rotation:
             r.successor_id,
             r.successor_hash,
             r.now,
-            r.idle_timeout.total_seconds(),
-            r.touch_interval.total_seconds(),
+            r.policy.idle_timeout.total_seconds(),
+            r.policy.touch_interval.total_seconds(),
             r.reuse_interval.total_seconds(),
             r.ip,
             r.user_agent,
@@ -159,7 +159,7 @@ async def _revoke_for_reuse(conn: AsyncConnection, link: TokenLink, r: RotationR
 
 
 async def _slide(conn: AsyncConnection, state: SessionState, r: RotationRequest) -> SessionState:
-    target = min(r.now + r.idle_timeout, state.absolute_expires_at)
+    target = r.policy.slid_deadline(state, r.now)
     if target <= state.idle_expires_at:
         return state
     await repository.slide(
@@ -167,7 +167,7 @@ async def _slide(conn: AsyncConnection, state: SessionState, r: RotationRequest)
         state.id,
         now=r.now,
         idle_expires_at=target,
-        only_if_before=target - r.touch_interval,
+        only_if_before=target - r.policy.touch_interval,
     )
     return replace(state, idle_expires_at=target)
 
