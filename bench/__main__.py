@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from bench import checks
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "lua"
 EMAIL, PASSWORD = "bench@example.com", "correct horse battery staple"
+LOGIN_BODY = {"email": EMAIL, "password": PASSWORD}
 SECRET = "bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -158,9 +160,7 @@ async def seed_user(database_url: str) -> None:
 
 
 def login(base: str) -> dict[str, str]:
-    response = httpx.post(
-        f"{base}/auth/login", json={"email": EMAIL, "password": PASSWORD}, timeout=30
-    )
+    response = httpx.post(f"{base}/auth/login", json=LOGIN_BODY, timeout=30)
     response.raise_for_status()
     body: dict[str, str] = response.json()
     return body
@@ -191,7 +191,7 @@ async def refresh_chains(base: str, refreshes: int, sessions: int) -> list[str]:
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         logins = []
         for _ in range(sessions):
-            r = await client.post("/auth/login", json={"email": EMAIL, "password": PASSWORD})
+            r = await client.post("/auth/login", json=LOGIN_BODY)
             logins.append(r.json())
 
         async def chain(token: str, n: int) -> str:
@@ -249,9 +249,6 @@ def prune_rows(database_url: str, retention: int | None) -> int:
 
 def _raw(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-LOGIN_BODY = {"email": EMAIL, "password": PASSWORD}
 
 
 @dataclass
@@ -499,10 +496,6 @@ def _lookup(
     run.lookup_rounds, run.lookup_rows = rounds, (small_rows, large_rows)
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def report(run: Run, args: argparse.Namespace) -> None:
     by_name = {r.name: r for r in run.results}
     b0, b1 = by_name["B0 constant JSON"], by_name["B1 one asyncpg SELECT"]
@@ -546,7 +539,7 @@ def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
     ratio("/auth/session-status", 0.85)
     ratio("/auth/refresh (8 chains)", 0.40)
     if run.login_rounds:
-        login = _median([logins / ceiling for ceiling, logins in run.login_rounds])
+        login = statistics.median([logins / ceiling for ceiling, logins in run.login_rounds])
         rows.append(
             (
                 f"login / argon2id ceiling on 2 cores (median of {len(run.login_rounds)}"
@@ -577,7 +570,7 @@ def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
     if run.lookup_rounds and run.lookup_rows:
         # Each round runs the two sides back to back: the median of the per-round ratios
         # cancels the machine's drift better than a ratio of medians.
-        ratio_ = _median([b / a for a, b in run.lookup_rounds])
+        ratio_ = statistics.median([b / a for a, b in run.lookup_rounds])
         rows.append(
             (
                 f"refresh at {run.lookup_rows[1]:,} / at {run.lookup_rows[0]:,} token rows"
@@ -587,7 +580,7 @@ def _report_targets(run: Run, by_name: dict[str, Result], b1: Result) -> None:
                 ratio_ >= 0.9,
             )
         )
-    cost = 1 - _median([ours / bare for bare, ours in run.stack_rounds])
+    cost = 1 - statistics.median([ours / bare for bare, ours in run.stack_rounds])
     rows.append(
         (
             f"middleware stack cost on B0 (median of {len(run.stack_rounds)} back-to-back pairs)",
