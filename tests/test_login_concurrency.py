@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from app.audit.models import AuditEvent
 from app.core.security import PasswordHasher
+from app.sessions.models import RefreshToken, Session
+from app.users import repository as user_repo
 from app.users import service as users
 from tests.conftest import PASSWORD, Harness, bearer
 
@@ -90,3 +96,114 @@ async def test_deactivation_during_login_wins(harness: Harness, gated: GatedHash
         await users.set_active(conn, email, active=False, now=harness.clock.now())
     gated.gate.set()
     assert (await login).json()["error"]["code"] == "invalid_credentials"
+
+
+async def test_lockout_during_login_wins(harness: Harness, gated: GatedHasher) -> None:
+    email = await harness.create_user()
+    login = asyncio.create_task(
+        harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+    )
+    await gated.wait_entered(1)
+    user_id = await _user_id(harness, email)
+    async with harness.ctx.engine.begin() as conn:  # a guesser's failures locked the account
+        await user_repo.record_login_failure(
+            conn, user_id, failed_logins=5, locked_until=harness.clock.now() + timedelta(hours=1)
+        )
+    gated.gate.set()
+    assert (await login).json()["error"]["code"] == "invalid_credentials"
+    assert await _login_rows(harness, user_id) == (0, ["login.failed"])
+    assert await _failure_reasons(harness, user_id) == ["locked"]
+
+
+async def test_a_change_during_login_starts_no_session(
+    harness: Harness, gated: GatedHasher
+) -> None:
+    email = await harness.create_user()
+    login = asyncio.create_task(
+        harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+    )
+    await gated.wait_entered(1)
+    async with harness.ctx.engine.begin() as conn:
+        await users.set_password(
+            conn, PasswordHasher(), email, "the new password", now=harness.clock.now()
+        )
+    gated.gate.set()
+    assert (await login).status_code == 401
+    user_id = await _user_id(harness, email)
+    assert await _login_rows(harness, user_id) == (0, ["login.failed"])
+    assert await _failure_reasons(harness, user_id) == ["password_changed_during_login"]
+
+
+async def test_login_writes_session_first_token_and_audit_row(harness: Harness) -> None:
+    """What a login leaves in the database, the same whichever path wrote it (PostgreSQL's
+    one-round-trip function or the statement-at-a-time path)."""
+    email = await harness.create_user()
+    user_id = await _user_id(harness, email)
+    async with harness.ctx.engine.begin() as conn:  # earlier failures, not yet a lock
+        await user_repo.record_login_failure(conn, user_id, failed_logins=2, locked_until=None)
+    tokens = await harness.login(email, device_name="laptop")
+    now = harness.clock.now()
+    async with harness.ctx.engine.connect() as conn:
+        session = (await conn.execute(select(Session).where(Session.user_id == user_id))).one()
+        token = (await conn.execute(select(RefreshToken))).all()
+        user = await user_repo.get_by_id(conn, user_id)
+        audit = (await conn.execute(select(AuditEvent).where(AuditEvent.user_id == user_id))).one()
+    assert str(session.id) == tokens["session"]["id"]
+    assert (session.device_name, session.revoked_at) == ("laptop", None)
+    assert session.ip is not None
+    assert session.created_at == session.last_seen_at == now
+    assert session.idle_expires_at == now + harness.ctx.policy.idle_timeout
+    assert session.absolute_expires_at == now + harness.ctx.policy.absolute_lifetime
+    mine = [t for t in token if t.session_id == session.id]
+    assert [(t.generation, t.parent_id, t.used_at) for t in mine] == [(1, None, None)]
+    assert mine[0].token_hash == harness.ctx.refresh_codec.hash(tokens["refresh_token"])
+    assert user is not None
+    assert (user.failed_logins, user.locked_until) == (0, None)
+    assert (audit.event, audit.session_id, audit.details) == ("login.succeeded", session.id, {})
+    assert (audit.ip, audit.created_at) == (session.ip, now)
+
+
+async def _user_id(harness: Harness, email: str) -> uuid.UUID:
+    async with harness.ctx.engine.connect() as conn:
+        user = await user_repo.get_by_email(conn, email)
+    assert user is not None
+    return user.id
+
+
+async def _login_rows(harness: Harness, user_id: uuid.UUID) -> tuple[int, list[str]]:
+    """(sessions of the user, their audit events in order)."""
+    async with harness.ctx.engine.connect() as conn:
+        sessions = (await conn.execute(select(Session).where(Session.user_id == user_id))).all()
+        events = await conn.execute(
+            select(AuditEvent.event).where(AuditEvent.user_id == user_id).order_by(AuditEvent.id)
+        )
+        return len(sessions), list(events.scalars())
+
+
+async def _failure_reasons(harness: Harness, user_id: uuid.UUID) -> list[str]:
+    async with harness.ctx.engine.connect() as conn:
+        rows = await conn.execute(
+            select(AuditEvent.details)
+            .where(AuditEvent.user_id == user_id, AuditEvent.event == "login.failed")
+            .order_by(AuditEvent.id)
+        )
+        return [details["reason"] for details in rows.scalars()]
+
+
+async def test_login_candidate_read_is_get_by_email(harness: Harness) -> None:
+    """The driver-level read of PostgreSQL's login path returns what SQLAlchemy's would."""
+    email = await harness.create_user()
+    user_id = await _user_id(harness, email)
+    locked_until = harness.clock.now() + timedelta(minutes=3)
+    async with harness.ctx.engine.begin() as conn:
+        await user_repo.record_login_failure(
+            conn, user_id, failed_logins=7, locked_until=locked_until
+        )
+    candidate = await user_repo.find_login_candidate(harness.ctx.engine, email)
+    async with harness.ctx.engine.connect() as conn:
+        assert candidate == await user_repo.get_by_email(conn, email)
+    assert candidate is not None
+    assert type(candidate.id) is uuid.UUID
+    assert candidate.locked_until == locked_until
+    assert candidate.locked_until.utcoffset() == timedelta(0)
+    assert await user_repo.find_login_candidate(harness.ctx.engine, "nobody@example.com") is None

@@ -104,20 +104,21 @@ def _respond(
     responses={401: _401, 403: _403},
     description=_COOKIE_DOC,
     dependencies=[CookieGuard],
+    response_model=TokenResponse,
 )
 async def login(
     body: LoginRequest,
     request: Request,
-    response: Response,
     ctx: ContextDep,
     uow: DbSession,
     client: ClientDep,
-) -> TokenResponse:
+) -> Response:
     """Start a new session (one per device) and return its first token pair."""
     cookies = wants_cookies(request)
     await _limit_login(ctx, client.ip, body.email)
     grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
-    return _respond(grant, ctx, response, cookies=cookies)
+    response = Response(media_type="application/json")
+    return _with_json_body(response, _respond(grant, ctx, response, cookies=cookies))
 
 
 @router.post(

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.audit.service import ClientInfo, record
+from app.audit.service import ClientInfo, announce, record
 from app.auth.errors import (
     CsrfFailed,
     InvalidCredentials,
@@ -16,8 +16,9 @@ from app.auth.errors import (
 )
 from app.auth.tokens import IssuedAccessToken
 from app.context import AppContext, forget_sessions_after_commit
-from app.core.db import UnitOfWork, autocommit_connection
+from app.core.db import UnitOfWork
 from app.sessions import repository as sessions
+from app.sessions import start
 from app.sessions.repository import SessionState, TokenLink
 from app.users import repository as users
 from app.users.repository import UserRecord
@@ -57,13 +58,16 @@ class AuthService:
         self._client = client
 
     async def login(self, email: str, password: str, device_name: str | None) -> TokenGrant:
-        async with autocommit_connection(self._ctx.engine) as conn:
-            candidate = await users.get_by_email(conn, normalize_email(email))
+        candidate = await users.find_login_candidate(self._ctx.engine, normalize_email(email))
         # No connection is held while the hash runs (it takes tens of milliseconds).
         valid, new_hash = await self._ctx.passwords.verify_and_update(
             password, candidate.password_hash if candidate else None
         )
         now = self._ctx.clock.now()
+        if valid and new_hash is None and candidate is not None:
+            grant = await self._start_in_one_trip(candidate, device_name, now)
+            if grant is not None:
+                return grant
         conn = await self._uow.connection()
         user = await users.lock_for_login(conn, candidate.id) if candidate else None
         unchanged = (
@@ -106,6 +110,43 @@ class AuthService:
             conn, user.id, failed_logins=failed, locked_until=locked_until
         )
 
+    async def _start_in_one_trip(
+        self, candidate: UserRecord, device_name: str | None, now: datetime
+    ) -> TokenGrant | None:
+        """The common login (right password, hash current) on PostgreSQL, in one round trip;
+        None when that isn't possible or the user changed meanwhile: then the general path
+        decides."""
+        if not start.available(self._ctx.engine):
+            return None
+        session_id = uuid.uuid4()
+        idle, absolute = self._ctx.policy.new_deadlines(now)
+        refresh_token = self._ctx.refresh_codec.new_token(session_id)
+        started = await start.start_session(
+            self._ctx.engine,
+            start.SessionStart(
+                user_id=candidate.id,
+                password_hash=candidate.password_hash,
+                session_id=session_id,
+                token_id=uuid.uuid4(),
+                token_hash=self._ctx.refresh_codec.hash(refresh_token),
+                now=now,
+                idle_expires_at=idle,
+                absolute_expires_at=absolute,
+                device_name=device_name,
+                user_agent=self._client.stored_user_agent,
+                ip=self._client.ip,
+            ),
+        )
+        if started is None:
+            return None
+        announce(
+            "login.succeeded", client=self._client, user_id=candidate.id, session_id=session_id
+        )
+        state = _new_session_state(
+            session_id, candidate.id, started.email, started.role, now, idle, absolute
+        )
+        return issue_grant(self._ctx, state, refresh_token, now)
+
     async def _start_session(
         self, conn: AsyncConnection, user: UserRecord, device_name: str | None, now: datetime
     ) -> TokenGrant:
@@ -131,17 +172,7 @@ class AuthService:
             generation=1,
             now=now,
         )
-        state = SessionState(
-            id=session_id,
-            user_id=user.id,
-            email=user.email,
-            role=user.role,
-            user_active=True,
-            created_at=now,
-            idle_expires_at=idle,
-            absolute_expires_at=absolute,
-            revoked_at=None,
-        )
+        state = _new_session_state(session_id, user.id, user.email, user.role, now, idle, absolute)
         await self._audit("login.succeeded", now, user_id=user.id, session_id=session_id)
         return issue_grant(self._ctx, state, refresh_token, now)
 
@@ -209,6 +240,28 @@ class AuthService:
             session_id=session_id,
             **details,
         )
+
+
+def _new_session_state(
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    email: str,
+    role: str,
+    now: datetime,
+    idle_expires_at: datetime,
+    absolute_expires_at: datetime,
+) -> SessionState:
+    return SessionState(
+        id=session_id,
+        user_id=user_id,
+        email=email,
+        role=role,
+        user_active=True,
+        created_at=now,
+        idle_expires_at=idle_expires_at,
+        absolute_expires_at=absolute_expires_at,
+        revoked_at=None,
+    )
 
 
 def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool, locked: bool) -> str:

@@ -106,6 +106,11 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
             await conn.commit()
 
 
+def on_asyncpg(engine: AsyncEngine) -> bool:
+    """Whether `driver_connection` (and the hot paths' single statements) can be used."""
+    return engine.dialect.driver == "asyncpg"
+
+
 @contextlib.asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled connection's own asyncpg connection, outside any transaction (each statement

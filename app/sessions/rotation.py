@@ -18,7 +18,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.audit import repository as audit
-from app.core.db import autocommit_connection, driver_connection
+from app.core.db import autocommit_connection, driver_connection, on_asyncpg
 from app.sessions import repository
 from app.sessions.repository import SessionState, TokenLink
 from app.sessions.service import SessionPolicy
@@ -51,7 +51,7 @@ class Rotation:
 
 
 async def rotate(engine: AsyncEngine, request: RotationRequest) -> Rotation:
-    if engine.dialect.driver == "asyncpg":
+    if on_asyncpg(engine):
         return await _rotate_postgres(engine, request)
     async with autocommit_connection(engine) as conn:
         return await _rotate_portable(conn, request)
