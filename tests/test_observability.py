@@ -72,6 +72,11 @@ async def test_cli_audit(harness: Harness, database_url: str) -> None:
 
 async def test_metrics_count_requests_and_auth_events(harness: Harness) -> None:
     email = await harness.create_user()
+    login = 'authsvc_http_request_duration_seconds_{}{{{}method="POST",route="/auth/login",'
+    login += 'status="{}"}}'
+    series = [login.format("count", "", 200), login.format("count", "", 401)]
+    series.append(login.format("bucket", 'le="+Inf",', 200))
+    before = (await harness.client.get("/metrics")).text
     await harness.login(email)
     await harness.client.post("/auth/login", json={"email": email, "password": "wrong password"})
     response = await harness.client.get("/metrics")
@@ -79,10 +84,17 @@ async def test_metrics_count_requests_and_auth_events(harness: Harness) -> None:
     text = response.text
     assert 'authsvc_auth_events_total{event="login.succeeded"}' in text
     assert 'authsvc_auth_events_total{event="login.failed"}' in text
-    assert 'authsvc_http_requests_total{method="POST",route="/auth/login",status="200"}' in text
-    assert "authsvc_http_request_duration_seconds_bucket" in text
+    assert [_sample(text, s) - _sample(before, s) for s in series] == [1.0, 1.0, 1.0]
     assert "authsvc_active_sessions" in text
     assert "authsvc_db_pool_checked_out" in text
+
+
+def _sample(exposition: str, series: str) -> float:
+    """The value of one series in Prometheus text, 0 if absent."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def test_metrics_token(database_url: str) -> None:
