@@ -22,7 +22,7 @@ from app.core.clock import Clock
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.metrics import record_pool
-from app.core.middleware import BodyLimitMiddleware, NoStoreMiddleware, RequestIdMiddleware
+from app.core.middleware import BodyLimitMiddleware, RequestEnvelopeMiddleware
 from app.core.periodic import every
 from app.core.settings import Environment, Settings, get_settings
 from app.demo.router import STATIC_DIR
@@ -136,7 +136,6 @@ def add_middleware_stack(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         SlidingSessionMiddleware, public_paths=PUBLIC_PATHS, passive_paths=PASSIVE_PATHS
     )
-    app.add_middleware(NoStoreMiddleware, prefixes=("/auth/",))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -152,7 +151,7 @@ def add_middleware_stack(app: FastAPI, settings: Settings) -> None:
                 "X-Request-ID",
             ],
         )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestEnvelopeMiddleware, no_store_prefixes=("/auth/",))
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.

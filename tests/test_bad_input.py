@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import func, select
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
 from tests.conftest import PASSWORD, Harness
+from tests.support.servers import uvicorn_server
 
 
 async def _row_counts(h: Harness) -> tuple[int, int]:
@@ -167,3 +169,38 @@ async def test_refresh_validation_error_names_the_body_field_and_not_the_token(
     assert field["loc"] == ["body", "refresh_token"]
     assert field["type"] == "string_too_long"
     assert "t0ken" not in response.text
+
+
+def _raw_http(base_url: str, request: bytes) -> bytes:
+    """Send raw bytes to a real server and read until it closes or goes quiet."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_body_limit_over_a_real_http1_connection(sqlite_url: str) -> None:
+    """The body limit counts only chunked bodies; a Content-Length body is bounded by HTTP/1
+    framing, which uvicorn enforces. Over a socket, not the test transport."""
+    with uvicorn_server(sqlite_url, env={"MAX_BODY_BYTES": "4096"}) as (base, _):
+        chunk = b"x" * 1000
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(10)) + b"0\r\n\r\n"
+        head = b"POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        over = _raw_http(
+            base, head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked
+        )
+        assert over.startswith(b"HTTP/1.1 413 ")
+        assert b'"payload_too_large"' in over
+        # Content-Length: 2 ends the body after "{}": what follows is the next request on the
+        # connection (here a pipelined GET), never more body.
+        pipelined = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        framed = _raw_http(base, head + b"Content-Length: 2\r\n\r\n{}" + pipelined)
+        assert framed.startswith(b"HTTP/1.1 422 ")
+        assert framed.count(b"HTTP/1.1 ") == 2
+        assert b"HTTP/1.1 200 OK" in framed

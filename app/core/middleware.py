@@ -1,13 +1,14 @@
-"""Pure ASGI plumbing middleware: request ids, body size limits, cache headers."""
+"""Pure ASGI plumbing middleware: request ids, metrics and cache headers; body size limits."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import secrets
 import time
 
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,12 +22,43 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _X_REQUEST_ID = b"x-request-id"
 
 
-class RequestIdMiddleware:
-    """Accepts a sane `X-Request-ID` or makes one, binds it to logs, and echoes it back; and,
-    as it sees every request's status and duration anyway, records its metrics."""
+class RequestIds:
+    """32 hex digits: a random prefix per process and a counter. Unique without a random
+    draw per request (a getrandom system call each: a measurable share of a bare request);
+    a request id needs to be unique, not secret. A forked child draws its own prefix."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = RequestIds()
+
+
+_NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+_CACHE_HEADERS = frozenset(name for name, _ in _NO_STORE)
+
+
+class RequestEnvelopeMiddleware:
+    """What every HTTP request gets, in one layer (each layer costs every request a call, and
+    with a send wrapper an await per message: docs/performance.md):
+
+    - a request id: a sane incoming `X-Request-ID` or a new one, bound to logs, echoed back;
+    - its metrics: duration by method, route template and status;
+    - under `no_store_prefixes`, whose responses may carry tokens, `Cache-Control: no-store`
+      and `Pragma: no-cache` in place of any cache headers, so that no cache keeps them.
+    """
+
+    def __init__(self, app: ASGIApp, *, no_store_prefixes: tuple[str, ...]) -> None:
         self.app = app
+        self.no_store_prefixes = no_store_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,24 +66,30 @@ class RequestIdMiddleware:
             return
         incoming = _header(scope, _X_REQUEST_ID)
         request_id = (
-            incoming if incoming and _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+            incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _request_ids.next()
         )
-        id_bytes = request_id.encode()
+        id_header = (_X_REQUEST_ID, request_id.encode())
+        no_store = route_path(scope).startswith(self.no_store_prefixes)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_envelope(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # Appended, not set: nothing else names this header, and a header scan
-                # per response is a measurable share of a bare request.
-                message["headers"] = [*message.get("headers", ()), (_X_REQUEST_ID, id_bytes)]
+                headers = message.get("headers", ())
+                if no_store:
+                    headers = [*(h for h in headers if h[0].lower() not in _CACHE_HEADERS)]
+                    message["headers"] = [*headers, id_header, *_NO_STORE]
+                else:
+                    # Appended, not set: nothing else names this header, and a header scan
+                    # per response is a measurable share of a bare request.
+                    message["headers"] = [*headers, id_header]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_envelope)
         finally:
             elapsed = time.perf_counter() - started
             record_request(scope, status, elapsed)
@@ -79,12 +117,17 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared, chunked = _framing(scope)
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             response = JSONResponse(
                 error_body("payload_too_large", "Request body too large."), status_code=413
             )
             await response(scope, receive, send)
+            return
+        if scope.get("http_version") in ("1.0", "1.1") and not chunked:
+            # HTTP/1 framing bounds the body already: exactly Content-Length bytes, or none
+            # without Transfer-Encoding (RFC 9112 section 6.3). Only chunked bodies are counted.
+            await self.app(scope, receive, send)
             return
         received = 0
 
@@ -100,28 +143,6 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-class NoStoreMiddleware:
-    """Responses under the given prefixes may carry tokens: forbid every cache from keeping them."""
-
-    def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...]) -> None:
-        self.app = app
-        self.prefixes = prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not route_path(scope).startswith(self.prefixes):
-            await self.app(scope, receive, send)
-            return
-
-        async def send_no_store(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["Cache-Control"] = "no-store"
-                headers["Pragma"] = "no-cache"
-            await send(message)
-
-        await self.app(scope, receive, send_no_store)
-
-
 def route_path(scope: Scope) -> str:
     """The path as the application's routes see it, without a deployment prefix (root_path)."""
     path: str = scope["path"]
@@ -129,6 +150,17 @@ def route_path(scope: Scope) -> str:
     if root and path.startswith(root) and path != root:
         return path[len(root) :]
     return path
+
+
+def _framing(scope: Scope) -> tuple[str | None, bool]:
+    """(Content-Length as sent, whether a Transfer-Encoding was sent), in one pass."""
+    length, chunked = None, False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = str(value.decode("latin-1"))
+        elif key == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
