@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from app.audit.models import AuditEvent
 from app.core.security import PasswordHasher
+from app.sessions import start as session_start
 from app.sessions.models import RefreshToken, Session
 from app.users import repository as user_repo
 from app.users import service as users
@@ -207,3 +208,37 @@ async def test_login_candidate_read_is_get_by_email(harness: Harness) -> None:
     assert candidate.locked_until == locked_until
     assert candidate.locked_until.utcoffset() == timedelta(0)
     assert await user_repo.find_login_candidate(harness.ctx.engine, "nobody@example.com") is None
+
+
+async def test_one_trip_start_only_for_accounts_that_looked_usable(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A locked or deactivated account takes the general path whether the password is right or
+    wrong, so response time cannot tell a guesser that a guess during a lockout was right."""
+    calls: list[uuid.UUID] = []
+    real_start = session_start.start_session
+
+    async def counted(engine: Any, s: session_start.SessionStart) -> Any:
+        calls.append(s.user_id)
+        return await real_start(engine, s)
+
+    monkeypatch.setattr(session_start, "start_session", counted)
+    locked, inactive, usable = [await harness.create_user() for _ in range(3)]
+    locked_id = await _user_id(harness, locked)
+    async with harness.ctx.engine.begin() as conn:
+        await user_repo.record_login_failure(
+            conn,
+            locked_id,
+            failed_logins=5,
+            locked_until=harness.clock.now() + timedelta(hours=1),
+        )
+        await users.set_active(conn, inactive, active=False, now=harness.clock.now())
+    for email in (locked, inactive):
+        response = await harness.client.post(
+            "/auth/login", json={"email": email, "password": PASSWORD}
+        )
+        assert response.status_code == 401
+    assert calls == []
+    await harness.login(usable)
+    one_trip = session_start.available(harness.ctx.engine)
+    assert calls == ([await _user_id(harness, usable)] if one_trip else [])

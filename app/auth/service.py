@@ -64,7 +64,7 @@ class AuthService:
             password, candidate.password_hash if candidate else None
         )
         now = self._ctx.clock.now()
-        if valid and new_hash is None and candidate is not None:
+        if valid and new_hash is None and candidate is not None and _looked_usable(candidate, now):
             grant = await self._start_in_one_trip(candidate, device_name, now)
             if grant is not None:
                 return grant
@@ -240,6 +240,14 @@ class AuthService:
             session_id=session_id,
             **details,
         )
+
+
+def _looked_usable(candidate: UserRecord, now: datetime) -> bool:
+    """Whether the user, as read before the hash, could log in. Only then is the one-round-trip
+    start tried: a locked or deactivated account must take the same path, and the same time,
+    whether the password was right or not (else timing tells a guesser during a lockout)."""
+    locked = candidate.locked_until is not None and candidate.locked_until > now
+    return candidate.is_active and not locked
 
 
 def _new_session_state(
