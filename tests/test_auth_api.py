@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 from sqlalchemy import func, select
 
 from app.audit.models import AuditEvent
+from app.core.middleware import RequestIds
 from app.sessions.models import Session
 from app.users import service as users
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
@@ -325,6 +327,22 @@ async def test_request_id_is_echoed_or_generated(harness: Harness) -> None:
     generated = await harness.client.get("/healthz", headers={"X-Request-ID": "bad id\n"})
     assert generated.headers["x-request-id"] != "bad id\n"
     assert len(generated.headers["x-request-id"]) == 32
+
+
+def test_generated_request_ids_are_random_unique_and_differ_after_fork() -> None:
+    ids = RequestIds()
+    many = [ids.next() for _ in range(1000)]  # several refills of the random buffer
+    assert len(set(many)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in many)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then exit without running pytest's teardown
+        os.write(write_end, ids.next().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.waitpid(pid, 0)
+    assert child_id not in {ids.next(), *many}  # a child does not replay the parent's ids
 
 
 async def test_audit_trail_records_login_refresh_logout(harness: Harness) -> None:

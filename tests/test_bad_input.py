@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from app.core.db import table_of
+from app.core.middleware import BodyLimitMiddleware
 from app.sessions.models import RefreshToken, Session
 from tests.conftest import PASSWORD, Harness
 from tests.support.servers import uvicorn_server
@@ -204,3 +209,57 @@ def test_body_limit_over_a_real_http1_connection(sqlite_url: str) -> None:
         assert framed.startswith(b"HTTP/1.1 422 ")
         assert framed.count(b"HTTP/1.1 ") == 2
         assert b"HTTP/1.1 200 OK" in framed
+
+
+async def _through_body_limit(headers: list[tuple[bytes, bytes]], chunks: int) -> int:
+    """Status from BodyLimitMiddleware (4 KiB limit) for an app that reads the whole body,
+    when the server hands over `chunks` KiB whatever the headers say."""
+    sent = [{"type": "http.request", "body": b"x" * 1024, "more_body": True}] * chunks
+    messages = iter([*sent, {"type": "http.request", "body": b"", "more_body": False}])
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await Request(scope, receive).body()
+        await Response(status_code=200)(scope, receive, send)
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/",
+        "headers": headers,
+    }
+    try:
+        await BodyLimitMiddleware(app, max_bytes=4096)(scope, receive, send)
+    except HTTPException as exc:
+        return exc.status_code
+    return statuses[0]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"content-length", b"5000")], 413),  # declared too large: refused before reading
+        ([(b"content-length", b"10"), (b"content-length", b"5000")], 413),  # any of several
+        ([(b"content-length", b"10"), (b"content-length", b"20")], 413),  # several: counted
+        ([(b"transfer-encoding", b"chunked")], 413),  # counted
+        ([], 413),  # no framing header: a server that frames it some other way is counted
+        ([(b"content-length", b"bogus")], 413),
+    ],
+)
+async def test_body_limit_counts_every_body_http1_framing_does_not_bound(
+    headers: list[tuple[bytes, bytes]], expected: int
+) -> None:
+    assert await _through_body_limit(headers, chunks=8) == expected
+
+
+async def test_body_limit_trusts_a_single_content_length() -> None:
+    # Uvicorn ends the body after Content-Length bytes; a smaller body passes untouched.
+    assert await _through_body_limit([(b"content-length", b"3072")], chunks=3) == 200

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
-import secrets
 import time
 
 from starlette.exceptions import HTTPException
@@ -23,20 +21,27 @@ _X_REQUEST_ID = b"x-request-id"
 
 
 class RequestIds:
-    """32 hex digits: a random prefix per process and a counter. Unique without a random
-    draw per request (a getrandom system call each: a measurable share of a bare request);
-    a request id needs to be unique, not secret. A forked child draws its own prefix."""
+    """32 random hex digits, cut from a buffer of random bytes filled by one system call per
+    256 ids (a getrandom call per request was a measurable share of a bare request). Random,
+    not counted: an echoed counter would tell any client how busy each worker is. A forked
+    child refills its own buffer."""
+
+    _BUFFER = 4096
 
     def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
+        self.refill()
+        os.register_at_fork(after_in_child=self.refill)
 
-    def reseed(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count()
+    def refill(self) -> None:
+        self._random = os.urandom(self._BUFFER)
+        self._offset = 0
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
+        if self._offset == self._BUFFER:
+            self.refill()
+        start = self._offset
+        self._offset = start + 16
+        return self._random[start : start + 16].hex()
 
 
 _request_ids = RequestIds()
@@ -117,16 +122,17 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared, chunked = _framing(scope)
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        lengths, chunked = _framing(scope)
+        if lengths and not all(n.isdigit() and int(n) <= self.max_bytes for n in lengths):
             response = JSONResponse(
                 error_body("payload_too_large", "Request body too large."), status_code=413
             )
             await response(scope, receive, send)
             return
-        if scope.get("http_version") in ("1.0", "1.1") and not chunked:
-            # HTTP/1 framing bounds the body already: exactly Content-Length bytes, or none
-            # without Transfer-Encoding (RFC 9112 section 6.3). Only chunked bodies are counted.
+        if len(lengths) == 1 and not chunked and scope.get("http_version") in ("1.0", "1.1"):
+            # HTTP/1 framing ends this body after Content-Length bytes (RFC 9112 section 6.3),
+            # and the server enforces it: nothing to count. Chunked bodies, bodies of unknown
+            # length, and requests with several Content-Length headers are counted.
             await self.app(scope, receive, send)
             return
         received = 0
@@ -152,15 +158,15 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def _framing(scope: Scope) -> tuple[str | None, bool]:
-    """(Content-Length as sent, whether a Transfer-Encoding was sent), in one pass."""
-    length, chunked = None, False
+def _framing(scope: Scope) -> tuple[list[str], bool]:
+    """(every Content-Length value as sent, whether a Transfer-Encoding was sent), one pass."""
+    lengths, chunked = [], False
     for key, value in scope["headers"]:
         if key == b"content-length":
-            length = str(value.decode("latin-1"))
+            lengths.append(value.decode("latin-1"))
         elif key == b"transfer-encoding":
             chunked = True
-    return length, chunked
+    return lengths, chunked
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
