@@ -116,9 +116,18 @@ async def test_key_rotation_drill_with_a_caching_gateway(tmp_path: Path) -> None
         assert [s.state for s in statuses] == ["active"]  # two keys retired along the way
 
 
+async def test_openapi_operation_ids_are_unique(harness: Harness) -> None:
+    """Client generators refuse a document that repeats an operationId; /auth/verify answers
+    every method but is documented once."""
+    spec = (await harness.client.get("/openapi.json")).json()
+    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert list(spec["paths"]["/auth/verify"]) == ["get"]
+
+
 async def test_verify_forward_auth(harness: Harness) -> None:
     tokens = await harness.login(await harness.create_user())
-    for method in ("GET", "POST", "HEAD", "DELETE"):
+    for method in ("GET", "POST", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"):
         response = await harness.client.request(
             method, "/auth/verify", headers=bearer(tokens["access_token"])
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -16,28 +16,38 @@ from app.gateway.schemas import IntrospectionResponse, VerifyResponse
 router = APIRouter(prefix="/auth", tags=["gateway"])
 basic = HTTPBasic(auto_error=False)
 
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Gateways forward the client's method to forward-auth (Traefik's ForwardAuth, nginx's
+# auth_request): every method gets the same answer, documented once, as GET (one OpenAPI
+# operation per method would repeat one operationId, which client generators refuse).
+_OTHER_METHODS = ["HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no or bad token; the code is in `X-Auth-Error`"},
+    429: {"description": "`rate_limited`, with Retry-After"},
+}
 
 
-@router.api_route(
-    "/verify",
-    methods=_ANY_METHOD,
-    responses={
-        401: {"description": "no or bad token; the code is in `X-Auth-Error`"},
-        429: {"description": "`rate_limited`, with Retry-After"},
-    },
-)
+@router.get("/verify", responses=_VERIFY_RESPONSES)
 async def verify(
     auth: CurrentSession, response: Response, ctx: ContextDep, client: ClientDep
 ) -> VerifyResponse:
-    """Forward-auth: 200 with the identity in `X-Auth-User-Id`, `X-Auth-Session-Id` and
-    `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429 `rate_limited` (never a
-    401) when one client IP overdoes it. Counts as user activity."""
+    """Forward-auth, for any HTTP method: 200 with the identity in `X-Auth-User-Id`,
+    `X-Auth-Session-Id` and `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429
+    `rate_limited` (never a 401) when one client IP overdoes it. Counts as user activity."""
     await ctx.limiter.hit("verify_ip", client.ip or "unknown")
     response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
     response.headers["X-Auth-Session-Id"] = str(auth.session.id)
     response.headers["X-Auth-Role"] = auth.session.role
     return VerifyResponse(sub=auth.session.user_id, sid=auth.session.id, role=auth.session.role)
+
+
+router.add_api_route(
+    "/verify",
+    verify,
+    methods=_OTHER_METHODS,
+    responses=_VERIFY_RESPONSES,
+    include_in_schema=False,
+    response_model=VerifyResponse,
+)
 
 
 @router.post(
