@@ -84,6 +84,9 @@ async def test_password_change_during_login_wins(harness: Harness, gated: GatedH
     response = await login
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_credentials"
+    user_id = await _user_id(harness, email)
+    assert await _login_rows(harness, user_id) == (0, ["login.failed"])  # no session started
+    assert await _failure_reasons(harness, user_id) == ["password_changed_during_login"]
     await harness.login(email, "the new password")
 
 
@@ -114,25 +117,6 @@ async def test_lockout_during_login_wins(harness: Harness, gated: GatedHasher) -
     assert (await login).json()["error"]["code"] == "invalid_credentials"
     assert await _login_rows(harness, user_id) == (0, ["login.failed"])
     assert await _failure_reasons(harness, user_id) == ["locked"]
-
-
-async def test_a_change_during_login_starts_no_session(
-    harness: Harness, gated: GatedHasher
-) -> None:
-    email = await harness.create_user()
-    login = asyncio.create_task(
-        harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
-    )
-    await gated.wait_entered(1)
-    async with harness.ctx.engine.begin() as conn:
-        await users.set_password(
-            conn, PasswordHasher(), email, "the new password", now=harness.clock.now()
-        )
-    gated.gate.set()
-    assert (await login).status_code == 401
-    user_id = await _user_id(harness, email)
-    assert await _login_rows(harness, user_id) == (0, ["login.failed"])
-    assert await _failure_reasons(harness, user_id) == ["password_changed_during_login"]
 
 
 async def test_login_writes_session_first_token_and_audit_row(harness: Harness) -> None:
