@@ -24,7 +24,7 @@ class RequestIds:
     """32 random hex digits, cut from a buffer of random bytes filled by one system call per
     256 ids (a getrandom call per request was a measurable share of a bare request). Random,
     not counted: an echoed counter would tell any client how busy each worker is. A forked
-    child refills its own buffer."""
+    child refills its own buffer. Used from the event loop's thread only (no lock)."""
 
     _BUFFER = 4096
 
@@ -85,8 +85,8 @@ class RequestEnvelopeMiddleware:
                 status = message["status"]
                 headers = message.get("headers", ())
                 if no_store:
-                    headers = [*(h for h in headers if h[0].lower() not in _CACHE_HEADERS)]
-                    message["headers"] = [*headers, id_header, *_NO_STORE]
+                    kept = [h for h in headers if h[0].lower() not in _CACHE_HEADERS]
+                    message["headers"] = [*kept, id_header, *_NO_STORE]
                 else:
                     # Appended, not set: nothing else names this header, and a header scan
                     # per response is a measurable share of a bare request.
