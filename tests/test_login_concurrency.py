@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from app.audit.models import AuditEvent
+from app.core.db import on_asyncpg
 from app.core.security import PasswordHasher
 from app.sessions import start as session_start
 from app.sessions.models import RefreshToken, Session
@@ -224,5 +225,5 @@ async def test_one_trip_start_only_for_accounts_that_looked_usable(
         assert response.status_code == 401
     assert calls == []
     await harness.login(usable)
-    one_trip = session_start.available(harness.ctx.engine)
+    one_trip = on_asyncpg(harness.ctx.engine)
     assert calls == ([await _user_id(harness, usable)] if one_trip else [])

@@ -16,7 +16,7 @@ from app.auth.errors import (
 )
 from app.auth.tokens import IssuedAccessToken
 from app.context import AppContext, forget_sessions_after_commit
-from app.core.db import UnitOfWork
+from app.core.db import UnitOfWork, on_asyncpg
 from app.sessions import repository as sessions
 from app.sessions import start
 from app.sessions.repository import SessionState, TokenLink
@@ -116,7 +116,7 @@ class AuthService:
         """The common login (right password, hash current) on PostgreSQL, in one round trip;
         None when that isn't possible or the user changed meanwhile: then the general path
         decides."""
-        if not start.available(self._ctx.engine):
+        if not on_asyncpg(self._ctx.engine):
             return None
         session_id = uuid.uuid4()
         idle, absolute = self._ctx.policy.new_deadlines(now)

@@ -1,4 +1,4 @@
-"""Starting a session once the password matched: one round trip on PostgreSQL.
+"""Starting a session once the password matched, in one round trip (PostgreSQL only).
 
 The function `authsvc_start_session` (migration 0005) re-reads the user under a row lock,
 starts the session only if nothing changed while the hash ran (same password hash, still
@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.db import driver_connection, on_asyncpg
+from app.core.db import driver_connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +42,6 @@ class StartedFor:
 
 
 _CALL = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-
-
-def available(engine: AsyncEngine) -> bool:
-    return on_asyncpg(engine)
 
 
 async def start_session(engine: AsyncEngine, s: SessionStart) -> StartedFor | None:
