@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
-from pydantic import BaseModel
 
 from app.auth.dependencies import (
     CookieGuard,
@@ -80,10 +79,11 @@ _COOKIE_DOC = (
 )
 
 
-def _respond(
-    grant: TokenGrant, ctx: AppContext, response: Response, *, cookies: bool
-) -> TokenResponse:
+def _respond(grant: TokenGrant, ctx: AppContext, *, cookies: bool) -> Response:
+    """The token pair as a ready JSON response, the refresh token in a cookie if asked. A
+    returned Response goes out as it is: FastAPI neither validates nor serialises it again."""
     body = _token_response(grant)
+    response = Response(media_type="application/json")
     if cookies:
         csrf_token = ctx.csrf_codec.token_for(grant.session.id)
         set_session_cookies(
@@ -96,7 +96,9 @@ def _respond(
         )
         body.refresh_token = None
         body.csrf_token = csrf_token
-    return body
+    response.body = body.model_dump_json().encode()
+    response.headers["content-length"] = str(len(response.body))
+    return response
 
 
 @router.post(
@@ -117,8 +119,7 @@ async def login(
     cookies = wants_cookies(request)
     await _limit_login(ctx, client.ip, body.email)
     grant = await AuthService(ctx, uow, client).login(body.email, body.password, body.device_name)
-    response = Response(media_type="application/json")
-    return _with_json_body(response, _respond(grant, ctx, response, cookies=cookies))
+    return _respond(grant, ctx, cookies=cookies)
 
 
 @router.post(
@@ -136,18 +137,15 @@ async def refresh(request: Request) -> Response:
     ctx, client = await get_context(request), await get_client_info(request)
     await ctx.limiter.hit("refresh_ip", client.ip or "unknown")
     service = RefreshService(ctx, client)
-    response = Response(media_type="application/json")
     if body.refresh_token is not None:
         grant = await service.refresh(body.refresh_token)
-        payload = _respond(grant, ctx, response, cookies=wants_cookies(request))
-    else:
-        token = refresh_cookie(request)
-        if token is None:
-            raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
-        grant = await service.refresh(token, csrf_token=csrf_header(request))
-        # A token that came from a cookie goes back only into a cookie, never into the body.
-        payload = _respond(grant, ctx, response, cookies=True)
-    return _with_json_body(response, payload)
+        return _respond(grant, ctx, cookies=wants_cookies(request))
+    token = refresh_cookie(request)
+    if token is None:
+        raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
+    grant = await service.refresh(token, csrf_token=csrf_header(request))
+    # A token that came from a cookie goes back only into a cookie, never into the body.
+    return _respond(grant, ctx, cookies=True)
 
 
 @router.post(
@@ -262,14 +260,6 @@ async def me(auth: CurrentSession) -> MeResponse:
     return MeResponse(
         id=session.user_id, email=session.email, role=session.role, is_active=session.user_active
     )
-
-
-def _with_json_body(response: Response, model: BaseModel) -> Response:
-    """Fill in the body of a response whose headers (cookies) are already set. A returned
-    Response goes out as it is: FastAPI neither validates nor serialises it again."""
-    response.body = model.model_dump_json().encode()
-    response.headers["content-length"] = str(len(response.body))
-    return response
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
