@@ -280,14 +280,23 @@ def service_env(database_url: str) -> dict[str, str]:
     }
 
 
+def chain_tokens(base: str, path: str, chains: int) -> dict[str, str]:
+    """Log in `chains` times, write one refresh token per line to `path`; returns the
+    environment bench/lua/refresh_chain.lua reads (for wrk with 2 threads)."""
+    Path(path).write_text("".join(login(base)["refresh_token"] + "\n" for _ in range(chains)))
+    return {"TOKENS_FILE": path, "WRK_THREADS": "2"}
+
+
+LOGIN_ENV = {"LOGIN_BODY": json.dumps(LOGIN_BODY)}  # what bench/lua/login.lua sends
+
+
 def refresh_run(name: str, base: str, duration: int, chains: int = 8) -> Result:
     """`chains` clients, each walking its own rotation chain, over as many connections on 2 wrk
     threads, as the B0/B1 runs use. (One wrk thread per chain cost the load generator 0.07-0.10
     ms of the machine's CPU per refresh against 0.055 ms on 2 threads, taken from the service.
     32 chains measured the same throughput as 8, at four times the latency.)"""
-    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as fh:
-        for _ in range(chains):
-            fh.write(login(base)["refresh_token"] + "\n")
+    fd, tokens = tempfile.mkstemp(suffix=".tokens")
+    os.close(fd)
     try:
         return wrk(
             name,
@@ -296,10 +305,10 @@ def refresh_run(name: str, base: str, duration: int, chains: int = 8) -> Result:
             threads=2,
             connections=chains,
             script=LUA / "refresh_chain.lua",
-            env={"TOKENS_FILE": fh.name, "WRK_THREADS": "2"},
+            env=chain_tokens(base, tokens, chains),
         )
     finally:
-        os.unlink(fh.name)
+        os.unlink(tokens)
 
 
 def login_run(name: str, base: str, duration: int, connections: int) -> Result:
@@ -310,7 +319,7 @@ def login_run(name: str, base: str, duration: int, connections: int) -> Result:
         threads=2,
         connections=connections,
         script=LUA / "login.lua",
-        env={"LOGIN_BODY": json.dumps(LOGIN_BODY)},
+        env=LOGIN_ENV,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import sys
@@ -21,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.__main__ import (
-    LOGIN_BODY,
+    LOGIN_ENV,
     LUA,
     _free_port,
     _new_database,
+    chain_tokens,
     drop_database,
-    login,
     service_env,
     start_service,
     stop,
@@ -108,9 +107,8 @@ def _load(kind: str, base: str, tokens_file: str) -> tuple[str, Path, dict[str, 
     """wrk's URL, script and environment for one round (refresh: fresh chains, made now, so
     that their logins are not counted in the round)."""
     if kind == "login":
-        return f"{base}/auth/login", LUA / "login.lua", {"LOGIN_BODY": json.dumps(LOGIN_BODY)}
-    Path(tokens_file).write_text("".join(login(base)["refresh_token"] + "\n" for _ in range(8)))
-    return base, LUA / "refresh_chain.lua", {"TOKENS_FILE": tokens_file, "WRK_THREADS": "2"}
+        return f"{base}/auth/login", LUA / "login.lua", LOGIN_ENV
+    return base, LUA / "refresh_chain.lua", chain_tokens(base, tokens_file, 8)
 
 
 def main() -> int:
@@ -124,8 +122,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     databases: list[str] = []
-    tokens = tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False)
-    tokens.close()
+    fd, tokens = tempfile.mkstemp(suffix=".tokens")
+    os.close(fd)
     service = None
     print(f"{args.kind}, 2 workers, wrk {args.duration}s; CPU ms per request:")
     print("req/s     loop user  loop sys  other threads  postgres  wrk")
@@ -134,7 +132,7 @@ def main() -> int:
         port = _free_port()
         service = start_service(port, 2, service_env(database_url))
         for _ in range(args.rounds):
-            url, script, env = _load(args.kind, f"http://127.0.0.1:{port}", tokens.name)
+            url, script, env = _load(args.kind, f"http://127.0.0.1:{port}", tokens)
             before = _sample(service.pid)
             rps = wrk(
                 args.kind,
@@ -156,7 +154,7 @@ def main() -> int:
                 flush=True,
             )
     finally:
-        os.unlink(tokens.name)
+        os.unlink(tokens)
         if service is not None:
             stop(service)
         for name in databases:
