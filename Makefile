@@ -19,12 +19,14 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-## The whole test suite: lint, strict typing, then every test on SQLite and PostgreSQL.
+## The whole test suite: lint (ruff, import-linter architecture contracts), strict typing,
+## then every test on SQLite and PostgreSQL.
 test: lint typecheck unit
 
 lint: install
 	$(VENV)/bin/ruff check app tests migrations bench
 	$(VENV)/bin/ruff format --check app tests migrations bench
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
 	$(VENV)/bin/mypy

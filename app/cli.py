@@ -16,18 +16,18 @@ from typing import TypeVar
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import migrate
+from app.account.service import AccountService, Actor
 from app.audit import repository as audit_repository
-from app.context import build_context
+from app.context import AppContext, build_context
+from app.core import migrate
+from app.core.client import ClientInfo
 from app.core.clock import Clock
-from app.core.db import create_engine
+from app.core.db import UnitOfWork, create_engine
 from app.core.errors import DomainError
 from app.core.logging import configure_logging
-from app.core.security import PasswordHasher
 from app.core.settings import Settings, get_settings
 from app.keys import service as keys
 from app.keys.service import ensure_signing_key
-from app.sessions.maintenance import prune_once
 from app.users import service as users
 
 T = TypeVar("T")
@@ -93,6 +93,33 @@ async def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], 
         await engine.dispose()
 
 
+async def _with_context(settings: Settings, work: Callable[[AppContext], Awaitable[T]]) -> T:
+    ctx = await build_context(settings, Clock())
+    try:
+        return await work(ctx)
+    finally:
+        ctx.passwords.close()
+        await ctx.engine.dispose()
+
+
+async def _in_unit_of_work(
+    settings: Settings, work: Callable[[AccountService, UnitOfWork], Awaitable[T]]
+) -> T:
+    """One committed unit of work with the account service, as a request would have it."""
+
+    async def run(ctx: AppContext) -> T:
+        uow = UnitOfWork(ctx.engine)
+        try:
+            result = await work(ctx.accounts, uow)
+        except BaseException:
+            await uow.finish(commit=False)
+            raise
+        await uow.finish(commit=True)
+        return result
+
+    return await _with_context(settings, run)
+
+
 async def _migrate(settings: Settings) -> None:
     await asyncio.to_thread(migrate.upgrade, settings.database_url)
     engine = create_engine(settings.database_url)
@@ -108,11 +135,10 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _prune(settings: Settings) -> str:
-    ctx = await build_context(settings, Clock())
-    try:
-        sessions, tokens = await prune_once(ctx)
-    finally:
-        await ctx.engine.dispose()
+    async def prune(ctx: AppContext) -> tuple[int, int]:
+        return await ctx.sessions.prune(settings.refresh_token_retention)
+
+    sessions, tokens = await _with_context(settings, prune)
     return f"deleted {sessions} sessions and {tokens} refresh tokens"
 
 
@@ -171,20 +197,17 @@ async def _run_audit(args: argparse.Namespace, settings: Settings) -> str:
     return await _in_transaction(settings, work)
 
 
+_CLI = Actor(ClientInfo(), audited=False)
+
+
 def _run_users(args: argparse.Namespace, settings: Settings) -> str:
-    now = Clock().now()
     if args.action == "create":
         password = _read_password()
         user_id = asyncio.run(
-            _in_transaction(
+            _in_unit_of_work(
                 settings,
-                lambda c: users.create_user(
-                    c,
-                    PasswordHasher(),
-                    email=args.email,
-                    password=password,
-                    role=args.role,
-                    now=now,
+                lambda accounts, uow: accounts.create_user(
+                    uow, email=args.email, password=password, role=args.role
                 ),
             )
         )
@@ -192,16 +215,20 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
     if args.action == "set-password":
         password = _read_password()
         revoked = asyncio.run(
-            _in_transaction(
+            _in_unit_of_work(
                 settings,
-                lambda c: users.set_password(c, PasswordHasher(), args.email, password, now=now),
+                lambda accounts, uow: accounts.set_password(uow, _CLI, args.email, password),
             )
         )
         return f"password changed; {revoked} sessions revoked"
     active = args.action == "activate"
-    revoked = asyncio.run(
-        _in_transaction(settings, lambda c: users.set_active(c, args.email, active=active, now=now))
-    )
+
+    async def set_active(accounts: AccountService, uow: UnitOfWork) -> int:
+        user = await users.require_by_email(await uow.connection(), args.email)
+        _, revoked = await accounts.set_active(uow, _CLI, user.id, active=active)
+        return revoked
+
+    revoked = asyncio.run(_in_unit_of_work(settings, set_active))
     return f"user {args.action}d; {revoked} sessions revoked"
 
 

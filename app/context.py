@@ -1,4 +1,6 @@
-"""The composition root: everything a request needs, built once per process at startup."""
+"""The composition root: everything the service is made of, built once per process at
+start-up, and handed to routes and middleware as components (app.core.components). Only the
+application factory, the CLI and tests import this module."""
 
 from __future__ import annotations
 
@@ -8,37 +10,83 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.account.service import AccountService
+from app.auth.service import AuthService, Lockout
 from app.auth.tokens import AccessTokenCodec
+from app.auth.transport import CsrfTokenCodec, Transports
 from app.core.clock import Clock
-from app.core.db import UnitOfWork, create_engine
+from app.core.components import Components
+from app.core.db import create_engine
+from app.core.dependencies import Database
 from app.core.ratelimit import RateLimiter
-from app.core.security import CsrfTokenCodec, PasswordHasher, RefreshTokenCodec
+from app.core.security import PasswordHasher
 from app.core.settings import Settings
-from app.keys.service import KeyRing, ensure_signing_key, load_file_key_ring, load_key_ring
+from app.gateway.service import IntrospectionService
+from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
 from app.sessions.cache import SessionStateCache
-from app.sessions.service import SessionPolicy
+from app.sessions.policy import SessionPolicy
+from app.sessions.service import SessionService
+from app.sessions.store import SessionStore, open_store
+from app.sessions.tokens import RefreshTokenCodec
 
 
 @dataclass(slots=True)
 class AppContext:
-    """Per-process state; `key_ring` is replaced as keys rotate (see `reload_keys`)."""
+    """What this process is made of. Routes and middleware see it only as components."""
 
     settings: Settings
     engine: AsyncEngine
     clock: Clock
-    policy: SessionPolicy
     passwords: PasswordHasher
-    refresh_codec: RefreshTokenCodec
-    csrf_codec: CsrfTokenCodec
+    keys: KeySet
     access_codec: AccessTokenCodec
-    key_ring: KeyRing
+    refresh_codec: RefreshTokenCodec
     limiter: RateLimiter
+    store: SessionStore
     session_cache: SessionStateCache
+    sessions: SessionService
+    auth: AuthService
+    accounts: AccountService
+
+    @property
+    def policy(self) -> SessionPolicy:
+        return self.sessions.policy
+
+    def components(self) -> Components:
+        s = self.settings
+        return Components(
+            s,
+            self.clock,
+            Database(self.engine),
+            self.passwords,
+            self.keys,
+            self.access_codec,
+            self.limiter,
+            self.sessions,
+            self.auth,
+            self.accounts,
+            Transports(
+                CsrfTokenCodec(s.secret_key.get_secret_value()), allowed_origins=s.cors_origins
+            ),
+            IntrospectionService(
+                clients=s.introspection_clients,
+                access=self.access_codec,
+                sessions=self.sessions,
+                clock=self.clock,
+                issuer=s.issuer,
+                audience=s.jwt_audience,
+            ),
+        )
 
 
 async def build_context(
-    settings: Settings, clock: Clock, engine: AsyncEngine | None = None
+    settings: Settings,
+    clock: Clock,
+    engine: AsyncEngine | None = None,
+    *,
+    passwords: PasswordHasher | None = None,
 ) -> AppContext:
+    """`engine` and `passwords` are the seams tests use (a shared engine, a gated hasher)."""
     engine = engine or create_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -48,34 +96,67 @@ async def build_context(
     if settings.jwt_private_key_file is None:
         algorithm = settings.jwt_algorithm.value
         await ensure_signing_key(engine, algorithm=algorithm, secret=secret, now=clock.now())
-    key_ring = await _key_ring(settings, engine, clock)
+    keys = KeySet(await _key_ring(settings, engine, clock))
+    access_codec = AccessTokenCodec(
+        keys,
+        issuer=settings.issuer,
+        audience=settings.jwt_audience,
+        ttl=settings.access_token_ttl,
+        leeway=settings.jwt_leeway,
+    )
+    passwords = passwords or PasswordHasher(
+        settings.password_hash_threads, settings.password_hash_profile
+    )
+    limiter = RateLimiter(
+        settings.rate_limits,
+        redis_url=settings.redis_url,
+        enabled=settings.rate_limits_enabled,
+        namespace=settings.rate_limit_namespace,
+    )
+    store = open_store(engine)
+    cache = SessionStateCache(settings.session_cache_ttl)
+    refresh_codec = RefreshTokenCodec(secret)
+    sessions = SessionService(
+        store,
+        policy=_policy(settings),
+        cache=cache,
+        codec=refresh_codec,
+        limiter=limiter,
+        clock=clock,
+    )
     return AppContext(
         settings=settings,
         engine=engine,
         clock=clock,
-        policy=SessionPolicy(
-            idle_timeout=timedelta(seconds=settings.idle_timeout),
-            absolute_lifetime=timedelta(seconds=settings.session_absolute_lifetime),
-            touch_interval=timedelta(seconds=settings.session_touch_interval),
+        passwords=passwords,
+        keys=keys,
+        access_codec=access_codec,
+        refresh_codec=refresh_codec,
+        limiter=limiter,
+        store=store,
+        session_cache=cache,
+        sessions=sessions,
+        auth=AuthService(
+            sessions=sessions,
+            passwords=passwords,
+            access=access_codec,
+            clock=clock,
+            lockout=Lockout(
+                threshold=settings.lockout_threshold,
+                base_seconds=settings.lockout_base_seconds,
+                max_seconds=settings.lockout_max_seconds,
+            ),
         ),
-        passwords=PasswordHasher(settings.password_hash_threads),
-        refresh_codec=RefreshTokenCodec(secret),
-        csrf_codec=CsrfTokenCodec(secret),
-        access_codec=AccessTokenCodec(
-            key_ring,
-            issuer=settings.issuer,
-            audience=settings.jwt_audience,
-            ttl=settings.access_token_ttl,
-            leeway=settings.jwt_leeway,
-        ),
-        key_ring=key_ring,
-        limiter=RateLimiter(
-            settings.rate_limits,
-            redis_url=settings.redis_url,
-            enabled=settings.rate_limits_enabled,
-            namespace=settings.rate_limit_namespace,
-        ),
-        session_cache=SessionStateCache(settings.session_cache_ttl),
+        accounts=AccountService(passwords=passwords, sessions=sessions, clock=clock),
+    )
+
+
+def _policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        idle_timeout=timedelta(seconds=settings.idle_timeout),
+        absolute_lifetime=timedelta(seconds=settings.session_absolute_lifetime),
+        touch_interval=timedelta(seconds=settings.session_touch_interval),
+        reuse_interval=timedelta(seconds=settings.refresh_reuse_interval),
     )
 
 
@@ -94,11 +175,4 @@ async def _key_ring(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ke
 
 async def reload_keys(ctx: AppContext) -> None:
     """Pick up rotated keys: publish new ones, sign with the newly active one, drop retired."""
-    ring = await _key_ring(ctx.settings, ctx.engine, ctx.clock)
-    ctx.key_ring = ring
-    ctx.access_codec.use(ring)
-
-
-def forget_sessions_after_commit(ctx: AppContext, uow: UnitOfWork) -> None:
-    """Call after revoking sessions: once committed, this process stops trusting cached rows."""
-    uow.after_commit(ctx.session_cache.clear)
+    ctx.keys.use(await _key_ring(ctx.settings, ctx.engine, ctx.clock))

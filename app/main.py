@@ -14,16 +14,20 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.account.router import router as account_router
+from app.account.router import sessions_router
 from app.admin.router import router as admin_router
-from app.audit.router import router as audit_router
+from app.auth.middleware import IdentityMiddleware
 from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
 from app.core.clock import Clock
 from app.core.errors import install_error_handlers
+from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
 from app.core.metrics import record_pool
 from app.core.middleware import BodyLimitMiddleware, RequestEnvelopeMiddleware
 from app.core.periodic import every
+from app.core.security import PasswordHasher
 from app.core.settings import Environment, Settings, get_settings
 from app.demo.router import STATIC_DIR
 from app.demo.router import router as demo_router
@@ -31,33 +35,8 @@ from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
-from app.sessions.maintenance import prune_once
-from app.sessions.middleware import SlidingSessionMiddleware
-from app.sessions.router import router as sessions_router
-from app.users.router import router as users_router
 
 logger = logging.getLogger("app")
-
-PUBLIC_PATHS = frozenset(
-    {
-        "/auth/login",
-        "/auth/token",
-        "/auth/refresh",
-        "/healthz",
-        "/readyz",
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/redoc",
-        "/openapi.json",
-        "/demo",
-        "/auth/introspect",
-        "/auth/register",
-        "/metrics",
-        "/.well-known/jwks.json",
-        "/.well-known/openid-configuration",
-    }
-)
-PASSIVE_PATHS = frozenset({"/auth/session-status"})
 
 
 def create_app(
@@ -65,6 +44,7 @@ def create_app(
     *,
     clock: Clock | None = None,
     engine: AsyncEngine | None = None,
+    passwords: PasswordHasher | None = None,
     configure_logs: bool = True,
 ) -> FastAPI:
     settings = settings or get_settings()
@@ -73,8 +53,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await build_context(settings, clock or Clock(), engine)
+        ctx = await build_context(settings, clock or Clock(), engine, passwords=passwords)
         app.state.ctx = ctx
+        app.state.components = ctx.components()
         jobs = [
             asyncio.create_task(
                 every(settings.key_reload_interval, lambda: reload_keys(ctx), name="keys.reload")
@@ -84,7 +65,11 @@ def create_app(
         if settings.prune_interval:
             jobs.append(
                 asyncio.create_task(
-                    every(settings.prune_interval, lambda: prune_once(ctx), name="prune")
+                    every(
+                        settings.prune_interval,
+                        lambda: ctx.sessions.prune(settings.refresh_token_retention),
+                        name="prune",
+                    )
                 )
             )
         logger.info("service.started", extra={"environment": settings.environment.value})
@@ -108,20 +93,23 @@ def create_app(
         swagger_ui_parameters={"persistAuthorization": True},
     )
     install_error_handlers(app)
-    app.include_router(auth_router)
-    app.include_router(health_router)
-    app.include_router(keys_router)
-    app.include_router(gateway_router)
-    app.include_router(sessions_router)
-    app.include_router(users_router)
-    app.include_router(admin_router)
-    app.include_router(audit_router)
-    app.include_router(ops_router)
+    routers = [
+        auth_router,
+        health_router,
+        keys_router,
+        gateway_router,
+        sessions_router,
+        account_router,
+        admin_router,
+        ops_router,
+    ]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.environment is not Environment.production:
-        app.include_router(demo_router)
-
-    add_middleware_stack(app, settings)
+        routers.append(demo_router)
+    for router in routers:
+        app.include_router(router)
+    routes = [route for router in routers for route in router.routes]
+    add_middleware_stack(app, settings, exposure_of(routes, also_public=_docs_paths(app)))
     return app
 
 
@@ -129,13 +117,18 @@ async def _sample_pool(ctx: AppContext) -> None:
     record_pool(ctx.engine.pool)
 
 
-def add_middleware_stack(app: FastAPI, settings: Settings) -> None:
+def _docs_paths(app: FastAPI) -> list[str]:
+    """The framework's own documentation routes, which carry no exposure marker."""
+    paths = [app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url]
+    return [path for path in paths if path]
+
+
+def add_middleware_stack(app: FastAPI, settings: Settings, exposure: ExposureMap) -> None:
     """Every middleware of the service, in order; also used by the benchmark to measure the
-    stack's own cost on a bare endpoint (bench.ceiling)."""
-    # Outermost last: request id wraps everything so every log line has one.
-    app.add_middleware(
-        SlidingSessionMiddleware, public_paths=PUBLIC_PATHS, passive_paths=PASSIVE_PATHS
-    )
+    stack's own cost on a bare endpoint (bench.ceiling). `exposure`: what the routes declared
+    (app.core.exposure)."""
+    # Outermost last: the request envelope wraps everything so every log line has an id.
+    app.add_middleware(IdentityMiddleware, exposure=exposure)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -27,7 +27,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from app import migrate
+from app.core import migrate
 from app.core.clock import Clock
 from app.core.db import create_engine
 from app.core.security import PasswordHasher
@@ -152,9 +152,10 @@ async def drop_database(admin_url: str, name: str) -> None:
 
 async def seed_user(database_url: str) -> None:
     engine = create_engine(database_url)
+    password_hash = await PasswordHasher().hash(PASSWORD)
     async with engine.begin() as conn:
-        await users.create_user(
-            conn, PasswordHasher(), email=EMAIL, password=PASSWORD, role="user", now=Clock().now()
+        await users.insert_new_user(
+            conn, email=EMAIL, password_hash=password_hash, role="user", now=Clock().now()
         )
     await engine.dispose()
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI
 
+from app.core.exposure import exposure_of
 from app.core.settings import Settings
 from app.main import add_middleware_stack
 
@@ -47,4 +48,4 @@ def _ceiling(lifespan_: object = None) -> FastAPI:
 
 app = _ceiling(lifespan)
 stacked_app = _ceiling()
-add_middleware_stack(stacked_app, Settings(_env_file=None))
+add_middleware_stack(stacked_app, Settings(_env_file=None), exposure_of(stacked_app.routes))

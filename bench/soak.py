@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 
-from app import migrate
+from app.core import migrate
 from tests.support.pgcluster import private_postgres
 from tests.support.servers import create_user_in, uvicorn_server
 

@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from app.audit.models import AuditEvent
 from app.core.db import table_of
+from app.core.security import PasswordHasher
+from app.core.settings import PasswordHashProfile
 from app.users import repository as user_repo
 from app.users.models import User
 from tests.conftest import (
@@ -203,18 +205,29 @@ async def test_rate_limits_are_shared_through_redis(postgres_url: str) -> None:
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
-async def test_rehash_upgrades_legacy_and_weak_hashes(harness: Harness) -> None:
-    email = await harness.create_user()
-    legacy = BcryptHasher().hash(PASSWORD)
-    async with harness.ctx.engine.begin() as conn:
-        user = await user_repo.get_by_email(conn, email)
-        assert user is not None
-        await user_repo.set_password_hash(conn, user.id, legacy, now=None)
-    await harness.login(email)
-    upgraded = await _stored_hash(harness, email)
-    assert upgraded.startswith("$argon2id$")
-    assert "m=19456,t=2,p=1" in upgraded
-    await harness.login(email)  # the upgraded hash verifies
+async def test_rehash_upgrades_legacy_and_weak_hashes(database_url: str) -> None:
+    """Upgrades to the production (OWASP) costs, so this app runs with them, not the test
+    profile's: a bcrypt hash and a weak argon2id hash are both replaced at the next login."""
+    weak_hasher = PasswordHasher(threads=1, profile=PasswordHashProfile.test)
+    try:
+        weak = await weak_hasher.hash(PASSWORD)
+    finally:
+        weak_hasher.close()
+    assert "m=8,t=1,p=1" in weak
+    settings = make_settings(database_url, password_hash_profile="owasp")
+    async for harness in start_harness(settings):
+        for old_hash in (BcryptHasher().hash(PASSWORD), weak):
+            email = await harness.create_user()
+            async with harness.ctx.engine.begin() as conn:
+                user = await user_repo.get_by_email(conn, email)
+                assert user is not None
+                await user_repo.set_password_hash(conn, user.id, old_hash, now=None)
+            await harness.login(email)
+            upgraded = await _stored_hash(harness, email)
+            assert upgraded.startswith("$argon2id$")
+            assert "m=19456,t=2,p=1" in upgraded
+            await harness.login(email)  # the upgraded hash verifies
+            assert await _stored_hash(harness, email) == upgraded  # and is not replaced again
 
 
 async def test_device_sessions_list_and_revoke(harness: Harness) -> None:

@@ -13,7 +13,6 @@ from sqlalchemy import func, select
 from app.audit.models import AuditEvent
 from app.core.middleware import RequestIds
 from app.sessions.models import Session
-from app.users import service as users
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 
 
@@ -60,8 +59,7 @@ async def test_login_is_case_and_whitespace_insensitive_for_email(harness: Harne
 async def test_failed_logins_are_indistinguishable(harness: Harness) -> None:
     email = await harness.create_user()
     inactive = await harness.create_user()
-    async with harness.ctx.engine.begin() as conn:
-        await users.set_active(conn, inactive, active=False, now=harness.clock.now())
+    await harness.set_active(inactive, active=False)
     attempts = [
         {"email": email, "password": "wrong password!"},
         {"email": "nobody-" + email, "password": PASSWORD},
@@ -298,17 +296,10 @@ async def test_deactivation_and_password_change_revoke_sessions(harness: Harness
     for change in ("deactivate", "password"):
         email = await harness.create_user()
         tokens = await harness.login(email)
-        async with harness.ctx.engine.begin() as conn:
-            if change == "deactivate":
-                await users.set_active(conn, email, active=False, now=harness.clock.now())
-            else:
-                await users.set_password(
-                    conn,
-                    harness.ctx.passwords,
-                    email,
-                    "a brand new password",
-                    now=harness.clock.now(),
-                )
+        if change == "deactivate":
+            await harness.set_active(email, active=False)
+        else:
+            await harness.set_password(email, "a brand new password")
         me = await harness.client.get("/auth/me", headers=bearer(tokens["access_token"]))
         assert _error(me) == "session_revoked"
         assert _error(await harness.refresh(tokens["refresh_token"])) == "session_revoked"

@@ -21,6 +21,7 @@ def _run(database_url: str, *args: str, stdin: str = "") -> subprocess.Completed
         "SECRET_KEY": TEST_SECRET,
         "ENVIRONMENT": "test",
         "LOG_LEVEL": "WARNING",
+        "PASSWORD_HASH_PROFILE": "test",  # near-free argon2, as make_settings
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
@@ -78,10 +79,12 @@ async def test_users_create_deactivate_activate_set_password(
 
 
 async def test_cli_errors_are_clear(database_url: str) -> None:
-    missing = await _cli(database_url, "users", "deactivate", "nobody@example.com")
+    missing, short = await asyncio.gather(  # independent: two processes at once
+        _cli(database_url, "users", "deactivate", "nobody@example.com"),
+        _cli(database_url, "users", "create", "short@example.com", stdin="short\n"),
+    )
     assert missing.returncode == 1
     assert "user_not_found" in missing.stderr
-    short = await _cli(database_url, "users", "create", "short@example.com", stdin="short\n")
     assert short.returncode == 1
     assert "invalid_password" in short.stderr
     assert "Traceback" not in missing.stderr + short.stderr

@@ -15,8 +15,8 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import update
 
-from app import migrate
 from app.context import reload_keys
+from app.core import migrate
 from app.core.db import table_of
 from app.keys import service as keys
 from app.users.models import User

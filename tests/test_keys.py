@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from app import migrate
 from app.context import build_context
+from app.core import migrate
 from app.core.clock import Clock
 from app.core.db import create_engine, table_of
 from app.keys.models import SigningKey
@@ -32,7 +32,7 @@ async def test_replicas_starting_together_share_one_key(postgres_url: str) -> No
         await asyncio.to_thread(migrate.upgrade, url)
         settings = make_settings(url)
         contexts = await asyncio.gather(*(build_context(settings, Clock()) for _ in range(4)))
-        assert len({ctx.key_ring.signer.kid for ctx in contexts}) == 1
+        assert len({ctx.keys.ring.signer.kid for ctx in contexts}) == 1
         engine = create_engine(url)
         async with engine.connect() as conn:
             rows = (await conn.execute(select(table_of(SigningKey)))).all()

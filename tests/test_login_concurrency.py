@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -11,13 +12,12 @@ import pytest
 from sqlalchemy import select
 
 from app.audit.models import AuditEvent
-from app.core.db import on_asyncpg
 from app.core.security import PasswordHasher
-from app.sessions import start as session_start
+from app.core.settings import PasswordHashProfile
 from app.sessions.models import RefreshToken, Session
+from app.sessions.store import SessionStart
 from app.users import repository as user_repo
-from app.users import service as users
-from tests.conftest import PASSWORD, Harness, bearer
+from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 
 
 class GatedHasher(PasswordHasher):
@@ -25,7 +25,8 @@ class GatedHasher(PasswordHasher):
     the test needs, to line up a concurrent event deterministically."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # The harness's costs (make_settings): it hashes as well as verifies for the app.
+        super().__init__(profile=PasswordHashProfile.test)
         self.gate = asyncio.Event()
         self.entered = 0
         self._arrivals = asyncio.Condition()
@@ -44,10 +45,16 @@ class GatedHasher(PasswordHasher):
 
 
 @pytest.fixture
-def gated(harness: Harness) -> GatedHasher:
-    hasher = GatedHasher()
-    harness.ctx.passwords = hasher
-    return hasher
+def gated() -> GatedHasher:
+    return GatedHasher()
+
+
+@pytest.fixture
+async def harness(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The usual harness; with the gated hasher when the test asks for `gated`."""
+    passwords = request.getfixturevalue("gated") if "gated" in request.fixturenames else None
+    async for h in start_harness(make_settings(database_url), passwords=passwords):
+        yield h
 
 
 async def test_no_connection_is_held_while_hashing(harness: Harness, gated: GatedHasher) -> None:
@@ -77,10 +84,7 @@ async def test_password_change_during_login_wins(harness: Harness, gated: GatedH
         harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
     )
     await gated.wait_entered(1)
-    async with harness.ctx.engine.begin() as conn:
-        await users.set_password(
-            conn, PasswordHasher(), email, "the new password", now=harness.clock.now()
-        )
+    await harness.set_password(email, "the new password")
     gated.gate.set()
     response = await login
     assert response.status_code == 401
@@ -97,8 +101,7 @@ async def test_deactivation_during_login_wins(harness: Harness, gated: GatedHash
         harness.client.post("/auth/login", json={"email": email, "password": PASSWORD})
     )
     await gated.wait_entered(1)
-    async with harness.ctx.engine.begin() as conn:
-        await users.set_active(conn, email, active=False, now=harness.clock.now())
+    await harness.set_active(email, active=False)
     gated.gate.set()
     assert (await login).json()["error"]["code"] == "invalid_credentials"
 
@@ -177,7 +180,8 @@ async def _failure_reasons(harness: Harness, user_id: uuid.UUID) -> list[str]:
 
 
 async def test_login_candidate_read_is_get_by_email(harness: Harness) -> None:
-    """The driver-level read of PostgreSQL's login path returns what SQLAlchemy's would."""
+    """The store's login read (the driver-level read on PostgreSQL) returns what SQLAlchemy's
+    would."""
     email = await harness.create_user()
     user_id = await _user_id(harness, email)
     locked_until = harness.clock.now() + timedelta(minutes=3)
@@ -185,14 +189,14 @@ async def test_login_candidate_read_is_get_by_email(harness: Harness) -> None:
         await user_repo.record_login_failure(
             conn, user_id, failed_logins=7, locked_until=locked_until
         )
-    candidate = await user_repo.find_login_candidate(harness.ctx.engine, email)
+    candidate = await harness.ctx.store.find_login_candidate(email)
     async with harness.ctx.engine.connect() as conn:
         assert candidate == await user_repo.get_by_email(conn, email)
     assert candidate is not None
     assert type(candidate.id) is uuid.UUID
     assert candidate.locked_until == locked_until
     assert candidate.locked_until.utcoffset() == timedelta(0)
-    assert await user_repo.find_login_candidate(harness.ctx.engine, "nobody@example.com") is None
+    assert await harness.ctx.store.find_login_candidate("nobody@example.com") is None
 
 
 async def test_one_trip_start_only_for_accounts_that_looked_usable(
@@ -201,13 +205,13 @@ async def test_one_trip_start_only_for_accounts_that_looked_usable(
     """A locked or deactivated account takes the general path whether the password is right or
     wrong, so response time cannot tell a guesser that a guess during a lockout was right."""
     calls: list[uuid.UUID] = []
-    real_start = session_start.start_session
+    real_start = harness.ctx.store.start
 
-    async def counted(engine: Any, s: session_start.SessionStart) -> Any:
+    async def counted(s: SessionStart) -> Any:
         calls.append(s.user_id)
-        return await real_start(engine, s)
+        return await real_start(s)
 
-    monkeypatch.setattr(session_start, "start_session", counted)
+    monkeypatch.setattr(harness.ctx.store, "start", counted)
     locked, inactive, usable = [await harness.create_user() for _ in range(3)]
     locked_id = await _user_id(harness, locked)
     async with harness.ctx.engine.begin() as conn:
@@ -217,7 +221,7 @@ async def test_one_trip_start_only_for_accounts_that_looked_usable(
             failed_logins=5,
             locked_until=harness.clock.now() + timedelta(hours=1),
         )
-        await users.set_active(conn, inactive, active=False, now=harness.clock.now())
+    await harness.set_active(inactive, active=False)
     for email in (locked, inactive):
         response = await harness.client.post(
             "/auth/login", json={"email": email, "password": PASSWORD}
@@ -225,5 +229,4 @@ async def test_one_trip_start_only_for_accounts_that_looked_usable(
         assert response.status_code == 401
     assert calls == []
     await harness.login(usable)
-    one_trip = on_asyncpg(harness.ctx.engine)
-    assert calls == ([await _user_id(harness, usable)] if one_trip else [])
+    assert calls == [await _user_id(harness, usable)]

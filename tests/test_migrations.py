@@ -1,10 +1,16 @@
-"""Migrations build, from empty, exactly the schema the models declare, on both engines."""
+"""Migrations build, from empty, exactly the schema the models declare, on both engines, and
+install exactly the PostgreSQL functions of app/sessions/sql/ (through their pinned copies in
+migrations/sql/)."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -34,3 +40,74 @@ async def test_migrated_schema_matches_models(database_url: str) -> None:
         await engine.dispose()
     assert {"users", "sessions", "refresh_tokens", "audit_events", "signing_keys"} <= tables
     await asyncio.sleep(0)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SQL = ROOT / "app" / "sessions" / "sql"
+PINNED_SQL = ROOT / "migrations" / "sql"
+# app/sessions/sql/<stem>.sql -> the function it creates
+FUNCTIONS = {"rotate_refresh": "authsvc_rotate_refresh", "start_session": "authsvc_start_session"}
+
+
+def test_every_app_sql_file_is_checked() -> None:
+    assert {p.stem for p in APP_SQL.glob("*.sql")} == set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("stem", sorted(FUNCTIONS))
+def test_newest_pinned_copy_is_the_app_sql(stem: str) -> None:
+    pinned = sorted(PINNED_SQL.glob(f"[0-9][0-9][0-9][0-9]_{stem}.sql"))
+    assert pinned, f"no pinned copy migrations/sql/NNNN_{stem}.sql"
+    newest = pinned[-1]
+    revision = newest.name.split("_", 1)[0]
+    migrations = [
+        m
+        for m in (ROOT / "migrations" / "versions").glob(f"{revision}_*.py")
+        if newest.name in m.read_text(encoding="utf-8")
+    ]
+    assert migrations, f"no migration {revision}_*.py installs migrations/sql/{newest.name}"
+    assert newest.read_bytes() == (APP_SQL / f"{stem}.sql").read_bytes(), (
+        f"app/sessions/sql/{stem}.sql differs from its newest pinned copy "
+        f"migrations/sql/{newest.name}: add a migration that pins the new version "
+        "(a new migrations/sql/NNNN_" + stem + ".sql); never edit a pinned copy"
+    )
+
+
+async def _functiondef(conn: Any, schema: str, function: str) -> str:
+    rows = await conn.fetch(
+        "SELECT pg_get_functiondef(p.oid) AS def FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = $1 AND p.proname = $2",
+        schema,
+        function,
+    )
+    assert len(rows) == 1, f"{len(rows)} functions {schema}.{function}, expected one"
+    definition: str = rows[0]["def"]
+    return definition
+
+
+@pytest.mark.parametrize(("stem", "function"), sorted(FUNCTIONS.items()))
+async def test_migrated_function_is_the_app_sql(
+    postgres_url: str, stem: str, function: str
+) -> None:
+    """PostgreSQL's own rendering of the migrated function equals that of the app's file,
+    created afresh in a scratch schema: body, signature and attributes, comments included."""
+    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    schema = f"tmp_fn_{uuid.uuid4().hex[:12]}"
+    try:
+        installed = await _functiondef(conn, "public", function)
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        try:
+            await conn.execute(f"SET search_path TO {schema}, public")
+            await conn.execute((APP_SQL / f"{stem}.sql").read_text(encoding="utf-8"))
+            expected = await _functiondef(conn, schema, function)
+        finally:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        await conn.close()
+    qualified = f"FUNCTION {schema}.{function}("
+    assert qualified in expected
+    expected = expected.replace(qualified, f"FUNCTION public.{function}(", 1)
+    assert installed == expected, (
+        f"the migrations install a different {function} than app/sessions/sql/{stem}.sql: "
+        "add a migration that pins the new version"
+    )

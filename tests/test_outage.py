@@ -19,7 +19,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from app import migrate
+from app.core import migrate
 from app.core.db import create_engine
 from app.health import repository as health
 from tests.conftest import (

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from app.core.security import PasswordHasher, default_hash_threads
+from app.core.settings import PasswordHashProfile
 
 PASSWORD = "correct horse battery staple"
 
@@ -62,3 +63,26 @@ def test_hash_threads_default_to_this_workers_share_of_the_cores(
     assert default_hash_threads() == 1  # never zero
     monkeypatch.delenv("WEB_CONCURRENCY")
     assert default_hash_threads() == 8
+
+
+async def test_profile_sets_the_costs_of_new_hashes_and_others_are_upgraded() -> None:
+    """The test profile's hashes are cheap and verify everywhere; the OWASP profile (the
+    default) replaces them, and its own hashes stay as they are."""
+    owasp = PasswordHasher(threads=1)
+    cheap = PasswordHasher(threads=1, profile=PasswordHashProfile.test)
+    try:
+        assert owasp.profile is PasswordHashProfile.owasp
+        weak = await cheap.hash(PASSWORD)
+        strong = await owasp.hash(PASSWORD)
+        assert weak.startswith("$argon2id$v=19$m=8,t=1,p=1$")
+        assert strong.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert await cheap.verify_and_update(PASSWORD, weak) == (True, None)
+        valid, upgraded = await owasp.verify_and_update(PASSWORD, weak)
+        assert valid
+        assert upgraded is not None
+        assert upgraded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert await owasp.verify_and_update(PASSWORD, strong) == (True, None)
+        assert await owasp.verify_and_update("wrong password", weak) == (False, None)
+    finally:
+        owasp.close()
+        cheap.close()

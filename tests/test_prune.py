@@ -8,12 +8,15 @@ import uuid
 from sqlalchemy import func, select, text
 
 from app.core.db import table_of
-from app.sessions.maintenance import prune_once
 from app.sessions.models import RefreshToken, Session
 from tests.conftest import Harness, bearer, make_settings, start_harness
 
 _tokens = table_of(RefreshToken)
 _sessions = table_of(Session)
+
+
+async def _prune(h: Harness) -> tuple[int, int]:
+    return await h.ctx.sessions.prune(h.ctx.settings.refresh_token_retention)
 
 
 async def _count(h: Harness, session_id: str) -> tuple[int, int]:
@@ -37,7 +40,7 @@ async def test_prune_removes_dead_sessions_and_old_used_tokens(harness: Harness)
     h.clock.advance(1800)
     chain.append((await h.refresh(chain[-1])).json()["refresh_token"])
     h.clock.advance(1801)  # `idle` is now past its idle deadline; `live` is not
-    sessions_deleted, _ = await prune_once(h.ctx)
+    sessions_deleted, _ = await _prune(h)
 
     assert sessions_deleted >= 2
     assert await _count(h, revoked["session"]["id"]) == (0, 0)
@@ -59,7 +62,7 @@ async def test_prune_keeps_live_chain_within_retention(database_url: str) -> Non
         for _ in range(60):  # every 50 minutes for two days and a half
             h.clock.advance(3000)
             chain.append((await h.refresh(chain[-1])).json()["refresh_token"])
-        _, tokens_deleted = await prune_once(h.ctx)  # other tests' rows may go too
+        _, tokens_deleted = await _prune(h)  # other tests' rows may go too
         # Tokens used more than a day ago are gone; the last day's chain stays.
         sessions, remaining = await _count(h, live["session"]["id"])
         assert sessions == 1
@@ -121,7 +124,7 @@ async def test_default_retention_catches_theft_for_the_whole_session(database_ur
         for _ in range(12):  # the thief refreshes every 20 hours for 10 days; prunes run
             h.clock.advance(20 * 3600)
             current = (await h.refresh(current)).json()["refresh_token"]
-            await prune_once(h.ctx)
+            await _prune(h)
         replay = await h.refresh(stolen)
         assert replay.json()["error"]["code"] == "refresh_token_reused"
         assert (await h.refresh(current)).json()["error"]["code"] == "session_revoked"

@@ -10,8 +10,9 @@ from sqlalchemy import func, select, update
 
 from app.audit.models import AuditEvent
 from app.core.db import table_of
-from app.core.security import RefreshTokenCodec, new_opaque_token
+from app.core.security import new_opaque_token
 from app.sessions.models import RefreshToken, Session
+from app.sessions.tokens import RefreshTokenCodec
 from tests.conftest import Harness, error_code, make_settings, start_harness
 
 _tokens = table_of(RefreshToken)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import DEV_SECRET_KEY, Environment, Settings
+from app.core.settings import DEV_SECRET_KEY, Environment, PasswordHashProfile, Settings
 
 STRONG = "x" * 48
 
@@ -22,6 +22,16 @@ def test_production_requires_issuer() -> None:
         _settings(environment="production", secret_key=STRONG)
 
 
+def test_production_refuses_the_test_password_hash_profile() -> None:
+    production = {"environment": "production", "secret_key": STRONG, "jwt_issuer": "https://a"}
+    with pytest.raises(ValidationError, match="PASSWORD_HASH_PROFILE=test"):
+        _settings(**production, password_hash_profile="test")
+    assert _settings(**production).password_hash_profile is PasswordHashProfile.owasp
+    for environment in ("development", "test"):
+        allowed = _settings(environment=environment, password_hash_profile="test")
+        assert allowed.password_hash_profile is PasswordHashProfile.test
+
+
 def test_production_defaults() -> None:
     settings = _settings(environment="production", secret_key=STRONG, jwt_issuer="https://a")
     assert settings.idle_timeout == 24 * 3600
@@ -35,7 +45,7 @@ def test_development_defaults() -> None:
     assert settings.access_token_ttl == 300
     assert settings.refresh_reuse_interval == 30
     assert settings.session_absolute_lifetime == 30 * 24 * 3600
-    assert settings.is_sqlite
+    assert settings.database_url.startswith("sqlite")
 
 
 def test_short_secret_and_inconsistent_durations_refused() -> None:

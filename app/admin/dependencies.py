@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import Depends
 
 from app.auth.dependencies import get_current_session
+from app.auth.middleware import Authenticated
 from app.core.errors import ForbiddenError
-from app.sessions.middleware import Authenticated
 
 ADMIN_ROLE = "admin"
 

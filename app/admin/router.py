@@ -1,77 +1,86 @@
-"""Administration: inspect a user's sessions, deactivate (revoking everything) or reactivate."""
+"""Administration: a user's sessions, deactivation (revoking everything) and reactivation, and
+the audit trail."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
+from app.account.dependencies import AccountServiceDep
+from app.account.service import Actor
 from app.admin.dependencies import AdminSession
-from app.audit.service import record
-from app.context import forget_sessions_after_commit
-from app.dependencies import ClientDep, ContextDep, DbSession
-from app.sessions import service as sessions
-from app.sessions.router import device_out
+from app.audit import repository as audit_repository
+from app.audit.schemas import AuditEventOut
+from app.core.dependencies import ClientDep, DbSession
+from app.sessions.dependencies import SessionServiceDep
 from app.sessions.schemas import DeviceSessionOut
 from app.users import service as users
 from app.users.schemas import UserOut
 
-router = APIRouter(
-    prefix="/admin/users",
-    tags=["admin"],
-    responses={
-        403: {"description": "`forbidden`: not an admin"},
-        404: {"description": "`user_not_found`"},
-    },
+_FORBIDDEN: dict[int | str, dict[str, Any]] = {403: {"description": "`forbidden`: not an admin"}}
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.get(
+    "/users/{user_id}/sessions",
+    responses={**_FORBIDDEN, 404: {"description": "`user_not_found`"}},
 )
-
-
-@router.get("/{user_id}/sessions")
 async def user_sessions(
-    user_id: uuid.UUID, admin: AdminSession, ctx: ContextDep, uow: DbSession
+    user_id: uuid.UUID, admin: AdminSession, sessions: SessionServiceDep, uow: DbSession
 ) -> list[DeviceSessionOut]:
-    conn = await uow.connection()
-    await users.require_by_id(conn, user_id)
-    devices = await sessions.list_devices(conn, user_id, now=ctx.clock.now())
-    return [device_out(d, admin.session.id) for d in devices]
+    await users.require_by_id(await uow.connection(), user_id)
+    devices = await sessions.list_devices(uow, user_id)
+    return [DeviceSessionOut.of(d, admin.session.id) for d in devices]
 
 
-async def _set_active(
+@router.post(
+    "/users/{user_id}/deactivate",
+    responses={**_FORBIDDEN, 404: {"description": "`user_not_found`"}},
+)
+async def deactivate(
     user_id: uuid.UUID,
-    active: bool,
     admin: AdminSession,
-    ctx: ContextDep,
+    accounts: AccountServiceDep,
     uow: DbSession,
     client: ClientDep,
 ) -> UserOut:
-    now = ctx.clock.now()
-    conn = await uow.connection()
-    user = await users.require_by_id(conn, user_id)
-    revoked = await users.set_active_by_id(conn, user_id, active=active, now=now)
-    forget_sessions_after_commit(ctx, uow)
-    await record(
-        conn,
-        "user.activated" if active else "user.deactivated",
-        now=now,
-        client=client,
-        user_id=user_id,
-        session_id=admin.session.id,
-        by=str(admin.session.user_id),
-        sessions_revoked=revoked,
-    )
-    return UserOut(id=user.id, email=user.email, role=user.role, is_active=active)
-
-
-@router.post("/{user_id}/deactivate")
-async def deactivate(
-    user_id: uuid.UUID, admin: AdminSession, ctx: ContextDep, uow: DbSession, client: ClientDep
-) -> UserOut:
     """Deactivate the account and revoke all its sessions at once."""
-    return await _set_active(user_id, False, admin, ctx, uow, client)
+    actor = Actor(client, session_id=admin.session.id, admin_id=admin.session.user_id)
+    user, _ = await accounts.set_active(uow, actor, user_id, active=False)
+    return UserOut(id=user.id, email=user.email, role=user.role, is_active=False)
 
 
-@router.post("/{user_id}/activate")
+@router.post(
+    "/users/{user_id}/activate",
+    responses={**_FORBIDDEN, 404: {"description": "`user_not_found`"}},
+)
 async def activate(
-    user_id: uuid.UUID, admin: AdminSession, ctx: ContextDep, uow: DbSession, client: ClientDep
+    user_id: uuid.UUID,
+    admin: AdminSession,
+    accounts: AccountServiceDep,
+    uow: DbSession,
+    client: ClientDep,
 ) -> UserOut:
-    return await _set_active(user_id, True, admin, ctx, uow, client)
+    actor = Actor(client, session_id=admin.session.id, admin_id=admin.session.user_id)
+    user, _ = await accounts.set_active(uow, actor, user_id, active=True)
+    return UserOut(id=user.id, email=user.email, role=user.role, is_active=True)
+
+
+@router.get("/audit", responses=_FORBIDDEN)
+async def audit(
+    _admin: AdminSession,
+    uow: DbSession,
+    user_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEventOut]:
+    """Audit events, newest first, filtered by user, session and time."""
+    rows = await audit_repository.query_events(
+        await uow.connection(), user_id=user_id, session_id=session_id, since=since, limit=limit
+    )
+    return [AuditEventOut(**asdict(row)) for row in rows]

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit import repository
+from app.core.client import ClientInfo
 from app.core.metrics import AUTH_EVENTS, REUSE_DETECTIONS
 
 logger = logging.getLogger("app.audit")
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who is asking: recorded with every audit event and on new sessions."""
-
-    ip: str | None = None
-    user_agent: str | None = None
-
-    @property
-    def stored_user_agent(self) -> str | None:
-        """The User-Agent as stored (the column holds 512 characters)."""
-        return self.user_agent[:512] if self.user_agent else None
 
 
 async def record(

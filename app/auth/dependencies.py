@@ -6,15 +6,22 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from app.auth.errors import NotAuthenticated
-from app.auth.transport import check_cross_site, refresh_cookie, wants_cookies
-from app.sessions.middleware import AUTH_STATE_KEY, Authenticated, bearer_token
+from app.auth.middleware import AUTH_STATE_KEY, Authenticated, bearer_token
+from app.auth.service import AuthService
+from app.auth.tokens import AccessTokenCodec
+from app.auth.transport import Transports
+from app.core.components import provider
 
 # Only for the OpenAPI document (the /docs "Authorize" button); the middleware verifies.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
+AuthServiceDep = Annotated[AuthService, Depends(provider(AuthService))]
+AccessCodecDep = Annotated[AccessTokenCodec, Depends(provider(AccessTokenCodec))]
+TransportsDep = Annotated[Transports, Depends(provider(Transports))]
+
 
 def current_session_or_none(request: Request) -> Authenticated | None:
-    """What the sliding-session middleware verified for this request, if anything."""
+    """What the identity middleware verified for this request, if anything."""
     auth = request.scope.get("state", {}).get(AUTH_STATE_KEY)
     return auth if isinstance(auth, Authenticated) else None
 
@@ -31,17 +38,13 @@ async def get_current_session(
 CurrentSession = Annotated[Authenticated, Depends(get_current_session)]
 
 
-async def guard_cookie_request(request: Request) -> None:
+async def guard_cookie_request(request: Request, transports: TransportsDep) -> None:
     """Cross-site checks for every request that uses, or may be authenticated by, cookies.
 
     A dependency so that it runs before the body is parsed: a foreign `text/plain` post gets
     403 `csrf_failed`, not a validation error. The session-bound CSRF token is checked later,
-    by the service, once the refresh cookie has named the session."""
-    uses_cookies = wants_cookies(request) or (
-        refresh_cookie(request) is not None and bearer_token(request.scope) is None
-    )
-    if uses_cookies:
-        check_cross_site(request, request.app.state.ctx.settings.cors_origins)
+    once the refresh cookie has named the session."""
+    transports.check_cross_site(request, has_bearer_token=bearer_token(request.scope) is not None)
 
 
 CookieGuard = Depends(guard_cookie_request)

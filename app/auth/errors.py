@@ -1,4 +1,5 @@
-"""Every authentication failure a client can see, each with its stable code."""
+"""Every authentication failure a client can see, each with its stable code (the session's
+own failures are in app/sessions/errors.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from app.core.errors import DomainError, ForbiddenError, UnauthorizedError
 class InvalidCredentials(UnauthorizedError):
     code = "invalid_credentials"
     message = "Incorrect email or password."
-    persist = True  # the failed-login audit event must be stored
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
@@ -24,27 +24,6 @@ class InvalidToken(UnauthorizedError):
 class TokenExpired(UnauthorizedError):
     code = "token_expired"
     message = "The access token has expired; refresh it."
-
-
-class SessionRevoked(UnauthorizedError):
-    code = "session_revoked"
-    message = "The session has been revoked; log in again."
-
-
-class SessionExpired(UnauthorizedError):
-    code = "session_expired"
-    message = "The session has expired; log in again."
-
-
-class RefreshTokenInvalid(UnauthorizedError):
-    code = "refresh_token_invalid"
-    message = "The refresh token is unknown or malformed."
-
-
-class RefreshTokenReused(UnauthorizedError):
-    code = "refresh_token_reused"
-    message = "This refresh token was already used; the session has been revoked."
-    persist = True  # the revocation and its audit event must survive the error response
 
 
 class NotAuthenticated(UnauthorizedError):
@@ -62,10 +41,9 @@ class OAuthError(DomainError):
 
     code = "invalid_request"
 
-    def __init__(self, error: str, description: str, *, persist: bool = False, status: int = 400):
+    def __init__(self, error: str, description: str, *, status: int = 400):
         super().__init__(description)
         self.error = error
-        self.persist = persist
         self._status = status
 
     @property

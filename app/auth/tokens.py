@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 import jwt
 
 from app.auth.errors import InvalidToken, TokenExpired
-from app.keys.service import KeyRing
+from app.keys.service import KeySet
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
 # RFC 9068 §4: verifiers accept the type with or without the "application/" prefix.
@@ -43,20 +43,13 @@ class IssuedAccessToken:
 
 
 class AccessTokenCodec:
-    def __init__(
-        self, key_ring: KeyRing, *, issuer: str, audience: str, ttl: int, leeway: int
-    ) -> None:
-        self._keys = key_ring
+    def __init__(self, keys: KeySet, *, issuer: str, audience: str, ttl: int, leeway: int) -> None:
+        self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._ttl = ttl
         self._leeway = leeway
         self._verified: dict[str, AccessClaims] = {}
-
-    def use(self, key_ring: KeyRing) -> None:
-        """Switch to a reloaded key ring. Remembered verifications stay valid: a key leaves the
-        ring only after every token it signed has expired."""
-        self._keys = key_ring
 
     def issue(
         self,
@@ -84,7 +77,7 @@ class AccessTokenCodec:
             "exp": exp,
             "role": role,
         }
-        signer = self._keys.signer
+        signer = self._keys.ring.signer
         token = jwt.encode(
             claims,
             signer.private_key,
@@ -97,7 +90,9 @@ class AccessTokenCodec:
     def verify(self, token: str, *, now: datetime) -> AccessClaims:
         """Signature and claims, per RFC 8725. A token verified once is remembered (exact bytes
         only) so that a gateway presenting it on every request pays for the signature once; its
-        expiry is still checked every time, and revocation is the session check's job."""
+        expiry is still checked every time, and revocation is the session check's job.
+        Remembered verifications outlive a key reload: a key leaves the ring only after every
+        token it signed has expired."""
         cached = self._verified.get(token)
         if cached is not None:
             self._check_expiry(int(cached.expires_at.timestamp()), now.timestamp())
@@ -116,7 +111,7 @@ class AccessTokenCodec:
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("The access token is too long.")
         header = _header(token)
-        key = self._keys.verifiers.get(header["kid"])
+        key = self._keys.ring.verifiers.get(header["kid"])
         if key is None or header.get("alg") != key.algorithm:
             raise InvalidToken()
         try:

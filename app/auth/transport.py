@@ -1,13 +1,25 @@
-"""Cookie transport for browsers: which requests use it, its cookies, and its CSRF checks.
-
-HTTP concerns only; the CSRF token's binding to a session is checked by the service.
+"""How tokens travel, and everything HTTP about it: the bearer transport (JSON bodies and the
+Authorization header: API clients, the /docs explorer) and the cookie transport for browsers
+(HttpOnly refresh cookie, session-bound CSRF token, Origin checks). The services never see a
+cookie or a CSRF token: a token read from a cookie comes with a guard that checks the CSRF
+token once the session is known (see sessions.service.SessionGuard).
 """
 
 from __future__ import annotations
 
-from fastapi import Request, Response
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi import Request, Response, status
 
 from app.auth.errors import CsrfFailed
+from app.auth.grants import TokenGrant, seconds_until
+from app.auth.schemas import SessionInfo, TokenResponse
+from app.core.security import b64url, derive_key
+from app.sessions.service import SessionGuard
 
 TRANSPORT_HEADER = "session-transport"
 CSRF_HEADER = "x-csrf-token"
@@ -18,61 +30,170 @@ CSRF_COOKIE = "__Host-csrf_token"
 REFRESH_COOKIE_PATHS = ("/auth/refresh", "/auth/logout")
 
 
-def wants_cookies(request: Request) -> bool:
-    return request.headers.get(TRANSPORT_HEADER, "").strip().lower() == "cookie"
+class CsrfTokenCodec:
+    """Signed double-submit CSRF tokens bound to a session: HMAC(csrf_key, session id)."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = derive_key(secret, "csrf-token/v1")
+
+    def token_for(self, session_id: uuid.UUID) -> str:
+        return b64url(hmac.new(self._key, session_id.bytes, hashlib.sha256).digest())
+
+    def matches(self, session_id: uuid.UUID, presented: str) -> bool:
+        return hmac.compare_digest(self.token_for(session_id).encode(), presented.encode())
 
 
-def refresh_cookie(request: Request) -> str | None:
-    return request.cookies.get(REFRESH_COOKIE) or None
+class Transport(Protocol):
+    def token_response(self, grant: TokenGrant) -> Response: ...
+
+    def logout_response(self) -> Response: ...
 
 
-def csrf_header(request: Request) -> str:
-    return request.headers.get(CSRF_HEADER, "")
+@dataclass(frozen=True, slots=True)
+class PresentedRefreshToken:
+    token: str
+    guard: SessionGuard | None  # the CSRF check, for a token that came from a cookie
+    transport: Transport  # how the answer goes back
 
 
-def check_cross_site(request: Request, allowed_origins: list[str]) -> None:
-    """Refuse what a foreign page could send with the user's cookies (OWASP CSRF cheat sheet):
-    a foreign Origin, a cross-site fetch, or a body type that needs no CORS preflight."""
-    origin = request.headers.get("origin")
-    own_origin = f"{request.url.scheme}://{request.url.netloc}"
-    if origin is not None and origin != own_origin and origin not in allowed_origins:
-        raise CsrfFailed()
-    if request.headers.get("sec-fetch-site") == "cross-site" and origin not in allowed_origins:
-        raise CsrfFailed()
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/json":
-        raise CsrfFailed()
-
-
-def set_session_cookies(
-    response: Response, *, refresh_token: str, csrf_token: str, max_age: int
-) -> None:
-    for path in REFRESH_COOKIE_PATHS:
-        response.set_cookie(
-            REFRESH_COOKIE,
-            refresh_token,
-            max_age=max_age,
-            path=path,
-            secure=True,
-            httponly=True,
-            samesite="strict",
-        )
-    response.set_cookie(
-        CSRF_COOKIE,
-        csrf_token,
-        max_age=max_age,
-        path="/",
-        secure=True,
-        httponly=False,  # the page's script reads it to echo it in X-CSRF-Token
-        samesite="strict",
+def _token_body(grant: TokenGrant) -> TokenResponse:
+    return TokenResponse(
+        access_token=grant.access.token,
+        expires_in=grant.access.expires_in,
+        refresh_token=grant.refresh_token,
+        refresh_expires_in=grant.refresh_expires_in,
+        refresh_after=grant.refresh_after,
+        session=SessionInfo(
+            id=grant.session.id,
+            idle_expires_at=grant.session.idle_expires_at,
+            absolute_expires_at=grant.session.absolute_expires_at,
+        ),
     )
 
 
-def clear_session_cookies(response: Response) -> None:
-    """Expire the cookies with the attributes they were set with, or browsers keep them."""
-    for path in REFRESH_COOKIE_PATHS:
-        response.delete_cookie(
-            REFRESH_COOKIE, path=path, secure=True, httponly=True, samesite="strict"
+def _json(response: Response, body: TokenResponse) -> Response:
+    """A ready JSON response: FastAPI neither validates nor serialises it again."""
+    response.body = body.model_dump_json().encode()
+    response.headers["content-length"] = str(len(response.body))
+    return response
+
+
+class BearerTransport:
+    def token_response(self, grant: TokenGrant) -> Response:
+        return _json(Response(media_type="application/json"), _token_body(grant))
+
+    def logout_response(self) -> Response:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class CookieTransport:
+    def __init__(self, csrf: CsrfTokenCodec) -> None:
+        self._csrf = csrf
+
+    def token_response(self, grant: TokenGrant) -> Response:
+        """The refresh token only in HttpOnly cookies, never in the body."""
+        response = Response(media_type="application/json")
+        csrf_token = self._csrf.token_for(grant.session.id)
+        body = _token_body(grant)
+        body.refresh_token = None
+        body.csrf_token = csrf_token
+        # Until the absolute deadline, not the idle one: a browser that kept the cookie past
+        # an idle expiry lets the server say why (session_expired) on the next refresh.
+        max_age = seconds_until(grant.session.absolute_expires_at, grant.now)
+        for path in REFRESH_COOKIE_PATHS:
+            response.set_cookie(
+                REFRESH_COOKIE,
+                grant.refresh_token,
+                max_age=max_age,
+                path=path,
+                secure=True,
+                httponly=True,
+                samesite="strict",
+            )
+        response.set_cookie(
+            CSRF_COOKIE,
+            csrf_token,
+            max_age=max_age,
+            path="/",
+            secure=True,
+            httponly=False,  # the page's script reads it to echo it in X-CSRF-Token
+            samesite="strict",
         )
-    response.delete_cookie(CSRF_COOKIE, path="/", secure=True, httponly=False, samesite="strict")
-    response.headers["Clear-Site-Data"] = '"cookies"'
+        return _json(response, body)
+
+    def logout_response(self) -> Response:
+        """Expire the cookies with the attributes they were set with, or browsers keep them."""
+        response = Response(status_code=status.HTTP_204_NO_CONTENT)
+        for path in REFRESH_COOKIE_PATHS:
+            response.delete_cookie(
+                REFRESH_COOKIE, path=path, secure=True, httponly=True, samesite="strict"
+            )
+        response.delete_cookie(
+            CSRF_COOKIE, path="/", secure=True, httponly=False, samesite="strict"
+        )
+        response.headers["Clear-Site-Data"] = '"cookies"'
+        return response
+
+    def guard(self, request: Request) -> SessionGuard:
+        """The check that the request's CSRF token is the session's, run once a refresh
+        cookie has named the session."""
+        presented = request.headers.get(CSRF_HEADER, "")
+
+        def check(session_id: uuid.UUID) -> None:
+            if not self._csrf.matches(session_id, presented):
+                raise CsrfFailed()
+
+        return check
+
+
+class Transports:
+    """Which transport a request uses, and the cross-site checks for cookie requests."""
+
+    def __init__(self, csrf: CsrfTokenCodec, *, allowed_origins: list[str]) -> None:
+        self.bearer = BearerTransport()
+        self.cookie = CookieTransport(csrf)
+        self._allowed_origins = allowed_origins
+
+    def for_response(self, request: Request) -> Transport:
+        """Cookie transport when the client asks for it (`Session-Transport: cookie`)."""
+        return self.cookie if _wants_cookies(request) else self.bearer
+
+    def presented_refresh_token(
+        self, request: Request, body_token: str | None = None
+    ) -> PresentedRefreshToken | None:
+        """The refresh token of a refresh or cookie logout: from the body if there, else from
+        the cookie (CSRF-guarded). A token from a cookie goes back only into a cookie."""
+        if body_token is not None:
+            return PresentedRefreshToken(body_token, None, self.for_response(request))
+        cookie = _refresh_cookie(request)
+        if cookie is None:
+            return None
+        return PresentedRefreshToken(cookie, self.cookie.guard(request), self.cookie)
+
+    def check_cross_site(self, request: Request, *, has_bearer_token: bool) -> None:
+        """Refuse what a foreign page could send with the user's cookies (OWASP CSRF cheat
+        sheet): a foreign Origin, a cross-site fetch, or a body type that needs no CORS
+        preflight. Only for requests that use, or may be authenticated by, cookies."""
+        uses_cookies = _wants_cookies(request) or (
+            _refresh_cookie(request) is not None and not has_bearer_token
+        )
+        if not uses_cookies:
+            return
+        origin = request.headers.get("origin")
+        own_origin = f"{request.url.scheme}://{request.url.netloc}"
+        allowed = self._allowed_origins
+        if origin is not None and origin != own_origin and origin not in allowed:
+            raise CsrfFailed()
+        if request.headers.get("sec-fetch-site") == "cross-site" and origin not in allowed:
+            raise CsrfFailed()
+        content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type != "application/json":
+            raise CsrfFailed()
+
+
+def _wants_cookies(request: Request) -> bool:
+    return request.headers.get(TRANSPORT_HEADER, "").strip().lower() == "cookie"
+
+
+def _refresh_cookie(request: Request) -> str | None:
+    return request.cookies.get(REFRESH_COOKIE) or None

@@ -22,9 +22,6 @@ class DomainError(Exception):
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     message: ClassVar[str] = "The request could not be processed."
-    # Some failures must still be stored (a failed-login audit event, a revoked session after
-    # token theft): the unit of work commits instead of rolling back when this is set.
-    persist: bool = False
 
     def __init__(self, message: str | None = None) -> None:
         self.detail = message or self.message

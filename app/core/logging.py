@@ -1,7 +1,7 @@
 """Structured logging: fixed event names as the message, context fields as `extra`.
 
 Every record carries the request id of the request it belongs to (a context variable set by
-the request-id middleware), so one grep follows a request through the service.
+the request-envelope middleware), so one grep follows a request through the service.
 """
 
 from __future__ import annotations

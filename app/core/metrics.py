@@ -66,7 +66,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 def record_request(scope: Scope, status: int, seconds: float) -> None:
     """Count and time one finished HTTP request under its route template (not the raw path,
-    whose ids would explode the label set). Called by the request-id middleware, which already
+    whose ids would explode the label set). Called by the request-envelope middleware, which already
     wraps every request, so measuring costs no extra middleware layer."""
     route = getattr(scope.get("route"), "path", None) or "unmatched"
     method = scope["method"] if scope["method"] in _METHODS else "other"

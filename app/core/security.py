@@ -1,16 +1,13 @@
-"""Security primitives: secret derivation, opaque tokens, their hashes, and password hashing."""
+"""Security primitives: secret derivation, opaque random tokens, and password hashing."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import secrets
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import hashes
@@ -19,8 +16,9 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from app.core.settings import PasswordHashProfile
+
 REFRESH_TOKEN_BYTES = 32  # 256 bits from the OS CSPRNG
-_SESSION_ID_CHARS = 22  # 16 bytes in unpadded base64url
 
 
 def derive_key(secret: str, purpose: str) -> bytes:
@@ -30,70 +28,23 @@ def derive_key(secret: str, purpose: str) -> bytes:
     )
 
 
-def _b64(raw: bytes) -> str:
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url (RFC 4648 section 5), as tokens and JWTs spell bytes."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def new_opaque_token() -> str:
-    return _b64(secrets.token_bytes(REFRESH_TOKEN_BYTES))
+    return b64url(secrets.token_bytes(REFRESH_TOKEN_BYTES))
 
 
-class RefreshTokenCodec:
-    """Refresh tokens, their hashes for storage, and each token's one successor.
-
-    A token is `<session id>.<256 random bits>`, both base64url. The session id is not a
-    secret (access tokens carry it as `sid`); naming the session lets the service check the
-    CSRF token and the per-session rate limit before touching the database, and lock the
-    session by primary key. Nothing trusts it: the rotation checks that the token's stored
-    row belongs to that session.
-
-    The successor is `<session id>.HMAC(successor_key, token)`: any replica can recompute it,
-    so a retried or concurrent refresh of the same token answers with the same successor
-    without storing it.
-    """
-
-    def __init__(self, secret: str) -> None:
-        self._hash_key = derive_key(secret, "refresh-token-hash/v1")
-        self._successor_key = derive_key(secret, "refresh-token-successor/v1")
-
-    def new_token(self, session_id: uuid.UUID) -> str:
-        return f"{_b64(session_id.bytes)}.{new_opaque_token()}"
-
-    def hash(self, token: str) -> bytes:
-        return hmac.new(self._hash_key, token.encode(), hashlib.sha256).digest()
-
-    def successor(self, token: str, session_id: uuid.UUID) -> str:
-        mac = hmac.new(self._successor_key, token.encode(), hashlib.sha256).digest()
-        return f"{_b64(session_id.bytes)}.{_b64(mac)}"
-
-    @staticmethod
-    def session_of(token: str) -> uuid.UUID | None:
-        """The session a token names, or None for a token without one (issued before tokens
-        named their session, or not ours)."""
-        prefix, dot, _ = token.partition(".")
-        if not dot or len(prefix) != _SESSION_ID_CHARS:
-            return None
-        try:
-            return uuid.UUID(bytes=base64.urlsafe_b64decode(prefix + "=="))
-        except ValueError:
-            return None
-
-
-class CsrfTokenCodec:
-    """Signed double-submit CSRF tokens bound to a session: HMAC(csrf_key, session id)."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = derive_key(secret, "csrf-token/v1")
-
-    def token_for(self, session_id: uuid.UUID) -> str:
-        return _b64(hmac.new(self._key, session_id.bytes, hashlib.sha256).digest())
-
-    def matches(self, session_id: uuid.UUID, presented: str) -> bool:
-        return hmac.compare_digest(self.token_for(session_id).encode(), presented.encode())
-
-
-# OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.
-_ARGON2 = Argon2Hasher(memory_cost=19 * 1024, time_cost=2, parallelism=1)
+# The argon2id costs of new hashes, by PASSWORD_HASH_PROFILE.
+_ARGON2 = {
+    # OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.
+    PasswordHashProfile.owasp: Argon2Hasher(memory_cost=19 * 1024, time_cost=2, parallelism=1),
+    # The smallest costs argon2 accepts (8 KiB, one pass): ~1000x cheaper, for test suites only
+    # (Settings refuses it in production).
+    PasswordHashProfile.test: Argon2Hasher(memory_cost=8, time_cost=1, parallelism=1),
+}
 
 
 def _lower_thread_priority() -> None:
@@ -123,8 +74,15 @@ class PasswordHasher:
     `_lower_thread_priority`): never on the event loop, never more at once than the cores can
     run (each argon2 hash holds 19 MiB), and never ahead of request handling."""
 
-    def __init__(self, threads: int | None = None) -> None:
-        self._hash = PasswordHash((_ARGON2, BcryptHasher()))
+    def __init__(
+        self,
+        threads: int | None = None,
+        profile: PasswordHashProfile = PasswordHashProfile.owasp,
+    ) -> None:
+        self.profile = profile
+        # New hashes use the profile's argon2id costs; a stored hash with other costs (or a
+        # bcrypt one) still verifies, and verify_and_update returns its replacement.
+        self._hash = PasswordHash((_ARGON2[profile], BcryptHasher()))
         # Verifying against this when the user does not exist keeps both paths equally slow.
         self._dummy = self._hash.hash(new_opaque_token())
         self._pool = ThreadPoolExecutor(

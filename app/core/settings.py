@@ -27,6 +27,13 @@ class SigningAlgorithm(StrEnum):
     RS256 = "RS256"
 
 
+class PasswordHashProfile(StrEnum):
+    """argon2id parameters for new password hashes (stored hashes verify under any profile)."""
+
+    owasp = "owasp"  # OWASP Password Storage Cheat Sheet: m=19 MiB, t=2, p=1
+    test = "test"  # the smallest costs argon2 accepts: test suites only, refused in production
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
@@ -96,6 +103,9 @@ class Settings(BaseSettings):
     # Threads hashing passwords in each process. Unset: this process's share of the cores
     # (cores / WEB_CONCURRENCY, which `serve --workers N` sets), so hashes never outnumber cores.
     password_hash_threads: int | None = Field(default=None, ge=1, le=64)
+    # argon2id costs of new hashes: `owasp` (the default) everywhere except test suites, whose
+    # thousands of hashes `test` makes near free. Production refuses `test`.
+    password_hash_profile: PasswordHashProfile = PasswordHashProfile.owasp
     db_pool_timeout: float = Field(default=5.0, gt=0)
     prune_interval: int = Field(default=3600, ge=0)
     # Protects /metrics when set (Prometheus: `authorization: {credentials: ...}`).
@@ -128,6 +138,11 @@ class Settings(BaseSettings):
             if not self.jwt_issuer:
                 problems.append(
                     "JWT_ISSUER must be set in production (e.g. https://auth.example.com)"
+                )
+            if self.password_hash_profile is PasswordHashProfile.test:
+                problems.append(
+                    "PASSWORD_HASH_PROFILE=test (near-free argon2 costs) is for test suites "
+                    "only; use owasp in production"
                 )
         if len(self.secret_key.get_secret_value()) < 32:
             problems.append("SECRET_KEY must be at least 32 characters")
@@ -189,10 +204,6 @@ class Settings(BaseSettings):
     @property
     def issuer(self) -> str:
         return self.jwt_issuer or DEV_ISSUER
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @property
     def json_logs(self) -> bool:

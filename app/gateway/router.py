@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from app.auth.dependencies import CurrentSession
-from app.dependencies import ClientDep, ContextDep
-from app.gateway import service
+from app.core.dependencies import ClientDep, LimiterDep
+from app.core.exposure import public
+from app.gateway.dependencies import IntrospectionDep
 from app.gateway.errors import IntrospectionClientUnauthorized
 from app.gateway.schemas import IntrospectionResponse, VerifyResponse
 
@@ -28,12 +29,12 @@ _VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/verify", responses=_VERIFY_RESPONSES)
 async def verify(
-    auth: CurrentSession, response: Response, ctx: ContextDep, client: ClientDep
+    auth: CurrentSession, response: Response, limiter: LimiterDep, client: ClientDep
 ) -> VerifyResponse:
     """Forward-auth, for any HTTP method: 200 with the identity in `X-Auth-User-Id`,
     `X-Auth-Session-Id` and `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429
     `rate_limited` (never a 401) when one client IP overdoes it. Counts as user activity."""
-    await ctx.limiter.hit("verify_ip", client.ip or "unknown")
+    await limiter.hit("verify_ip", client.ip or "unknown")
     response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
     response.headers["X-Auth-Session-Id"] = str(auth.session.id)
     response.headers["X-Auth-Role"] = auth.session.role
@@ -55,8 +56,9 @@ router.add_api_route(
     response_model_exclude_none=True,
     responses={401: {"description": "`invalid_client`: missing or wrong Basic credentials"}},
 )
+@public
 async def introspect(
-    ctx: ContextDep,
+    introspection: IntrospectionDep,
     credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
     token: Annotated[str, Form(max_length=4096)],
     token_type_hint: Annotated[str | None, Form(max_length=32)] = None,
@@ -64,8 +66,8 @@ async def introspect(
     """RFC 7662 token introspection for access and refresh tokens."""
     if credentials is None:
         raise IntrospectionClientUnauthorized()
-    client_id = service.authenticate_client(ctx, credentials.username, credentials.password)
-    result = await service.introspect(ctx, token, token_type_hint)
+    client_id = introspection.authenticate_client(credentials.username, credentials.password)
+    result = await introspection.introspect(token, token_type_hint)
     if result.active:
         result.client_id = client_id
     return result

@@ -9,7 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.migrate import alembic_config
+from app.core.migrate import alembic_config
 
 
 @functools.cache

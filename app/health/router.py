@@ -4,8 +4,9 @@ import logging
 
 from fastapi import APIRouter
 
+from app.core.dependencies import DatabaseDep
 from app.core.errors import ServiceUnavailableError, is_database_unavailable
-from app.dependencies import ContextDep
+from app.core.exposure import public
 from app.health import repository
 
 router = APIRouter(tags=["health"])
@@ -13,6 +14,7 @@ logger = logging.getLogger("app.health")
 
 
 @router.get("/healthz")
+@public
 async def healthz() -> dict[str, str]:
     """The process is up and serving. Never touches the database."""
     return {"status": "ok"}
@@ -22,13 +24,16 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     responses={503: {"description": "database unreachable, or migrations pending"}},
 )
-async def readyz(ctx: ContextDep) -> dict[str, str]:
+@public
+async def readyz(
+    database: DatabaseDep,
+) -> dict[str, str]:
     """The database answers and its schema is at this code's migration head: this replica can
     take traffic. 503 `service_unavailable` (with Retry-After) otherwise, within the pool
     timeout."""
     expected = repository.expected_revisions()
     try:
-        async with ctx.engine.connect() as conn:
+        async with database.engine.connect() as conn:
             current = await repository.database_revisions(conn)
     except Exception as exc:
         if is_database_unavailable(exc):

@@ -41,7 +41,6 @@ def public_jwk(public_key: PublicKey, *, kid: str, algorithm: str) -> dict[str, 
     return jwk
 
 
-_PRIVATE_TYPES = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
 _PUBLIC_TYPES = (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
 
 

@@ -71,6 +71,17 @@ class KeyRing:
         return {"keys": [key.jwk for key in self.verifiers.values()]}
 
 
+class KeySet:
+    """The key ring this process uses now; `use` swaps in a reloaded ring as keys rotate.
+    Signers and verifiers read `ring` on every use, so a swap takes effect at once."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+
+    def use(self, ring: KeyRing) -> None:
+        self.ring = ring
+
+
 def key_statuses(
     keys: list[StoredKey], now: datetime, token_lifetime: timedelta
 ) -> list[KeyStatus]:

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from app.sessions.repository import SessionState
+from app.sessions.policy import SessionState
 
 
 class SessionStateCache:

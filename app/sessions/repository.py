@@ -12,52 +12,12 @@ from sqlalchemy.orm import aliased
 
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
+from app.sessions.policy import SessionState, TokenLink
 from app.users.models import User
 
 _sessions = table_of(Session)
 _tokens = table_of(RefreshToken)
 _users = table_of(User)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionState:
-    """A session joined with what decides whether it may still be used."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    email: str
-    role: str
-    user_active: bool
-    created_at: datetime
-    idle_expires_at: datetime
-    absolute_expires_at: datetime
-    revoked_at: datetime | None
-
-    def is_usable_at(self, now: datetime) -> bool:
-        return (
-            self.revoked_at is None
-            and self.user_active
-            and now < self.idle_expires_at
-            and now < self.absolute_expires_at
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLink:
-    """A refresh token row, its session's state, and its successor (if it has been rotated)."""
-
-    id: uuid.UUID
-    generation: int
-    used_at: datetime | None
-    session: SessionState
-    successor_id: uuid.UUID | None
-    successor_used_at: datetime | None
-
-    @property
-    def is_newest_parent(self) -> bool:
-        """Rotated once, and its successor not yet used: the parent of the session's newest
-        token (a replay of it inside the reuse interval is a retry)."""
-        return self.successor_id is not None and self.successor_used_at is None
 
 
 _SESSION_COLUMNS = (

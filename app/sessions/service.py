@@ -1,115 +1,369 @@
-"""Session lifecycle rules: when a session may be used, and how its idle deadline slides."""
+"""The session rules at work: authenticate a request's session, slide it, start, rotate,
+revoke and list sessions. No HTTP here; the database side is the store (and, inside a
+request's unit of work, the repository)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from app.auth.errors import SessionExpired, SessionRevoked
-from app.core.db import autocommit_connection
+from app.audit.service import announce, record
+from app.core.client import ClientInfo
+from app.core.clock import Clock
+from app.core.db import UnitOfWork
+from app.core.errors import UnauthorizedError
+from app.core.ratelimit import RateLimiter
 from app.sessions import repository
 from app.sessions.cache import SessionStateCache
-from app.sessions.errors import SessionNotFound
-from app.sessions.repository import SessionState
+from app.sessions.errors import (
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    SessionExpired,
+    SessionNotFound,
+    SessionRevoked,
+)
+from app.sessions.policy import SessionPolicy, SessionState, TokenLink, Unusable
+from app.sessions.store import Rotation, RotationRequest, SessionStart, SessionStore
+from app.sessions.tokens import RefreshTokenCodec
+from app.users.repository import UserRecord
 
 logger = logging.getLogger("app.sessions")
 
+# Called with the session a presented refresh token names, before anything changes: the
+# cookie transport's CSRF check lives behind it (this module never sees cookies or CSRF).
+SessionGuard = Callable[[uuid.UUID], None]
+
 
 @dataclass(frozen=True, slots=True)
-class SessionPolicy:
-    idle_timeout: timedelta
-    absolute_lifetime: timedelta
-    touch_interval: timedelta
+class IssuedSession:
+    """A session as a client may use it now: its state and its current refresh token."""
 
-    def new_deadlines(self, now: datetime) -> tuple[datetime, datetime]:
-        absolute = now + self.absolute_lifetime
-        return min(now + self.idle_timeout, absolute), absolute
+    session: SessionState
+    refresh_token: str
 
-    def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
-        return min(now + self.idle_timeout, state.absolute_expires_at)
 
-    def ensure_usable(self, state: SessionState | None, now: datetime) -> SessionState:
-        if state is None or state.revoked_at is not None or not state.user_active:
-            raise SessionRevoked()
-        if now >= state.idle_expires_at or now >= state.absolute_expires_at:
-            logger.info(
-                "session.expired",
-                extra={
-                    "session_id": str(state.id),
-                    "user_id": str(state.user_id),
-                    "deadline": "absolute" if now >= state.absolute_expires_at else "idle",
-                },
-            )
-            raise SessionExpired()
+class SessionService:
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        policy: SessionPolicy,
+        cache: SessionStateCache,
+        codec: RefreshTokenCodec,
+        limiter: RateLimiter,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self.policy = policy
+        self._cache = cache
+        self._codec = codec
+        self._limiter = limiter
+        self._clock = clock
+
+    # --- per request -------------------------------------------------------------------
+
+    async def authenticate(self, session_id: uuid.UUID, now: datetime) -> SessionState:
+        """The session named by an access token, if it may still be used: one indexed read,
+        or none while a recent read (see SessionStateCache) says it is usable."""
+        cached = self._cache.get(session_id)
+        if cached is not None and cached.is_usable_at(now):
+            return cached
+        state = self.require_usable(await self._store.load(session_id), now)
+        self._cache.put(state)
         return state
 
+    def require_usable(self, state: SessionState | None, now: datetime) -> SessionState:
+        if state is None:
+            raise SessionRevoked()
+        reason = state.check(now)
+        if reason is None:
+            return state
+        raise _refusal(state, reason)
 
-async def load_usable(
-    conn: AsyncConnection, policy: SessionPolicy, session_id: uuid.UUID, now: datetime
-) -> SessionState:
-    return policy.ensure_usable(await repository.get_session_state(conn, session_id), now)
+    async def touch(self, state: SessionState, now: datetime) -> bool:
+        """Slide the idle deadline after activity; returns whether the database was written.
 
-
-async def load_for_request(
-    engine: AsyncEngine,
-    policy: SessionPolicy,
-    cache: SessionStateCache,
-    session_id: uuid.UUID,
-    now: datetime,
-) -> SessionState:
-    """The session named by an access token, if it may still be used: one indexed read, or
-    none while a recent read (see SessionStateCache) says it is usable."""
-    cached = cache.get(session_id)
-    if cached is not None and cached.is_usable_at(now):
-        return cached
-    async with autocommit_connection(engine) as conn:
-        state = await load_usable(conn, policy, session_id, now)
-    cache.put(state)
-    return state
-
-
-async def touch(
-    engine: AsyncEngine,
-    policy: SessionPolicy,
-    cache: SessionStateCache,
-    state: SessionState,
-    now: datetime,
-) -> bool:
-    """Slide the idle deadline after activity; returns whether the database was written.
-
-    Coalesced: the write happens only when the stored deadline lags the ideal one by at least
-    the touch interval, so a busy session costs one UPDATE per interval and the stored deadline
-    is never more than one interval behind the truth. The UPDATE repeats that condition, so
-    concurrent requests (or replicas) do not each write the same row.
-    """
-    target = policy.slid_deadline(state, now)
-    lag_limit = target - policy.touch_interval
-    if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
-        return False
-    async with autocommit_connection(engine) as conn:
-        written = await repository.slide(
-            conn, state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
+        Coalesced: the write happens only when the stored deadline lags the ideal one by at
+        least the touch interval, so a busy session costs one UPDATE per interval and the
+        stored deadline is never more than one interval behind the truth. The UPDATE repeats
+        that condition, so concurrent requests (or replicas) do not each write the same row.
+        """
+        target = self.policy.slid_deadline(state, now)
+        lag_limit = target - self.policy.touch_interval
+        if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
+            return False
+        written = await self._store.slide(
+            state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
-    # Whether this request or a concurrent one moved it, the stored deadline is now this far.
-    cache.put(replace(state, idle_expires_at=target))
-    return written
+        # Whether this request or a concurrent one moved it, the stored deadline is now this far.
+        self._cache.put(replace(state, idle_expires_at=target))
+        return written
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def find_login_candidate(self, email: str) -> UserRecord | None:
+        """The account a login names, read before its password check (no transaction)."""
+        return await self._store.find_login_candidate(email)
+
+    async def find_account(self, user_id: uuid.UUID) -> UserRecord | None:
+        """The account, read outside any transaction (before a password check)."""
+        return await self._store.find_account(user_id)
+
+    async def start(
+        self, user: UserRecord, client: ClientInfo, device_name: str | None, now: datetime
+    ) -> IssuedSession | None:
+        """Start a session for a user whose password just matched, in one transaction of the
+        store, if the user is still as `user` says; None (nothing written) otherwise."""
+        session_id = uuid.uuid4()
+        idle, absolute = self.policy.new_deadlines(now)
+        refresh_token = self._codec.new_token(session_id)
+        started = await self._store.start(
+            SessionStart(
+                user_id=user.id,
+                password_hash=user.password_hash,
+                session_id=session_id,
+                token_id=uuid.uuid4(),
+                token_hash=self._codec.hash(refresh_token),
+                now=now,
+                idle_expires_at=idle,
+                absolute_expires_at=absolute,
+                device_name=device_name,
+                user_agent=client.stored_user_agent,
+                ip=client.ip,
+            )
+        )
+        if started is None:
+            return None
+        announce("login.succeeded", client=client, user_id=user.id, session_id=session_id)
+        state = _new_state(session_id, user.id, started.email, started.role, now, idle, absolute)
+        return IssuedSession(state, refresh_token)
+
+    async def start_in(
+        self,
+        uow: UnitOfWork,
+        user: UserRecord,
+        client: ClientInfo,
+        device_name: str | None,
+        now: datetime,
+    ) -> IssuedSession:
+        """Start a session inside the request's unit of work (the user row is locked there)."""
+        conn = await uow.connection()
+        session_id = uuid.uuid4()
+        idle, absolute = self.policy.new_deadlines(now)
+        await repository.insert_session(
+            conn,
+            session_id=session_id,
+            user_id=user.id,
+            device_name=device_name,
+            user_agent=client.stored_user_agent,
+            ip=client.ip,
+            now=now,
+            idle_expires_at=idle,
+            absolute_expires_at=absolute,
+        )
+        refresh_token = self._codec.new_token(session_id)
+        await repository.insert_refresh_token(
+            conn,
+            session_id=session_id,
+            token_hash=self._codec.hash(refresh_token),
+            parent_id=None,
+            generation=1,
+            now=now,
+        )
+        await record(
+            conn, "login.succeeded", now=now, client=client, user_id=user.id, session_id=session_id
+        )
+        state = _new_state(session_id, user.id, user.email, user.role, now, idle, absolute)
+        return IssuedSession(state, refresh_token)
+
+    # --- rotation ------------------------------------------------------------------------
+
+    async def rotate(
+        self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None
+    ) -> IssuedSession:
+        """Rotate a refresh token: its successor, or the same successor again for a retry
+        inside the reuse interval. A replay outside it revokes the session (theft).
+
+        One store call (one round trip on PostgreSQL); everything that can refuse without the
+        database (the guard, the per-session limit) runs first."""
+        codec = self._codec
+        session_id = codec.session_of(refresh_token) or await self._legacy_session_of(refresh_token)
+        if session_id is None:
+            raise RefreshTokenInvalid()
+        if guard is not None:
+            guard(session_id)
+        await self._limiter.check("refresh_session", str(session_id))
+        now = self._clock.now()
+        successor = codec.successor(refresh_token, session_id)
+        result = await self._store.rotate(
+            RotationRequest(
+                session_id=session_id,
+                token_hash=codec.hash(refresh_token),
+                successor_id=uuid.uuid4(),
+                successor_hash=codec.hash(successor),
+                now=now,
+                policy=self.policy,
+                ip=client.ip,
+                user_agent=client.stored_user_agent,
+            )
+        )
+        state = await self._after_rotation(result, client, now)
+        return IssuedSession(state, successor)
+
+    async def _after_rotation(
+        self, result: Rotation, client: ClientInfo, now: datetime
+    ) -> SessionState:
+        state = result.session
+        if result.outcome == "invalid" or state is None:
+            raise RefreshTokenInvalid()
+        if result.outcome == "unusable":
+            self.require_usable(state, now)
+            raise SessionRevoked()  # pragma: no cover - require_usable raised already
+        if result.outcome == "reused":
+            self._cache.clear()  # the revocation is committed already
+            _announce(
+                "refresh.reuse_detected",
+                state,
+                client,
+                reuse_class=result.reuse_class,
+                generation=result.generation,
+            )
+            raise RefreshTokenReused()
+        await self._count_for_limit(state.id)
+        if result.outcome == "rotated":
+            _announce("refresh.rotated", state, client, generation=result.generation)
+        else:
+            _announce("refresh.retried", state, client, reuse_class=result.reuse_class)
+        return state
+
+    async def _count_for_limit(self, session_id: uuid.UUID) -> None:
+        # The rotation is committed: a limiter outage (Redis) must not turn it into an error.
+        try:
+            await self._limiter.count("refresh_session", str(session_id))
+        except Exception as exc:
+            logger.warning("ratelimit.count_failed", extra={"error_type": type(exc).__name__})
+
+    async def _legacy_session_of(self, refresh_token: str) -> uuid.UUID | None:
+        """The session of a token issued before tokens named their session: one extra read."""
+        return await self._store.session_of_token(self._codec.hash(refresh_token))
+
+    async def load(self, session_id: uuid.UUID) -> SessionState | None:
+        """The stored session, uncached (for introspection; nothing changes)."""
+        return await self._store.load(session_id)
+
+    async def describe_refresh_token(self, refresh_token: str) -> TokenLink | None:
+        """The stored link of a refresh token, for introspection (nothing changes)."""
+        return await self._store.find_token_link(self._codec.hash(refresh_token))
+
+    # --- ending --------------------------------------------------------------------------
+
+    async def revoke(
+        self,
+        uow: UnitOfWork,
+        *,
+        reason: str,
+        session_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        except_session: uuid.UUID | None = None,
+    ) -> list[uuid.UUID]:
+        """Revoke one session, or a user's live sessions (optionally but one), in the unit of
+        work; once it commits, this process stops trusting cached session rows (a clear
+        before the commit would let a concurrent request re-cache the old state)."""
+        revoked = await repository.revoke_sessions(
+            await uow.connection(),
+            now=self._clock.now(),
+            reason=reason,
+            session_id=session_id,
+            user_id=user_id,
+            except_session=except_session,
+        )
+        uow.after_commit(self._cache.clear)
+        return revoked
+
+    async def revoke_own(self, uow: UnitOfWork, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        """Revoke one of the user's own sessions; anyone else's is reported as not found."""
+        state = await repository.get_session_state(await uow.connection(), session_id)
+        if state is None or state.user_id != user_id or state.revoked_at is not None:
+            raise SessionNotFound()
+        await self.revoke(uow, reason="revoked_by_user", session_id=session_id)
+
+    async def session_of_refresh_token(
+        self, uow: UnitOfWork, refresh_token: str, guard: SessionGuard
+    ) -> SessionState:
+        """The session a refresh token belongs to, locked in the unit of work (so that a
+        logout is ordered after any refresh of it in flight), once `guard` accepted it."""
+        conn = await uow.connection()
+        token_hash = self._codec.hash(refresh_token)
+        # The same lock order as every other writer of a session: the session row first.
+        if not await repository.lock_session_of_token(conn, token_hash):
+            raise RefreshTokenInvalid()
+        link = await repository.find_token_link(conn, token_hash)
+        if link is None:  # pragma: no cover - pruned between the two statements
+            raise RefreshTokenInvalid()
+        guard(link.session.id)
+        return link.session
+
+    # --- inspection and upkeep -----------------------------------------------------------
+
+    async def list_devices(
+        self, uow: UnitOfWork, user_id: uuid.UUID
+    ) -> list[repository.DeviceSession]:
+        return await repository.list_live_sessions(
+            await uow.connection(), user_id, now=self._clock.now()
+        )
+
+    async def count_live(self) -> int:
+        return await self._store.count_live(self._clock.now())
+
+    async def prune(self, retention: int | None) -> tuple[int, int]:
+        """Delete dead sessions and, with `retention` (seconds), tokens used before then."""
+        now = self._clock.now()
+        used_before = None if retention is None else now - timedelta(seconds=retention)
+        sessions, tokens = await self._store.prune(now, used_before)
+        logger.info(
+            "prune.completed", extra={"sessions_deleted": sessions, "tokens_deleted": tokens}
+        )
+        return sessions, tokens
 
 
-async def list_devices(
-    conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime
-) -> list[repository.DeviceSession]:
-    return await repository.list_live_sessions(conn, user_id, now=now)
+def _announce(event: str, state: SessionState, client: ClientInfo, **details: object) -> None:
+    announce(event, client=client, user_id=state.user_id, session_id=state.id, **details)
 
 
-async def revoke_device(
-    conn: AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID, *, now: datetime
-) -> None:
-    """Revoke one of the user's own sessions; anyone else's is reported as not found."""
-    state = await repository.get_session_state(conn, session_id)
-    if state is None or state.user_id != user_id or state.revoked_at is not None:
-        raise SessionNotFound()
-    await repository.revoke_sessions(conn, now=now, reason="revoked_by_user", session_id=session_id)
+def _refusal(state: SessionState, reason: Unusable) -> UnauthorizedError:
+    if not reason.is_expiry:
+        return SessionRevoked()
+    logger.info(
+        "session.expired",
+        extra={
+            "session_id": str(state.id),
+            "user_id": str(state.user_id),
+            "deadline": "absolute" if reason is Unusable.absolute_deadline else "idle",
+        },
+    )
+    return SessionExpired()
+
+
+def _new_state(
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    email: str,
+    role: str,
+    now: datetime,
+    idle_expires_at: datetime,
+    absolute_expires_at: datetime,
+) -> SessionState:
+    return SessionState(
+        id=session_id,
+        user_id=user_id,
+        email=email,
+        role=role,
+        user_active=True,
+        created_at=now,
+        idle_expires_at=idle_expires_at,
+        absolute_expires_at=absolute_expires_at,
+        revoked_at=None,
+    )

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import autocommit_connection, driver_connection, on_asyncpg, table_of
+from app.core.db import table_of
 from app.users.models import User
 
 _users = table_of(User)
@@ -38,27 +37,11 @@ _COLUMNS = (
 )
 
 
-_BY_EMAIL = select(*_COLUMNS).where(_users.c.email == bindparam("email"))
-# A login's first read (before the hash) goes straight through the driver on PostgreSQL:
-# SQLAlchemy's execution path costs more CPU than the query itself (docs/performance.md).
-_BY_EMAIL_ASYNCPG = str(_BY_EMAIL.compile(dialect=PGDialect_asyncpg()))  # type: ignore[no-untyped-call]
-
-
-async def find_login_candidate(engine: AsyncEngine, email: str) -> UserRecord | None:
-    """`get_by_email` for the login path, each statement committing on its own."""
-    if not on_asyncpg(engine):
-        async with autocommit_connection(engine) as conn:
-            return await get_by_email(conn, email)
-    async with driver_connection(engine) as conn:
-        row = await conn.fetchrow(_BY_EMAIL_ASYNCPG, email)
-    if row is None:
-        return None
-    user_id, *rest = row
-    return UserRecord(uuid.UUID(bytes=user_id.bytes), *rest)
+BY_EMAIL = select(*_COLUMNS).where(_users.c.email == bindparam("email"))
 
 
 async def get_by_email(conn: AsyncConnection, email: str) -> UserRecord | None:
-    row = (await conn.execute(_BY_EMAIL, {"email": email})).first()
+    row = (await conn.execute(BY_EMAIL, {"email": email})).first()
     return UserRecord(*row) if row else None
 
 

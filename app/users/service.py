@@ -1,4 +1,5 @@
-"""User lifecycle: creation, activation, password changes. Used by the CLI and the API."""
+"""Users: email and password rules, creation, lookups, password storage. Used by the CLI and
+the API; what also touches sessions (deactivation, password changes) is app.account.service."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.security import PasswordHasher
-from app.sessions import repository as sessions
 from app.users import repository
 from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, UserNotFound
 
@@ -79,20 +79,6 @@ async def insert_new_user(
         raise EmailTaken() from exc
 
 
-async def create_user(
-    conn: AsyncConnection,
-    hasher: PasswordHasher,
-    *,
-    email: str,
-    password: str,
-    role: str,
-    now: datetime,
-) -> uuid.UUID:
-    check_email(email)
-    password_hash = await hash_new_password(hasher, password)
-    return await insert_new_user(conn, email=email, password_hash=password_hash, now=now, role=role)
-
-
 async def require_by_email(conn: AsyncConnection, email: str) -> repository.UserRecord:
     user = await repository.get_by_email(conn, normalize_email(email))
     if user is None:
@@ -107,45 +93,10 @@ async def require_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> repository
     return user
 
 
-async def set_active(conn: AsyncConnection, email: str, *, active: bool, now: datetime) -> int:
-    """Activate or deactivate; deactivation revokes every session at once."""
-    user = await require_by_email(conn, email)
-    return await set_active_by_id(conn, user.id, active=active, now=now)
-
-
-async def set_active_by_id(
-    conn: AsyncConnection, user_id: uuid.UUID, *, active: bool, now: datetime
-) -> int:
-    await repository.set_active(conn, user_id, active=active)
-    if active:
-        return 0
-    revoked = await sessions.revoke_sessions(
-        conn, now=now, reason="user_deactivated", user_id=user_id
-    )
-    return len(revoked)
-
-
-async def set_password(
-    conn: AsyncConnection, hasher: PasswordHasher, email: str, password: str, *, now: datetime
-) -> int:
-    """Replace the password and revoke every session, since the old password may be known."""
-    check_password_policy(password)
-    user = await require_by_email(conn, email)
-    return await replace_password_hash(conn, user.id, await hasher.hash(password), now=now)
-
-
 async def replace_password_hash(
-    conn: AsyncConnection,
-    user_id: uuid.UUID,
-    password_hash: str,
-    *,
-    now: datetime,
-    keep_session: uuid.UUID | None = None,
-) -> int:
-    """Store a new hash and revoke the user's sessions (all, or all but `keep_session`)."""
+    conn: AsyncConnection, user_id: uuid.UUID, password_hash: str, *, now: datetime
+) -> None:
+    """Store a new hash; earlier failures no longer count. (Revoking the sessions the old
+    password opened is the caller's part: see app.account.service.)"""
     await repository.set_password_hash(conn, user_id, password_hash, now=now)
     await repository.reset_login_failures(conn, user_id)
-    revoked = await sessions.revoke_sessions(
-        conn, now=now, reason="password_changed", user_id=user_id, except_session=keep_session
-    )
-    return len(revoked)

@@ -38,6 +38,7 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "RATE_LIMITS_ENABLED": "false",  # tests of the limits turn them on
         "SESSION_CACHE_TTL": "0",  # tests of the cache turn it on
+        "PASSWORD_HASH_PROFILE": "test",  # near-free argon2, as make_settings
         **extra,
     }
 
@@ -107,16 +108,20 @@ async def create_user_in(database_url: str, *, prefix: str = "user", role: str =
     from app.core.clock import Clock
     from app.core.db import create_engine
     from app.core.security import PasswordHasher
+    from app.core.settings import PasswordHashProfile
     from app.users import service as users
     from tests.conftest import PASSWORD
 
     email = f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
     engine = create_engine(database_url)
+    hasher = PasswordHasher(profile=PasswordHashProfile.test)  # as the servers (server_env)
     try:
+        password_hash = await hasher.hash(PASSWORD)
         async with engine.begin() as conn:
-            await users.create_user(
-                conn, PasswordHasher(), email=email, password=PASSWORD, role=role, now=Clock().now()
+            await users.insert_new_user(
+                conn, email=email, password_hash=password_hash, role=role, now=Clock().now()
             )
     finally:
+        hasher.close()
         await engine.dispose()
     return email

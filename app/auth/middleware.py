@@ -1,9 +1,10 @@
-"""The sliding-session middleware: authenticates every request that carries an access token.
+"""The identity middleware: turns a request's access token into an identity, and slides the
+session once the request succeeded.
 
 Pure ASGI: it keeps no per-request state on the instance, and hands the verified identity to
 routes through `scope["state"]["auth"]`. A request counts as activity, and slides the session,
 only once it has succeeded (2xx): a 404, a redirect or a refused request does not keep a
-session alive, and neither do the passive routes (session-status).
+session alive, and neither do passive routes (see app.core.exposure).
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.errors import InvalidToken
-from app.auth.tokens import AccessClaims
-from app.context import AppContext
+from app.auth.tokens import AccessClaims, AccessTokenCodec
+from app.core.clock import Clock
+from app.core.components import components_of
 from app.core.errors import (
     DomainError,
     ServiceUnavailableError,
     domain_error_response,
     is_database_unavailable,
 )
+from app.core.exposure import ExposureMap
 from app.core.middleware import route_path
-from app.sessions.repository import SessionState
-from app.sessions.service import load_for_request, touch
+from app.sessions.policy import SessionState
+from app.sessions.service import SessionService
 
-logger = logging.getLogger("app.sessions")
+logger = logging.getLogger("app.auth")
 AUTH_STATE_KEY = "auth"
 
 
@@ -36,32 +39,24 @@ class Authenticated:
     session: SessionState
 
 
-class SlidingSessionMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        public_paths: frozenset[str],
-        passive_paths: frozenset[str],
-    ) -> None:
+class IdentityMiddleware:
+    def __init__(self, app: ASGIApp, *, exposure: ExposureMap) -> None:
         self.app = app
-        # Routes that never look at an access token (login, refresh, health, docs).
-        self.public_paths = public_paths
-        # Routes that authenticate but are not user activity, so they must not slide.
-        self.passive_paths = passive_paths
+        self.exposure = exposure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
-        token = None if path in self.public_paths else bearer_token(scope)
+        token = None if path in self.exposure.public_paths else bearer_token(scope)
         if token is None:
             await self.app(scope, receive, send)
             return
-        ctx: AppContext = scope["app"].state.ctx
+        components = components_of(scope["app"])
+        sessions, clock = components.get(SessionService), components.get(Clock)
         try:
-            auth = await self._authenticate(ctx, token)
+            auth = await _authenticate(components.get(AccessTokenCodec), sessions, clock, token)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
@@ -72,7 +67,7 @@ class SlidingSessionMiddleware:
             await domain_error_response(ServiceUnavailableError())(scope, receive, send)
             return
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
-        if path in self.passive_paths:
+        if path in self.exposure.passive_paths:
             await self.app(scope, receive, send)
             return
         status = 0
@@ -85,33 +80,31 @@ class SlidingSessionMiddleware:
 
         await self.app(scope, receive, send_and_watch)
         if 200 <= status < 300:
-            await self._slide(ctx, auth)
+            await _slide(sessions, clock, auth)
 
-    @staticmethod
-    async def _authenticate(ctx: AppContext, token: str) -> Authenticated:
-        now = ctx.clock.now()
-        claims = ctx.access_codec.verify(token, now=now)
-        state = await load_for_request(
-            ctx.engine, ctx.policy, ctx.session_cache, claims.session_id, now
-        )
-        if state.user_id != claims.user_id:
-            raise InvalidToken()
-        return Authenticated(claims=claims, session=state)
 
-    @staticmethod
-    async def _slide(ctx: AppContext, auth: Authenticated) -> None:
-        # The response has been sent: a failure here can only be logged. The next request
-        # will slide instead, well inside the idle timeout.
-        try:
-            if await touch(
-                ctx.engine, ctx.policy, ctx.session_cache, auth.session, ctx.clock.now()
-            ):
-                logger.debug("session.slid", extra={"session_id": str(auth.session.id)})
-        except Exception as exc:  # never raise once the response is out: log, and go on
-            if is_database_unavailable(exc):
-                logger.warning("session.slide_failed", extra={"error_type": type(exc).__name__})
-            else:
-                logger.exception("session.slide_failed")
+async def _authenticate(
+    codec: AccessTokenCodec, sessions: SessionService, clock: Clock, token: str
+) -> Authenticated:
+    now = clock.now()
+    claims = codec.verify(token, now=now)
+    state = await sessions.authenticate(claims.session_id, now)
+    if state.user_id != claims.user_id:
+        raise InvalidToken()
+    return Authenticated(claims=claims, session=state)
+
+
+async def _slide(sessions: SessionService, clock: Clock, auth: Authenticated) -> None:
+    # The response has been sent: a failure here can only be logged. The next request will
+    # slide instead, well inside the idle timeout.
+    try:
+        if await sessions.touch(auth.session, clock.now()):
+            logger.debug("session.slid", extra={"session_id": str(auth.session.id)})
+    except Exception as exc:  # never raise once the response is out: log, and go on
+        if is_database_unavailable(exc):
+            logger.warning("session.slide_failed", extra={"error_type": type(exc).__name__})
+        else:
+            logger.exception("session.slide_failed")
 
 
 def bearer_token(scope: Scope) -> str | None:

@@ -1,0 +1,106 @@
+"""Account self-service: your password, your device sessions, and (when enabled) sign-up."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.account.dependencies import AccountServiceDep
+from app.account.schemas import ChangePasswordRequest, RegisterRequest
+from app.account.service import Actor
+from app.audit.service import record
+from app.auth.dependencies import CurrentSession
+from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, SettingsDep
+from app.core.exposure import public
+from app.sessions.dependencies import SessionServiceDep
+from app.sessions.schemas import DeviceSessionOut
+from app.users.errors import RegistrationClosed
+from app.users.schemas import UserOut
+
+router = APIRouter(prefix="/auth", tags=["account"])
+sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={403: {"description": "`invalid_current_password`"}},
+)
+async def change_password(
+    body: ChangePasswordRequest,
+    auth: CurrentSession,
+    accounts: AccountServiceDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> Response:
+    """Change your password; every other session is revoked (this one stays)."""
+    await accounts.change_password(
+        uow,
+        Actor(client, session_id=auth.session.id),
+        auth.session.user_id,
+        current_password=body.current_password,
+        new_password=body.new_password,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        403: {"description": "`registration_closed`"},
+        409: {"description": "`email_taken`"},
+    },
+)
+@public
+async def register(
+    body: RegisterRequest,
+    accounts: AccountServiceDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> UserOut:
+    """Create an account (only when ALLOW_REGISTRATION=true)."""
+    if not settings.allow_registration:
+        raise RegistrationClosed()
+    await limiter.hit("login_ip", client.ip or "unknown")
+    user_id, email = await accounts.register(uow, client, body.email, body.password)
+    return UserOut(id=user_id, email=email, role="user", is_active=True)
+
+
+@sessions_router.get("")
+async def list_sessions(
+    auth: CurrentSession, sessions: SessionServiceDep, uow: DbSession
+) -> list[DeviceSessionOut]:
+    """Your live sessions, newest first; `current` marks the one making this request."""
+    devices = await sessions.list_devices(uow, auth.session.user_id)
+    return [DeviceSessionOut.of(d, auth.session.id) for d in devices]
+
+
+@sessions_router.delete(
+    "/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "`session_not_found`: not a live session of yours"}},
+)
+async def revoke_session(
+    session_id: uuid.UUID,
+    auth: CurrentSession,
+    sessions: SessionServiceDep,
+    clock: ClockDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> Response:
+    """End one of your sessions: its refresh token and access tokens stop working at once."""
+    await sessions.revoke_own(uow, auth.session.user_id, session_id)
+    await record(
+        await uow.connection(),
+        "session.revoked",
+        now=clock.now(),
+        client=client,
+        user_id=auth.session.user_id,
+        session_id=session_id,
+        by="user",
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,145 @@
+"""What a user (or an admin, or the CLI) does to an account that also ends sessions:
+password changes, deactivation; and account creation. Passwords are hashed before the unit of
+work opens: a hash takes tens of milliseconds, and on SQLite an open transaction holds the one
+write lock for all of it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from app.audit.service import record
+from app.core.client import ClientInfo
+from app.core.clock import Clock
+from app.core.db import UnitOfWork
+from app.core.security import PasswordHasher
+from app.sessions.service import SessionService
+from app.users import repository, service
+from app.users.errors import UserNotFound, WrongCurrentPassword
+from app.users.repository import UserRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts on an account, for the audit trail."""
+
+    client: ClientInfo
+    session_id: uuid.UUID | None = None
+    admin_id: uuid.UUID | None = None
+    # The operator's CLI has never written audit rows (its shell history is its trail); the
+    # API always does.
+    audited: bool = True
+
+
+class AccountService:
+    def __init__(self, *, passwords: PasswordHasher, sessions: SessionService, clock: Clock):
+        self._passwords = passwords
+        self._sessions = sessions
+        self._clock = clock
+
+    async def create_user(
+        self, uow: UnitOfWork, *, email: str, password: str, role: str = "user"
+    ) -> uuid.UUID:
+        email = service.check_email(email)
+        password_hash = await service.hash_new_password(self._passwords, password)
+        return await service.insert_new_user(
+            await uow.connection(),
+            email=email,
+            password_hash=password_hash,
+            now=self._clock.now(),
+            role=role,
+        )
+
+    async def register(
+        self, uow: UnitOfWork, client: ClientInfo, email: str, password: str
+    ) -> tuple[uuid.UUID, str]:
+        """Self-registration; returns the new user's id and stored (normalised) email."""
+        user_id = await self.create_user(uow, email=email, password=password)
+        await record(
+            await uow.connection(),
+            "user.registered",
+            now=self._clock.now(),
+            client=client,
+            user_id=user_id,
+        )
+        return user_id, service.normalize_email(email)
+
+    async def change_password(
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        user_id: uuid.UUID,
+        *,
+        current_password: str,
+        new_password: str,
+    ) -> None:
+        """Check the current password, store the new one, and revoke every other session."""
+        user = await self._sessions.find_account(user_id)
+        if user is None:
+            raise UserNotFound()
+        valid, _ = await self._passwords.verify_and_update(current_password, user.password_hash)
+        if not valid:
+            raise WrongCurrentPassword()
+        new_hash = await service.hash_new_password(self._passwords, new_password)
+        await self._replace_password(uow, actor, user, new_hash, keep_session=actor.session_id)
+
+    async def set_password(self, uow: UnitOfWork, actor: Actor, email: str, password: str) -> int:
+        """An operator's reset: the new password, and every session revoked."""
+        service.check_password_policy(password)
+        new_hash = await self._passwords.hash(password)
+        user = await service.require_by_email(await uow.connection(), email)
+        return await self._replace_password(uow, actor, user, new_hash, keep_session=None)
+
+    async def _replace_password(
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        user: UserRecord,
+        new_hash: str,
+        *,
+        keep_session: uuid.UUID | None,
+    ) -> int:
+        now = self._clock.now()
+        conn = await uow.connection()
+        await service.replace_password_hash(conn, user.id, new_hash, now=now)
+        revoked = await self._sessions.revoke(
+            uow, reason="password_changed", user_id=user.id, except_session=keep_session
+        )
+        if not actor.audited:
+            return len(revoked)
+        await record(
+            conn,
+            "password.changed",
+            now=now,
+            client=actor.client,
+            user_id=user.id,
+            session_id=actor.session_id,
+            sessions_revoked=len(revoked),
+        )
+        return len(revoked)
+
+    async def set_active(
+        self, uow: UnitOfWork, actor: Actor, user_id: uuid.UUID, *, active: bool
+    ) -> tuple[UserRecord, int]:
+        """Activate or deactivate; deactivation revokes every session at once. Returns the
+        user as it was, and how many sessions were revoked."""
+        conn = await uow.connection()
+        user = await service.require_by_id(conn, user_id)
+        await repository.set_active(conn, user_id, active=active)
+        revoked = []
+        if not active:
+            revoked = await self._sessions.revoke(uow, reason="user_deactivated", user_id=user_id)
+        if not actor.audited:
+            return user, len(revoked)
+        details = {} if actor.admin_id is None else {"by": str(actor.admin_id)}
+        await record(
+            conn,
+            "user.activated" if active else "user.deactivated",
+            now=self._clock.now(),
+            client=actor.client,
+            user_id=user_id,
+            session_id=actor.session_id,
+            sessions_revoked=len(revoked),
+            **details,
+        )
+        return user, len(revoked)

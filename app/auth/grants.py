@@ -1,0 +1,50 @@
+"""What a login or a refresh hands out: an access token for a session and its refresh token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.auth.tokens import AccessTokenCodec, IssuedAccessToken
+from app.sessions.policy import SessionState
+from app.sessions.service import IssuedSession
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    access: IssuedAccessToken
+    refresh_token: str
+    session: SessionState
+    now: datetime
+
+    @property
+    def refresh_expires_in(self) -> int:
+        return seconds_until(
+            min(self.session.idle_expires_at, self.session.absolute_expires_at), self.now
+        )
+
+    @property
+    def refresh_after(self) -> datetime:
+        return refresh_after(self.now, self.access.expires_at)
+
+
+def grant_for(codec: AccessTokenCodec, issued: IssuedSession, now: datetime) -> TokenGrant:
+    state = issued.session
+    access = codec.issue(
+        user_id=state.user_id,
+        session_id=state.id,
+        role=state.role,
+        now=now,
+        not_after=state.absolute_expires_at,
+    )
+    return TokenGrant(access=access, refresh_token=issued.refresh_token, session=state, now=now)
+
+
+def refresh_after(issued_at: datetime, expires_at: datetime) -> datetime:
+    """Refresh once four fifths of the token's life have passed: early enough to absorb a slow
+    network, late enough not to rotate needlessly."""
+    return expires_at - (expires_at - issued_at) / 5
+
+
+def seconds_until(moment: datetime, now: datetime) -> int:
+    return max(0, int((moment - now).total_seconds()))

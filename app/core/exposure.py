@@ -1,0 +1,62 @@
+"""Each route says, next to its definition, how it treats an access token:
+
+- `@public`: never looks at one (login, refresh, health, docs, keys): a stale token sent
+  along must not turn a login into a 401;
+- `@passive`: authenticates, but is not user activity, so it never slides the session
+  (session-status: polling must not keep a session alive);
+- undeclared: authenticated when a token is present, and a success slides the session.
+
+Put the marker under the route decorator. The application factory reads the markers once,
+from its routers' routes (`exposure_of`), for the identity middleware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from starlette.routing import BaseRoute, Route
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ATTRIBUTE = "__authsvc_exposure__"
+
+
+class Exposure(StrEnum):
+    public = "public"
+    passive = "passive"
+    authenticated = "authenticated"
+
+
+def _marker(kind: Exposure) -> Callable[[F], F]:
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, _ATTRIBUTE, kind)
+        return endpoint
+
+    return mark
+
+
+public = _marker(Exposure.public)
+passive = _marker(Exposure.passive)
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureMap:
+    public_paths: frozenset[str]
+    passive_paths: frozenset[str]
+
+
+def exposure_of(routes: Iterable[BaseRoute], *, also_public: Iterable[str] = ()) -> ExposureMap:
+    """The paths of the routes marked public or passive (`also_public`: framework routes
+    such as /docs, which carry no marker)."""
+    public_paths, passive_paths = set(also_public), set()
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        kind = getattr(route.endpoint, _ATTRIBUTE, Exposure.authenticated)
+        if kind is Exposure.public:
+            public_paths.add(route.path)
+        elif kind is Exposure.passive:
+            passive_paths.add(route.path)
+    return ExposureMap(frozenset(public_paths), frozenset(passive_paths))

@@ -1,0 +1,98 @@
+"""What a session is, and the one rule that says whether it may still be used.
+
+The same rule runs in three places that must agree: here (`SessionState.check`), in the
+portable store (SQLite) which calls it, and in the PostgreSQL functions (app/sessions/sql/).
+tests/sessions/test_store_rules.py runs every rule through both stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Unusable(StrEnum):
+    """Why a session may not be used, in the order the rule checks."""
+
+    revoked = "revoked"
+    user_inactive = "user_inactive"
+    absolute_deadline = "absolute_deadline"
+    idle_deadline = "idle_deadline"
+
+    @property
+    def is_expiry(self) -> bool:
+        return self in (Unusable.absolute_deadline, Unusable.idle_deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """A session joined with what decides whether it may still be used."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    role: str
+    user_active: bool
+    created_at: datetime
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+    revoked_at: datetime | None
+
+    def check(self, now: datetime) -> Unusable | None:
+        """None if the session may be used at `now`, else why not."""
+        if self.revoked_at is not None:
+            return Unusable.revoked
+        if not self.user_active:
+            return Unusable.user_inactive
+        if now >= self.absolute_expires_at:
+            return Unusable.absolute_deadline
+        if now >= self.idle_expires_at:
+            return Unusable.idle_deadline
+        return None
+
+    def is_usable_at(self, now: datetime) -> bool:
+        return self.check(now) is None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLink:
+    """A refresh token row, its session's state, and its successor (if it has been rotated)."""
+
+    id: uuid.UUID
+    generation: int
+    used_at: datetime | None
+    session: SessionState
+    successor_id: uuid.UUID | None
+    successor_used_at: datetime | None
+
+    @property
+    def is_newest_parent(self) -> bool:
+        """Rotated once, and its successor not yet used: the parent of the session's newest
+        token (a replay of it inside the reuse interval is a retry)."""
+        return self.successor_id is not None and self.successor_used_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    idle_timeout: timedelta
+    absolute_lifetime: timedelta
+    touch_interval: timedelta
+    reuse_interval: timedelta
+
+    def new_deadlines(self, now: datetime) -> tuple[datetime, datetime]:
+        absolute = now + self.absolute_lifetime
+        return min(now + self.idle_timeout, absolute), absolute
+
+    def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
+        return min(now + self.idle_timeout, state.absolute_expires_at)
+
+    def is_retry(self, link: TokenLink, now: datetime) -> bool:
+        """The newest used token, presented again within the reuse interval: a retry or a
+        race, answered with the same successor. Anything else used is a replay (theft)."""
+        return (
+            link.used_at is not None
+            and link.is_newest_parent
+            and now - link.used_at <= self.reuse_interval
+        )
