@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -326,7 +326,7 @@ async def test_login_then_reload_stays_logged_in(context: BrowserContext, servic
     assert watch.errors == []
 
 
-async def test_access_token_expiry_passes_unnoticed_while_clicking(
+async def _access_token_expiry_passes_unnoticed_while_clicking(
     context: BrowserContext, service: Service
 ) -> None:
     """(b) 5 s access tokens expire several times while the user works, unnoticed: proactive
@@ -374,7 +374,7 @@ async def test_access_token_expiry_passes_unnoticed_while_clicking(
     assert watch.errors == []
 
 
-async def test_network_blip_during_refresh_is_retried_not_a_logout(
+async def _network_blip_during_refresh_is_retried_not_a_logout(
     context: BrowserContext, service: Service
 ) -> None:
     """A refresh that fails for network reasons is retried with backoff; the request that
@@ -491,7 +491,7 @@ async def test_logout_in_one_tab_logs_out_the_others_within_2s(
     assert watch.errors == []
 
 
-async def test_idle_timeout_shows_session_expired(
+async def _idle_timeout_shows_session_expired(
     context: BrowserContext, idle_service: Service
 ) -> None:
     """(e) With no activity the session dies at its idle timeout and both open tabs say so,
@@ -530,6 +530,31 @@ async def test_idle_timeout_shows_session_expired(
     await settled(page)
     await expect(page.locator("#status")).to_have_text("session expired")
     assert watch.errors == []
+
+
+Scenario = Callable[[BrowserContext, Service], Awaitable[None]]
+
+
+async def test_scenarios_that_wait_on_real_time(
+    browser: Browser, service: Service, idle_service: Service
+) -> None:
+    """Token expiry while clicking (b), a network blip during a refresh, and the idle timeout
+    (e) spend most of their time waiting for real clocks (5 s tokens, a 10 s idle timeout),
+    so they run side by side, each in its own browser context: cookies are kept per host, not
+    per port, and each scenario must see only its own. The first failure cancels the others."""
+
+    async def run(scenario: Scenario, svc: Service) -> None:
+        context = await browser.new_context()
+        context.set_default_timeout(10_000)
+        try:
+            await scenario(context, svc)
+        finally:
+            await context.close()
+
+    async with asyncio.TaskGroup() as scenarios:
+        scenarios.create_task(run(_idle_timeout_shows_session_expired, idle_service))
+        scenarios.create_task(run(_access_token_expiry_passes_unnoticed_while_clicking, service))
+        scenarios.create_task(run(_network_blip_during_refresh_is_retried_not_a_logout, service))
 
 
 class _AttackerPage(BaseHTTPRequestHandler):
