@@ -21,13 +21,14 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import Actor
 from app.context import AppContext
 from app.core import migrate
 from app.core.client import ClientInfo
 from app.core.clock import FrozenClock
-from app.core.db import UnitOfWork
+from app.core.db import UnitOfWork, create_engine
 from app.core.logging import JsonFormatter
 from app.core.security import PasswordHasher
 from app.core.settings import Environment, Settings
@@ -343,10 +344,16 @@ async def _remember_issued_tokens(response: httpx.Response) -> None:
 
 
 async def start_harness(
-    settings: Settings, root_path: str = "", *, passwords: PasswordHasher | None = None
+    settings: Settings,
+    root_path: str = "",
+    *,
+    passwords: PasswordHasher | None = None,
+    engine: AsyncEngine | None = None,
 ) -> AsyncIterator[Harness]:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
-    app = create_app(settings, clock=clock, configure_logs=False, passwords=passwords)
+    app = create_app(
+        settings, clock=clock, engine=engine, configure_logs=False, passwords=passwords
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000), root_path=root_path)
         async with httpx.AsyncClient(
@@ -357,9 +364,24 @@ async def start_harness(
             yield Harness(app=app, client=client, clock=clock)
 
 
+@pytest.fixture(scope="session")
+async def shared_engines() -> AsyncIterator[dict[str, AsyncEngine]]:
+    """One engine (connection pool) per database for the whole run, as one service process
+    has: each test's app then starts without opening connections of its own."""
+    engines: dict[str, AsyncEngine] = {}
+    yield engines
+    for engine in engines.values():
+        await engine.dispose()
+
+
 @pytest.fixture
-async def harness(database_url: str) -> AsyncIterator[Harness]:
-    async for h in start_harness(make_settings(database_url)):
+async def harness(
+    database_url: str, shared_engines: dict[str, AsyncEngine]
+) -> AsyncIterator[Harness]:
+    if database_url not in shared_engines:
+        shared_engines[database_url] = create_engine(database_url)
+    engine = shared_engines[database_url]
+    async for h in start_harness(make_settings(database_url), engine=engine):
         yield h
 
 
