@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test lint typecheck unit install bench clean
+.PHONY: run test static lint typecheck unit install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,9 +19,13 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-## The whole test suite: lint (ruff, import-linter architecture contracts), strict typing,
-## then every test on SQLite and PostgreSQL.
-test: lint typecheck unit
+## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
+## and every test on SQLite and PostgreSQL. The static checks run beside pytest (two cores;
+## pytest mostly waits on servers and browsers); output is grouped per step.
+test: install
+	@$(MAKE) --no-print-directory -j2 --output-sync=target static unit
+
+static: lint typecheck
 
 lint: install
 	$(VENV)/bin/ruff check app tests migrations bench

@@ -24,7 +24,7 @@ from tests.conftest import (
     make_settings,
     start_harness,
 )
-from tests.support.servers import uvicorn_server
+from tests.support.servers import started_together, uvicorn_server
 
 PROXY = "203.0.113.7"  # the test transport's peer address, trusted as a proxy below
 
@@ -192,10 +192,9 @@ async def test_rate_limits_are_shared_through_redis(postgres_url: str) -> None:
         "RATE_LIMIT_NAMESPACE": f"test-{uuid.uuid4().hex}",
         "RATE_LIMIT_LOGIN_IP": "4/hour",
     }
-    with (
-        uvicorn_server(postgres_url, env=env) as (a, _),
-        uvicorn_server(postgres_url, env=env) as (b, _),
-    ):
+    with started_together(
+        uvicorn_server(postgres_url, env=env), uvicorn_server(postgres_url, env=env)
+    ) as [(a, _), (b, _)]:
         async with httpx.AsyncClient(timeout=30) as client:
             body = {"email": email, "password": PASSWORD}
             statuses = [

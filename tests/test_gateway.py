@@ -21,7 +21,7 @@ from app.core.db import table_of
 from app.keys import service as keys
 from app.users.models import User
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
-from tests.support.servers import uvicorn_server
+from tests.support.servers import started_together, uvicorn_server
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 
@@ -195,7 +195,10 @@ async def test_logout_on_one_replica_is_seen_by_the_other_at_once(postgres_url: 
     email_user = make_settings(postgres_url)
     async for h in start_harness(email_user):
         email = await h.create_user()
-    with uvicorn_server(postgres_url) as (a, _), uvicorn_server(postgres_url) as (b, _):
+    with started_together(uvicorn_server(postgres_url), uvicorn_server(postgres_url)) as [
+        (a, _),
+        (b, _),
+    ]:
         async with httpx.AsyncClient(timeout=10) as client:
             login = await client.post(
                 f"{a}/auth/login", json={"email": email, "password": PASSWORD}

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,21 @@ import httpx
 import jwt
 import pytest
 
+from app.auth.tokens import AccessTokenCodec
 from app.core import migrate
-from tests.conftest import PASSWORD
+from app.core.clock import Clock
+from app.core.db import create_engine
+from app.keys.service import KeySet, load_key_ring
+from tests.conftest import PASSWORD, TEST_SECRET
 from tests.support.pgcluster import PgCluster
-from tests.support.servers import create_user_in, free_port, uvicorn_server
+from tests.support.servers import (
+    AUDIENCE,
+    ISSUER,
+    create_user_in,
+    free_port,
+    started_together,
+    uvicorn_server,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +114,10 @@ def gateway_stack(
     _require_nginx()
     upstream_app = "tests.support.upstream:app"
     with (
-        uvicorn_server(database_url, env=env) as (auth, _),
-        uvicorn_server(database_url, factory=upstream_app, is_factory=False) as (upstream, _),
+        started_together(
+            uvicorn_server(database_url, env=env),
+            uvicorn_server(database_url, factory=upstream_app, is_factory=False),
+        ) as [(auth, _), (upstream, _)],
         run_nginx(tmp_path, auth=auth, upstream=upstream) as gateway,
     ):
         yield gateway
@@ -110,6 +125,28 @@ def gateway_stack(
 
 async def _user(database_url: str) -> str:
     return await create_user_in(database_url, prefix="gw", role="editor")
+
+
+async def _signed_earlier(database_url: str, access: str, *, seconds: float) -> str:
+    """`access` as the service would have signed it `seconds` ago: its key ring (from the
+    database), its issuer and audience, a 5 s TTL."""
+    claims = jwt.decode(access, options={"verify_signature": False})
+    engine = create_engine(database_url)
+    try:
+        now = Clock().now()
+        ring = await load_key_ring(
+            engine, secret=TEST_SECRET, now=now, token_lifetime=timedelta(hours=1)
+        )
+    finally:
+        await engine.dispose()
+    codec = AccessTokenCodec(KeySet(ring), issuer=ISSUER, audience=AUDIENCE, ttl=5, leeway=0)
+    issued = codec.issue(
+        user_id=uuid.UUID(claims["sub"]),
+        session_id=uuid.UUID(claims["sid"]),
+        role=claims["role"],
+        now=now - timedelta(seconds=seconds),
+    )
+    return issued.token
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -184,10 +221,10 @@ async def test_nginx_expired_token_and_cookie_mode_client(
             access = login.json()["access_token"]
             ok = await client.get("/orders/1", headers=_bearer(access))
             assert ok.status_code == 200
-            # Until just past its exp (5 s after issue, no leeway): not a second longer.
-            exp = jwt.decode(access, options={"verify_signature": False})["exp"]
-            await asyncio.sleep(max(0.0, exp - time.time()) + 0.1)
-            expired = await client.get("/orders/1", headers=_bearer(access))
+            # The same session's token as the service signed it 5.1 s earlier: just past its
+            # exp (5 s TTL, no leeway), without waiting for this one to get there.
+            lapsed = await _signed_earlier(postgres_url, access, seconds=5.1)
+            expired = await client.get("/orders/1", headers=_bearer(lapsed))
             assert expired.status_code == 401
             assert expired.headers["x-auth-error"] == "token_expired"
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.core.db import create_engine, table_of
 from app.sessions.models import RefreshToken
 from tests.conftest import PASSWORD
-from tests.support.servers import create_user_in, uvicorn_server
+from tests.support.servers import create_user_in, started_together, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,10 @@ async def _login(client: httpx.AsyncClient, base: str, email: str) -> dict[str, 
 
 async def test_two_servers_share_rotation_state(postgres_url: str) -> None:
     email = await _create_user(postgres_url)
-    with (
-        uvicorn_server(postgres_url) as (a, _),
-        uvicorn_server(postgres_url) as (b, _),
-    ):
+    with started_together(uvicorn_server(postgres_url), uvicorn_server(postgres_url)) as [
+        (a, _),
+        (b, _),
+    ]:
         async with httpx.AsyncClient(timeout=30) as client:
             tokens = await _login(client, a, email)
             token = tokens["refresh_token"]

@@ -13,7 +13,7 @@ from sqlalchemy import event, update
 from app.core.db import table_of
 from app.sessions.models import Session
 from tests.conftest import PASSWORD, bearer, make_settings, start_harness
-from tests.support.servers import uvicorn_server
+from tests.support.servers import started_together, uvicorn_server
 
 CACHED = {"session_cache_ttl": 0.5}
 
@@ -94,10 +94,9 @@ async def test_replica_sees_logout_within_a_second_with_cache(postgres_url: str)
     async for h in start_harness(make_settings(postgres_url)):
         email = await h.create_user()
     env = {"SESSION_CACHE_TTL": "0.5"}
-    with (
-        uvicorn_server(postgres_url, env=env) as (a, _),
-        uvicorn_server(postgres_url, env=env) as (b, _),
-    ):
+    with started_together(
+        uvicorn_server(postgres_url, env=env), uvicorn_server(postgres_url, env=env)
+    ) as [(a, _), (b, _)]:
         async with httpx.AsyncClient(timeout=10) as client:
             login = await client.post(
                 f"{a}/auth/login", json={"email": email, "password": PASSWORD}

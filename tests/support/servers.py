@@ -10,13 +10,40 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from tests.conftest import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
+ISSUER = "https://auth.test"
+AUDIENCE = "authsvc-test"
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def started_together(*servers: contextlib.AbstractContextManager[T]) -> Iterator[list[T]]:
+    """Enter several server contexts at once: each start waits for its own process to answer,
+    so starting them one after another would add those waits up. Whatever started is stopped
+    on the way out, also when another failed to start."""
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(servers)) as pool:
+        futures = [pool.submit(server.__enter__) for server in servers]
+        started, failure = [], None
+        for server, future in zip(servers, futures, strict=True):
+            try:
+                started.append(future.result())
+            except BaseException as exc:  # collect it; stop what did start first
+                failure = failure or exc
+            else:
+                stack.push(server.__exit__)
+        if failure is not None:
+            raise failure
+        yield started
 
 
 def free_port() -> int:
@@ -32,8 +59,8 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "SECRET_KEY": TEST_SECRET,
         "ENVIRONMENT": "test",
-        "JWT_ISSUER": "https://auth.test",
-        "JWT_AUDIENCE": "authsvc-test",
+        "JWT_ISSUER": ISSUER,
+        "JWT_AUDIENCE": AUDIENCE,
         "PRUNE_INTERVAL": "0",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMITS_ENABLED": "false",  # tests of the limits turn them on
