@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.account.service import AccountService, Actor
 from app.audit import repository as audit_repository
-from app.context import AppContext, build_context
+from app.context import AppContext, build_accounts, build_context
 from app.core import migrate
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, create_engine
 from app.core.errors import DomainError
 from app.core.logging import configure_logging
+from app.core.security import PasswordHasher
 from app.core.settings import Settings, get_settings
 from app.keys import service as keys
 from app.keys.service import ensure_signing_key
@@ -106,18 +107,21 @@ async def _in_unit_of_work(
     settings: Settings, work: Callable[[AccountService, UnitOfWork], Awaitable[T]]
 ) -> T:
     """One committed unit of work with the account service, as a request would have it."""
-
-    async def run(ctx: AppContext) -> T:
-        uow = UnitOfWork(ctx.engine)
+    engine = create_engine(settings.database_url)
+    passwords = PasswordHasher(settings.password_hash_threads, settings.password_hash_profile)
+    try:
+        accounts = build_accounts(settings, engine, Clock(), passwords)
+        uow = UnitOfWork(engine)
         try:
-            result = await work(ctx.accounts, uow)
+            result = await work(accounts, uow)
         except BaseException:
             await uow.finish(commit=False)
             raise
         await uow.finish(commit=True)
         return result
-
-    return await _with_context(settings, run)
+    finally:
+        passwords.close()
+        await engine.dispose()
 
 
 async def _migrate(settings: Settings) -> None:

@@ -115,15 +115,7 @@ async def build_context(
     )
     store = open_store(engine)
     cache = SessionStateCache(settings.session_cache_ttl)
-    refresh_codec = RefreshTokenCodec(secret)
-    sessions = SessionService(
-        store,
-        policy=_policy(settings),
-        cache=cache,
-        codec=refresh_codec,
-        limiter=limiter,
-        clock=clock,
-    )
+    sessions = _session_service(settings, store, cache, limiter, clock)
     return AppContext(
         settings=settings,
         engine=engine,
@@ -131,7 +123,7 @@ async def build_context(
         passwords=passwords,
         keys=keys,
         access_codec=access_codec,
-        refresh_codec=refresh_codec,
+        refresh_codec=RefreshTokenCodec(secret),
         limiter=limiter,
         store=store,
         session_cache=cache,
@@ -148,6 +140,34 @@ async def build_context(
             ),
         ),
         accounts=AccountService(passwords=passwords, sessions=sessions, clock=clock),
+    )
+
+
+def build_accounts(
+    settings: Settings, engine: AsyncEngine, clock: Clock, passwords: PasswordHasher
+) -> AccountService:
+    """Just what an operator's account command needs (the CLI): no signing keys, no shared
+    rate limits, no process cache to speak of."""
+    limiter = RateLimiter(settings.rate_limits, redis_url=None, enabled=False)
+    cache = SessionStateCache(0)
+    sessions = _session_service(settings, open_store(engine), cache, limiter, clock)
+    return AccountService(passwords=passwords, sessions=sessions, clock=clock)
+
+
+def _session_service(
+    settings: Settings,
+    store: SessionStore,
+    cache: SessionStateCache,
+    limiter: RateLimiter,
+    clock: Clock,
+) -> SessionService:
+    return SessionService(
+        store,
+        policy=_policy(settings),
+        cache=cache,
+        codec=RefreshTokenCodec(settings.secret_key.get_secret_value()),
+        limiter=limiter,
+        clock=clock,
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.account.router import router as account_router
@@ -93,6 +94,9 @@ def create_app(
         swagger_ui_parameters={"persistAuthorization": True},
     )
     install_error_handlers(app)
+    # What the framework (FastAPIOffline) registered itself: /docs, its OAuth2 redirect, /redoc,
+    # /openapi.json. They carry no exposure marker and are public.
+    framework_paths = [route.path for route in app.routes if isinstance(route, Route)]
     routers = [
         auth_router,
         health_router,
@@ -109,18 +113,13 @@ def create_app(
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
-    add_middleware_stack(app, settings, exposure_of(routes, also_public=_docs_paths(app)))
+    app.state.exposure = exposure_of(routes, also_public=framework_paths)
+    add_middleware_stack(app, settings, app.state.exposure)
     return app
 
 
 async def _sample_pool(ctx: AppContext) -> None:
     record_pool(ctx.engine.pool)
-
-
-def _docs_paths(app: FastAPI) -> list[str]:
-    """The framework's own documentation routes, which carry no exposure marker."""
-    paths = [app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url]
-    return [path for path in paths if path]
 
 
 def add_middleware_stack(app: FastAPI, settings: Settings, exposure: ExposureMap) -> None:

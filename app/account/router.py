@@ -93,11 +93,12 @@ async def revoke_session(
     client: ClientDep,
 ) -> Response:
     """End one of your sessions: its refresh token and access tokens stop working at once."""
-    await sessions.revoke_own(uow, auth.session.user_id, session_id)
+    now = clock.now()
+    await sessions.revoke_own(uow, auth.session.user_id, session_id, now=now)
     await record(
         await uow.connection(),
         "session.revoked",
-        now=clock.now(),
+        now=now,
         client=client,
         user_id=auth.session.user_id,
         session_id=session_id,

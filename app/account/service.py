@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from app.audit.service import record
 from app.core.client import ClientInfo
@@ -38,7 +39,13 @@ class AccountService:
         self._clock = clock
 
     async def create_user(
-        self, uow: UnitOfWork, *, email: str, password: str, role: str = "user"
+        self,
+        uow: UnitOfWork,
+        *,
+        email: str,
+        password: str,
+        role: str = "user",
+        now: datetime | None = None,
     ) -> uuid.UUID:
         email = service.check_email(email)
         password_hash = await service.hash_new_password(self._passwords, password)
@@ -46,7 +53,7 @@ class AccountService:
             await uow.connection(),
             email=email,
             password_hash=password_hash,
-            now=self._clock.now(),
+            now=now or self._clock.now(),
             role=role,
         )
 
@@ -54,11 +61,12 @@ class AccountService:
         self, uow: UnitOfWork, client: ClientInfo, email: str, password: str
     ) -> tuple[uuid.UUID, str]:
         """Self-registration; returns the new user's id and stored (normalised) email."""
-        user_id = await self.create_user(uow, email=email, password=password)
+        now = self._clock.now()
+        user_id = await self.create_user(uow, email=email, password=password, now=now)
         await record(
             await uow.connection(),
             "user.registered",
-            now=self._clock.now(),
+            now=now,
             client=client,
             user_id=user_id,
         )
@@ -81,6 +89,12 @@ class AccountService:
         if not valid:
             raise WrongCurrentPassword()
         new_hash = await service.hash_new_password(self._passwords, new_password)
+        conn = await uow.connection()
+        # The check above ran outside any transaction: under the row lock, make sure nobody
+        # changed the password meanwhile (else the slower of two changes would silently win).
+        locked = await repository.lock_for_login(conn, user.id)
+        if locked is None or locked.password_hash != user.password_hash:
+            raise WrongCurrentPassword()
         await self._replace_password(uow, actor, user, new_hash, keep_session=actor.session_id)
 
     async def set_password(self, uow: UnitOfWork, actor: Actor, email: str, password: str) -> int:
@@ -103,7 +117,7 @@ class AccountService:
         conn = await uow.connection()
         await service.replace_password_hash(conn, user.id, new_hash, now=now)
         revoked = await self._sessions.revoke(
-            uow, reason="password_changed", user_id=user.id, except_session=keep_session
+            uow, now=now, reason="password_changed", user_id=user.id, except_session=keep_session
         )
         if not actor.audited:
             return len(revoked)
@@ -123,23 +137,27 @@ class AccountService:
     ) -> tuple[UserRecord, int]:
         """Activate or deactivate; deactivation revokes every session at once. Returns the
         user as it was, and how many sessions were revoked."""
+        now = self._clock.now()
         conn = await uow.connection()
         user = await service.require_by_id(conn, user_id)
         await repository.set_active(conn, user_id, active=active)
         revoked = []
         if not active:
-            revoked = await self._sessions.revoke(uow, reason="user_deactivated", user_id=user_id)
+            revoked = await self._sessions.revoke(
+                uow, now=now, reason="user_deactivated", user_id=user_id
+            )
         if not actor.audited:
             return user, len(revoked)
-        details = {} if actor.admin_id is None else {"by": str(actor.admin_id)}
+        # The admin first, then the count: the order the audit trail has always shown.
+        details: dict[str, object] = {} if actor.admin_id is None else {"by": str(actor.admin_id)}
+        details["sessions_revoked"] = len(revoked)
         await record(
             conn,
             "user.activated" if active else "user.deactivated",
-            now=self._clock.now(),
+            now=now,
             client=actor.client,
             user_id=user_id,
             session_id=actor.session_id,
-            sessions_revoked=len(revoked),
             **details,
         )
         return user, len(revoked)

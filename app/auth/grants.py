@@ -28,8 +28,8 @@ class TokenGrant:
         return refresh_after(self.now, self.access.expires_at)
 
 
-def grant_for(codec: AccessTokenCodec, issued: IssuedSession, now: datetime) -> TokenGrant:
-    state = issued.session
+def grant_for(codec: AccessTokenCodec, issued: IssuedSession) -> TokenGrant:
+    state, now = issued.session, issued.now
     access = codec.issue(
         user_id=state.user_id,
         session_id=state.id,

@@ -29,7 +29,8 @@ from app.core.middleware import route_path
 from app.sessions.policy import SessionState
 from app.sessions.service import SessionService
 
-logger = logging.getLogger("app.auth")
+# The name its events have always had (log pipelines filter on it).
+logger = logging.getLogger("app.sessions")
 AUTH_STATE_KEY = "auth"
 
 

@@ -78,7 +78,7 @@ class AuthService:
         if valid and new_hash is None and candidate is not None and _looked_usable(candidate, now):
             issued = await self._sessions.start(candidate, client, device_name, now)
             if issued is not None:
-                return grant_for(self._access, issued, now)
+                return grant_for(self._access, issued)
         # The general path: anything unusual (a failure, a hash upgrade, a change meanwhile),
         # decided under the user's row lock inside the request's unit of work.
         conn = await uow.connection()
@@ -107,7 +107,7 @@ class AuthService:
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
         issued = await self._sessions.start_in(uow, user, client, device_name, now)
-        return grant_for(self._access, issued, now)
+        return grant_for(self._access, issued)
 
     async def _count_failure(
         self, uow: UnitOfWork, client: ClientInfo, user: UserRecord, now: datetime
@@ -138,16 +138,17 @@ class AuthService:
         """Rotate a refresh token (its own unit of work: one store call) and sign an access
         token for the session."""
         issued = await self._sessions.rotate(refresh_token, client, guard)
-        return grant_for(self._access, issued, self._clock.now())
+        return grant_for(self._access, issued)
 
     async def logout(
         self, uow: UnitOfWork, client: ClientInfo, session_id: uuid.UUID, user_id: uuid.UUID
     ) -> None:
-        await self._sessions.revoke(uow, reason="logout", session_id=session_id)
+        now = self._clock.now()
+        await self._sessions.revoke(uow, now=now, reason="logout", session_id=session_id)
         await record(
             await uow.connection(),
             "logout",
-            now=self._clock.now(),
+            now=now,
             client=client,
             user_id=user_id,
             session_id=session_id,
@@ -169,11 +170,12 @@ class AuthService:
         user_id: uuid.UUID,
         current_session_id: uuid.UUID,
     ) -> int:
-        revoked = await self._sessions.revoke(uow, reason="logout_all", user_id=user_id)
+        now = self._clock.now()
+        revoked = await self._sessions.revoke(uow, now=now, reason="logout_all", user_id=user_id)
         await record(
             await uow.connection(),
             "logout",
-            now=self._clock.now(),
+            now=now,
             client=client,
             user_id=user_id,
             session_id=current_session_id,

@@ -27,15 +27,16 @@ class Components:
         self._by_type[type(item)] = item
 
     def get(self, kind: type[T]) -> T:
-        """The component of type `kind`, or of a subclass of it (a test's FrozenClock for
-        Clock), found once and then remembered under `kind`."""
+        """The component of type `kind`, or the one component of a subclass of it (a test's
+        FrozenClock for Clock)."""
         found = self._by_type.get(kind)
-        if found is None:
-            found = next((i for i in self._by_type.values() if isinstance(i, kind)), None)
-            if found is None:
-                raise LookupError(f"no {kind.__name__} was built at start-up")
-            self._by_type[kind] = found
-        return cast(T, found)
+        if found is not None:
+            return cast(T, found)
+        matches = [item for item in self._by_type.values() if isinstance(item, kind)]
+        if len(matches) != 1:
+            raise LookupError(f"{len(matches)} components of type {kind.__name__}, not one")
+        only: T = matches[0]
+        return only
 
 
 def components_of(app: Any) -> Components:

@@ -26,6 +26,13 @@ class SessionStateCache:
         self._max = max_entries
         self._monotonic = monotonic
         self._entries: dict[uuid.UUID, tuple[float, SessionState]] = {}
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """Moves on every `clear`. Take it before reading a row, and `put` the row with it: a
+        row read before a revocation committed must not be cached after that commit's clear."""
+        return self._epoch
 
     def get(self, session_id: uuid.UUID) -> SessionState | None:
         if self._ttl <= 0:
@@ -39,12 +46,14 @@ class SessionStateCache:
             return None
         return state
 
-    def put(self, state: SessionState) -> None:
-        if self._ttl <= 0:
+    def put(self, state: SessionState, *, read_at: int) -> None:
+        """Cache `state`, read when `epoch` was `read_at`; ignored if a clear came since."""
+        if self._ttl <= 0 or read_at != self._epoch:
             return
         if len(self._entries) >= self._max:
             self._entries.pop(next(iter(self._entries)))
         self._entries[state.id] = (self._monotonic(), state)
 
     def clear(self) -> None:
+        self._epoch += 1
         self._entries.clear()

@@ -31,6 +31,9 @@ from app.sessions.tokens import RefreshTokenCodec
 from app.users.repository import UserRecord
 
 logger = logging.getLogger("app.sessions")
+# The names these events have always been logged under (log pipelines filter on them).
+_prune_logger = logging.getLogger("app.sessions.prune")
+_limit_logger = logging.getLogger("app.auth")
 
 # Called with the session a presented refresh token names, before anything changes: the
 # cookie transport's CSRF check lives behind it (this module never sees cookies or CSRF).
@@ -39,10 +42,12 @@ SessionGuard = Callable[[uuid.UUID], None]
 
 @dataclass(frozen=True, slots=True)
 class IssuedSession:
-    """A session as a client may use it now: its state and its current refresh token."""
+    """A session as a client may use it now: its state and its current refresh token, as of
+    `now` (the instant its rows were written)."""
 
     session: SessionState
     refresh_token: str
+    now: datetime
 
 
 class SessionService:
@@ -71,8 +76,9 @@ class SessionService:
         cached = self._cache.get(session_id)
         if cached is not None and cached.is_usable_at(now):
             return cached
+        epoch = self._cache.epoch
         state = self.require_usable(await self._store.load(session_id), now)
-        self._cache.put(state)
+        self._cache.put(state, read_at=epoch)
         return state
 
     def require_usable(self, state: SessionState | None, now: datetime) -> SessionState:
@@ -95,11 +101,15 @@ class SessionService:
         lag_limit = target - self.policy.touch_interval
         if state.idle_expires_at > lag_limit or target <= state.idle_expires_at:
             return False
+        epoch = self._cache.epoch
         written = await self._store.slide(
             state.id, now=now, idle_expires_at=target, only_if_before=lag_limit
         )
-        # Whether this request or a concurrent one moved it, the stored deadline is now this far.
-        self._cache.put(replace(state, idle_expires_at=target))
+        if written:
+            # The row was live when written (the UPDATE requires it), and any revocation
+            # committed since has moved the epoch: caching the slid state is safe. Unwritten
+            # (revoked meanwhile, or another request slid it), the next request reads it.
+            self._cache.put(replace(state, idle_expires_at=target), read_at=epoch)
         return written
 
     # --- starting ------------------------------------------------------------------------
@@ -139,7 +149,7 @@ class SessionService:
             return None
         announce("login.succeeded", client=client, user_id=user.id, session_id=session_id)
         state = _new_state(session_id, user.id, started.email, started.role, now, idle, absolute)
-        return IssuedSession(state, refresh_token)
+        return IssuedSession(state, refresh_token, now)
 
     async def start_in(
         self,
@@ -177,7 +187,7 @@ class SessionService:
             conn, "login.succeeded", now=now, client=client, user_id=user.id, session_id=session_id
         )
         state = _new_state(session_id, user.id, user.email, user.role, now, idle, absolute)
-        return IssuedSession(state, refresh_token)
+        return IssuedSession(state, refresh_token, now)
 
     # --- rotation ------------------------------------------------------------------------
 
@@ -211,7 +221,7 @@ class SessionService:
             )
         )
         state = await self._after_rotation(result, client, now)
-        return IssuedSession(state, successor)
+        return IssuedSession(state, successor, now)
 
     async def _after_rotation(
         self, result: Rotation, client: ClientInfo, now: datetime
@@ -244,7 +254,9 @@ class SessionService:
         try:
             await self._limiter.count("refresh_session", str(session_id))
         except Exception as exc:
-            logger.warning("ratelimit.count_failed", extra={"error_type": type(exc).__name__})
+            _limit_logger.warning(
+                "ratelimit.count_failed", extra={"error_type": type(exc).__name__}
+            )
 
     async def _legacy_session_of(self, refresh_token: str) -> uuid.UUID | None:
         """The session of a token issued before tokens named their session: one extra read."""
@@ -264,6 +276,7 @@ class SessionService:
         self,
         uow: UnitOfWork,
         *,
+        now: datetime,
         reason: str,
         session_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
@@ -274,7 +287,7 @@ class SessionService:
         before the commit would let a concurrent request re-cache the old state)."""
         revoked = await repository.revoke_sessions(
             await uow.connection(),
-            now=self._clock.now(),
+            now=now,
             reason=reason,
             session_id=session_id,
             user_id=user_id,
@@ -283,12 +296,14 @@ class SessionService:
         uow.after_commit(self._cache.clear)
         return revoked
 
-    async def revoke_own(self, uow: UnitOfWork, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    async def revoke_own(
+        self, uow: UnitOfWork, user_id: uuid.UUID, session_id: uuid.UUID, *, now: datetime
+    ) -> None:
         """Revoke one of the user's own sessions; anyone else's is reported as not found."""
         state = await repository.get_session_state(await uow.connection(), session_id)
         if state is None or state.user_id != user_id or state.revoked_at is not None:
             raise SessionNotFound()
-        await self.revoke(uow, reason="revoked_by_user", session_id=session_id)
+        await self.revoke(uow, now=now, reason="revoked_by_user", session_id=session_id)
 
     async def session_of_refresh_token(
         self, uow: UnitOfWork, refresh_token: str, guard: SessionGuard
@@ -323,7 +338,7 @@ class SessionService:
         now = self._clock.now()
         used_before = None if retention is None else now - timedelta(seconds=retention)
         sessions, tokens = await self._store.prune(now, used_before)
-        logger.info(
+        _prune_logger.info(
             "prune.completed", extra={"sessions_deleted": sessions, "tokens_deleted": tokens}
         )
         return sessions, tokens

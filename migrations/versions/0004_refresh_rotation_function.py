@@ -8,7 +8,7 @@ A refresh rotation locks the session, reads the token and its successor, claims 
 inserts the successor, slides the idle deadline and writes the audit row: seven statements, or
 seven round trips plus BEGIN and COMMIT from Python. As one function call it is one round trip
 and one implicit transaction. The rules are the same as the portable session store's
-(app/sessions/store/portable.py, used on SQLite); tests/test_store_rules.py runs every rule
+(app/sessions/store/portable.py, used on SQLite); tests/sessions/test_store_rules.py runs every rule
 through both. See
 docs/refresh-rotation.md.
 """

@@ -286,6 +286,49 @@ async def cookie_names(context: BrowserContext) -> set[str]:
 # ---------------------------------------------------------------------------------- tests
 
 
+Scenario = Callable[[BrowserContext, Service], Awaitable[None]]
+REAL_TIME_TEST = "test_scenarios_that_wait_on_real_time"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def real_time_scenarios(
+    request: pytest.FixtureRequest, browser: Browser, service: Service, idle_service: Service
+) -> AsyncIterator[asyncio.Task[None] | None]:
+    """Token expiry while clicking (b), a network blip during a refresh, and the idle timeout
+    (e) spend most of their time waiting for real clocks (5 s tokens, a 10 s idle timeout).
+    They start with this module, run side by side (and beside its other tests) on the shared
+    event loop, each in its own browser context (cookies are kept per host, not per port, so
+    each must see only its own); the module's last test collects their outcome."""
+    if not any(item.name == REAL_TIME_TEST for item in request.session.items):
+        yield None
+        return
+
+    async def run(scenario: Scenario, svc: Service) -> None:
+        context = await browser.new_context()
+        context.set_default_timeout(10_000)
+        try:
+            await scenario(context, svc)
+        finally:
+            await context.close()
+
+    async def all_of_them() -> None:
+        async with asyncio.TaskGroup() as scenarios:  # the first failure cancels the others
+            scenarios.create_task(run(_idle_timeout_shows_session_expired, idle_service))
+            scenarios.create_task(
+                run(_access_token_expiry_passes_unnoticed_while_clicking, service)
+            )
+            scenarios.create_task(
+                run(_network_blip_during_refresh_is_retried_not_a_logout, service)
+            )
+
+    task = asyncio.create_task(all_of_them())
+    yield task
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_login_then_reload_stays_logged_in(context: BrowserContext, service: Service) -> None:
     """(a) A reload forgets the in-memory access token; the HttpOnly cookie brings it back."""
     watch = PageWatch()
@@ -532,31 +575,6 @@ async def _idle_timeout_shows_session_expired(
     assert watch.errors == []
 
 
-Scenario = Callable[[BrowserContext, Service], Awaitable[None]]
-
-
-async def test_scenarios_that_wait_on_real_time(
-    browser: Browser, service: Service, idle_service: Service
-) -> None:
-    """Token expiry while clicking (b), a network blip during a refresh, and the idle timeout
-    (e) spend most of their time waiting for real clocks (5 s tokens, a 10 s idle timeout),
-    so they run side by side, each in its own browser context: cookies are kept per host, not
-    per port, and each scenario must see only its own. The first failure cancels the others."""
-
-    async def run(scenario: Scenario, svc: Service) -> None:
-        context = await browser.new_context()
-        context.set_default_timeout(10_000)
-        try:
-            await scenario(context, svc)
-        finally:
-            await context.close()
-
-    async with asyncio.TaskGroup() as scenarios:
-        scenarios.create_task(run(_idle_timeout_shows_session_expired, idle_service))
-        scenarios.create_task(run(_access_token_expiry_passes_unnoticed_while_clicking, service))
-        scenarios.create_task(run(_network_blip_during_refresh_is_retried_not_a_logout, service))
-
-
 class _AttackerPage(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"<!doctype html><title>attacker</title><p>nothing to see</p>"
@@ -712,3 +730,12 @@ async def test_docs_authorize_then_try_session_status(
     records = await records_of(service.database_url, email)
     assert records.event_names().count("login.succeeded") == 1
     assert watch.errors == []
+
+
+async def test_scenarios_that_wait_on_real_time(
+    real_time_scenarios: asyncio.Task[None] | None,
+) -> None:
+    """Last in the module: the outcome of the three real-time scenarios started with it
+    (see `real_time_scenarios`); any failure of theirs is raised here."""
+    assert real_time_scenarios is not None
+    await asyncio.wait_for(real_time_scenarios, timeout=90)

@@ -2,7 +2,7 @@
 -- The rules are documented in docs/refresh-rotation.md.
 -- Canonical source: app/sessions/sql/rotate_refresh.sql. Migrations never read this file; each
 -- installs its own pinned copy (migrations/sql/NNNN_rotate_refresh.sql). Changing the function
--- means a new migration with a new pinned copy; tests/test_migrations.py checks both.
+-- means a new migration with a new pinned copy; tests/core/test_migrations.py checks both.
 CREATE OR REPLACE FUNCTION authsvc_rotate_refresh(
     p_session_id uuid,
     p_token_hash bytea,

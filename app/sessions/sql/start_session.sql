@@ -2,7 +2,7 @@
 -- (PostgreSQL only).
 -- Canonical source: app/sessions/sql/start_session.sql. Migrations never read this file; each
 -- installs its own pinned copy (migrations/sql/NNNN_start_session.sql). Changing the function
--- means a new migration with a new pinned copy; tests/test_migrations.py checks both.
+-- means a new migration with a new pinned copy; tests/core/test_migrations.py checks both.
 CREATE OR REPLACE FUNCTION authsvc_start_session(
     p_user_id uuid,
     p_password_hash text,

@@ -230,3 +230,33 @@ async def test_one_trip_start_only_for_accounts_that_looked_usable(
     assert calls == []
     await harness.login(usable)
     assert calls == [await _user_id(harness, usable)]
+
+
+async def test_password_change_racing_another_change_loses(
+    harness: Harness, gated: GatedHasher
+) -> None:
+    """The current password is checked outside any transaction (a hash must not hold SQLite's
+    write lock): a change that lands meanwhile wins, and the slower one is refused, not
+    silently applied over it."""
+    email = await harness.create_user()
+    gated.gate.set()
+    tokens = await harness.login(email)
+    gated.gate.clear()
+    change = asyncio.create_task(
+        harness.client.post(
+            "/auth/password",
+            json={"current_password": PASSWORD, "new_password": "the user's new password"},
+            headers=bearer(tokens["access_token"]),
+        )
+    )
+    await gated.wait_entered(2)  # the login's check, then this change's
+    await harness.set_password(email, "the operator's password")
+    gated.gate.set()
+    response = await change
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "invalid_current_password"
+    await harness.login(email, "the operator's password")
+    refused = await harness.client.post(
+        "/auth/login", json={"email": email, "password": "the user's new password"}
+    )
+    assert refused.status_code == 401

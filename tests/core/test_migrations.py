@@ -42,7 +42,7 @@ async def test_migrated_schema_matches_models(database_url: str) -> None:
     await asyncio.sleep(0)
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP_SQL = ROOT / "app" / "sessions" / "sql"
 PINNED_SQL = ROOT / "migrations" / "sql"
 # app/sessions/sql/<stem>.sql -> the function it creates

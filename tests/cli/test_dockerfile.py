@@ -11,12 +11,12 @@ import pytest
 
 from app.cli import _parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
 def test_hadolint_is_clean() -> None:
-    hadolint = shutil.which("hadolint") or str(Path(__file__).parents[1] / ".venv/bin/hadolint")
+    hadolint = shutil.which("hadolint") or str(ROOT / ".venv/bin/hadolint")
     if not Path(hadolint).exists():
         pytest.fail("hadolint not installed: it is a dev dependency (pip install -e '.[dev]')")
     result = subprocess.run(

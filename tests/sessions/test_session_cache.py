@@ -109,3 +109,20 @@ async def test_replica_sees_logout_within_a_second_with_cache(postgres_url: str)
             while (await client.get(f"{b}/auth/verify", headers=headers)).status_code == 200:
                 assert time.monotonic() - started < 1.0
                 await asyncio.sleep(0.05)
+
+
+async def test_own_logout_is_seen_at_once_even_when_it_slides(database_url: str) -> None:
+    """A logout is an ordinary 2xx request, so the middleware slides its session after the
+    response: that slide must not put the revoked session back into this process's cache."""
+    settings = make_settings(database_url, session_cache_ttl=1.0, session_touch_interval=5)
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        tokens = await h.login(email)
+        headers = bearer(tokens["access_token"])
+        h.clock.advance(60)  # the stored idle deadline now lags by more than the interval
+        assert (await h.client.get("/auth/me", headers=headers)).status_code == 200
+        h.clock.advance(60)
+        assert (await h.client.post("/auth/logout", headers=headers)).status_code == 204
+        after = await h.client.get("/auth/me", headers=headers)
+        assert after.status_code == 401
+        assert after.json()["error"]["code"] == "session_revoked"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import TEST_SECRET, Harness, bearer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -63,6 +63,6 @@ def test_cors_origins_from_json_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_env_example_documents_every_setting() -> None:
     from pathlib import Path
 
-    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"\n{name.upper()}=" in text, name

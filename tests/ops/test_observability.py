@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from app.core.logging import JsonFormatter, request_id_var
+from tests.cli.test_cli import _cli
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 from tests.support.servers import create_user_in, uvicorn_server
-from tests.test_cli import _cli
 
 
 async def test_admin_audit_query(harness: Harness) -> None:

@@ -1,0 +1,54 @@
+"""Routes declare their exposure next to their definition (app.core.exposure); the application
+collects the markers for the identity middleware."""
+
+from __future__ import annotations
+
+from app.core.exposure import ExposureMap
+from app.core.settings import Environment
+from app.main import create_app
+from tests.conftest import Harness, make_settings
+
+# What was public and passive before the routes declared it themselves (app/main.py's
+# PUBLIC_PATHS and PASSIVE_PATHS): the markers must reproduce it exactly.
+PUBLIC = {
+    "/auth/login",
+    "/auth/token",
+    "/auth/refresh",
+    "/healthz",
+    "/readyz",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+    "/demo",
+    "/auth/introspect",
+    "/auth/register",
+    "/metrics",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+}
+PASSIVE = {"/auth/session-status"}
+
+
+def _exposure(environment: Environment) -> ExposureMap:
+    app = create_app(make_settings("sqlite://", environment=environment), configure_logs=False)
+    exposure: ExposureMap = app.state.exposure
+    return exposure
+
+
+def test_declared_exposure_is_the_documented_one() -> None:
+    exposure = _exposure(Environment.test)
+    assert exposure.public_paths == PUBLIC
+    assert exposure.passive_paths == PASSIVE
+
+
+async def test_public_routes_ignore_a_bad_token_and_protected_ones_refuse_it(
+    harness: Harness,
+) -> None:
+    bad = {"Authorization": "Bearer not-a-token"}
+    for path in ("/docs", "/redoc", "/openapi.json", "/healthz", "/.well-known/jwks.json"):
+        response = await harness.client.get(path, headers=bad)
+        assert response.status_code == 200, (path, response.text)
+    refused = await harness.client.get("/auth/me", headers=bad)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_token"
