@@ -31,15 +31,18 @@ PASSIVE = {"/auth/session-status"}
 
 
 def _exposure(environment: Environment) -> ExposureMap:
-    app = create_app(make_settings("sqlite://", environment=environment), configure_logs=False)
+    # Only built, never started: no database, no hashing.
+    settings = make_settings("sqlite://", environment=environment, password_hash_profile="owasp")
+    app = create_app(settings, configure_logs=False)
     exposure: ExposureMap = app.state.exposure
     return exposure
 
 
 def test_declared_exposure_is_the_documented_one() -> None:
-    exposure = _exposure(Environment.test)
-    assert exposure.public_paths == PUBLIC
-    assert exposure.passive_paths == PASSIVE
+    for environment in (Environment.test, Environment.production):
+        exposure = _exposure(environment)
+        assert exposure.public_paths == PUBLIC, environment
+        assert exposure.passive_paths == PASSIVE, environment
 
 
 async def test_public_routes_ignore_a_bad_token_and_protected_ones_refuse_it(
