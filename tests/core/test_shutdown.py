@@ -32,7 +32,12 @@ async def _idle_deadline(database_url: str, session_id: str) -> object:
 
 async def test_sigterm_lets_in_flight_requests_finish(postgres_url: str) -> None:
     email = await create_user_in(postgres_url, prefix="shutdown")
-    env = {"SESSION_TOUCH_INTERVAL": "0"}  # every request slides: the slide is the last step
+    env = {
+        "SESSION_TOUCH_INTERVAL": "0",  # every request slides: the slide is the last step
+        # Real argon2 costs (the first login upgrades the test-profile hash): the logins must
+        # still be hashing when the signal comes, as production's would be.
+        "PASSWORD_HASH_PROFILE": "owasp",
+    }
     with uvicorn_server(postgres_url, env=env) as (base, process):
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             login = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
@@ -41,11 +46,14 @@ async def test_sigterm_lets_in_flight_requests_finish(postgres_url: str) -> None
             await asyncio.sleep(1.1)  # so a slide moves the deadline by a visible amount
             headers = {"Authorization": f"Bearer {tokens['access_token']}"}
             outcomes: list[tuple[str, float]] = []
+            first_activity_answered = asyncio.Event()
 
             async def call(method: str, url: str, **kw: object) -> None:
                 try:
                     response = await client.request(method, url, **kw)  # type: ignore[arg-type]
                     outcomes.append((str(response.status_code), time.monotonic()))
+                    if url == "/auth/me" and response.status_code == 200:
+                        first_activity_answered.set()
                 except httpx.HTTPError as exc:  # not yet read by the server when it stopped
                     outcomes.append((type(exc).__name__, time.monotonic()))
 
@@ -54,7 +62,10 @@ async def test_sigterm_lets_in_flight_requests_finish(postgres_url: str) -> None
             tasks += [
                 asyncio.create_task(call("GET", "/auth/me", headers=headers)) for _ in range(6)
             ]
-            await asyncio.sleep(0.05)  # the requests are being served; the logins are hashing
+            # The signal comes once the server is serving the batch: a /me has its answer (its
+            # slide, the step after the answer, is in flight) and the logins are hashing. A
+            # fixed wait raced the client's own connection set-up on a busy machine.
+            await asyncio.wait_for(first_activity_answered.wait(), timeout=10)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             await asyncio.gather(*tasks)
