@@ -25,6 +25,7 @@ from app.gateway.service import IntrospectionService
 from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
 from app.sessions.cache import SessionStateCache
 from app.sessions.policy import SessionPolicy
+from app.sessions.factory import build_session_service
 from app.sessions.service import SessionService
 from app.sessions.store import SessionStore, open_store
 from app.sessions.tokens import RefreshTokenCodec
@@ -115,7 +116,7 @@ async def build_context(
     )
     store = open_store(engine)
     cache = SessionStateCache(settings.session_cache_ttl)
-    sessions = _session_service(settings, store, cache, limiter, clock)
+    sessions = build_session_service(settings, store, cache=cache, limiter=limiter, clock=clock)
     return AppContext(
         settings=settings,
         engine=engine,
@@ -140,43 +141,6 @@ async def build_context(
             ),
         ),
         accounts=AccountService(passwords=passwords, sessions=sessions, clock=clock),
-    )
-
-
-def build_accounts(
-    settings: Settings, engine: AsyncEngine, clock: Clock, passwords: PasswordHasher
-) -> AccountService:
-    """Just what an operator's account command needs (the CLI): no signing keys, no shared
-    rate limits, no process cache to speak of."""
-    limiter = RateLimiter(settings.rate_limits, redis_url=None, enabled=False)
-    cache = SessionStateCache(0)
-    sessions = _session_service(settings, open_store(engine), cache, limiter, clock)
-    return AccountService(passwords=passwords, sessions=sessions, clock=clock)
-
-
-def _session_service(
-    settings: Settings,
-    store: SessionStore,
-    cache: SessionStateCache,
-    limiter: RateLimiter,
-    clock: Clock,
-) -> SessionService:
-    return SessionService(
-        store,
-        policy=_policy(settings),
-        cache=cache,
-        codec=RefreshTokenCodec(settings.secret_key.get_secret_value()),
-        limiter=limiter,
-        clock=clock,
-    )
-
-
-def _policy(settings: Settings) -> SessionPolicy:
-    return SessionPolicy(
-        idle_timeout=timedelta(seconds=settings.idle_timeout),
-        absolute_lifetime=timedelta(seconds=settings.session_absolute_lifetime),
-        touch_interval=timedelta(seconds=settings.session_touch_interval),
-        reuse_interval=timedelta(seconds=settings.refresh_reuse_interval),
     )
 
 

@@ -22,7 +22,7 @@ from app.auth.middleware import IdentityMiddleware
 from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
 from app.core.clock import Clock
-from app.core.errors import install_error_handlers
+from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
 from app.core.metrics import record_pool

@@ -18,12 +18,8 @@ from app.auth.errors import InvalidToken
 from app.auth.tokens import AccessClaims, AccessTokenCodec
 from app.core.clock import Clock
 from app.core.components import components_of
-from app.core.errors import (
-    DomainError,
-    ServiceUnavailableError,
-    domain_error_response,
-    is_database_unavailable,
-)
+from app.core.error_handlers import domain_error_response
+from app.core.errors import DomainError, ServiceUnavailableError, is_database_unavailable
 from app.core.exposure import ExposureMap
 from app.core.middleware import route_path
 from app.sessions.policy import SessionState

@@ -30,7 +30,8 @@ from app.auth.service import AuthService, LoginRefused
 from app.auth.transport import Transports
 from app.core.components import components_of
 from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, get_client_info
-from app.core.errors import UnauthorizedError, domain_error_response
+from app.core.error_handlers import domain_error_response
+from app.core.errors import UnauthorizedError
 from app.core.exposure import passive, public
 from app.core.json_body import openapi_body, parse_json_body
 from app.core.ratelimit import RateLimiter

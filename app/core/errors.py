@@ -1,19 +1,14 @@
-"""Domain errors with a stable code, and the handlers that render the one error envelope."""
+"""Domain errors with a stable code, and which database failures are outages (503), not bugs.
+
+Free of HTTP: the handlers that render the one error envelope are app.core.error_handlers."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 import asyncpg
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger("app.errors")
 
 
 class DomainError(Exception):
@@ -77,10 +72,6 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def domain_error_response(exc: DomainError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
-
-
 # SQLSTATEs a client should simply retry: deadlock / serialisation failures (the transaction was
 # rolled back), and the classes of a server going away or coming back: 08 connection exception,
 # 53 insufficient resources, 57 operator intervention (shutting down, starting up).
@@ -104,60 +95,3 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 def _retryable_sqlstate(sqlstate: str) -> bool:
     return sqlstate in _RETRYABLE_SQLSTATES or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES
-
-
-_HTTP_CODES = {
-    400: ("malformed_body", "The request body could not be parsed."),
-    404: ("not_found", "Not found."),
-    405: ("method_not_allowed", "Method not allowed."),
-    413: ("payload_too_large", "Request body too large."),
-    415: ("unsupported_media_type", "Unsupported media type."),
-}
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return domain_error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"loc": list(err.get("loc", ())), "type": err.get("type"), "msg": err.get("msg")}
-            for err in exc.errors()
-        ]
-        body = error_body("validation_error", "The request body or parameters are invalid.")
-        body["error"]["fields"] = fields
-        return JSONResponse(body, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
-        return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=exc.headers
-        )
-
-    async def _database(_: Request, exc: Exception) -> JSONResponse:
-        # Registered for the types a database failure raises, so Starlette's
-        # ExceptionMiddleware answers them inside the middleware stack (request id, no-store,
-        # metrics see the 503). The catch-all below runs in ServerErrorMiddleware, which
-        # re-raises after responding.
-        if not is_database_unavailable(exc):
-            raise exc  # a bug, not an outage: the catch-all answers 500 and logs it
-        logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
-        return domain_error_response(ServiceUnavailableError())
-
-    app.add_exception_handler(SQLAlchemyError, _database)
-    app.add_exception_handler(OSError, _database)
-    app.add_exception_handler(asyncpg.PostgresError, _database)
-    app.add_exception_handler(asyncpg.InterfaceError, _database)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_database_unavailable(exc):
-            logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
-            return domain_error_response(ServiceUnavailableError())
-        logger.error("request.unhandled_error", exc_info=exc)
-        return JSONResponse(
-            error_body("internal_error", "An unexpected error occurred."), status_code=500
-        )

@@ -1,0 +1,90 @@
+"""`python -m app ...`: serve, migrate, prune, keys, audit, and user administration.
+
+Each command lives in its own module, imported only when it runs: a CLI call pays for the
+libraries its command uses (an account command needs no web framework, no migrations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pydantic import ValidationError
+
+from app.core.errors import DomainError
+from app.core.logging import configure_logging
+from app.core.settings import get_settings
+
+# command -> the module (in this package) whose run(args, settings) -> str carries it out
+_MODULES = {
+    "serve": "server",
+    "migrate": "server",
+    "prune": "server",
+    "keys": "keys",
+    "audit": "audit",
+    "users": "users",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate, then run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+
+    sub.add_parser("migrate", help="apply database migrations and create a signing key")
+    sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")
+
+    keys_cmd = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    rotate_cmd = keys_cmd.add_parser(
+        "rotate", help="publish a new key now; it signs after KEY_PUBLISH_DELAY"
+    )
+    rotate_cmd.add_argument(
+        "--now", action="store_true", help="sign with it at once (emergency: a key leaked)"
+    )
+    keys_cmd.add_parser("list", help="keys with their state and dates")
+
+    audit_cmd = sub.add_parser("audit", help="a user's audit trail, newest first")
+    audit_cmd.add_argument("user", help="email or user id")
+    audit_cmd.add_argument("--limit", type=int, default=50)
+
+    user_cmd = sub.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    create = user_cmd.add_parser("create", help="create a user (password from stdin or prompt)")
+    create.add_argument("email")
+    create.add_argument("--role", default="user")
+    for action, text in (
+        ("deactivate", "deactivate a user and revoke all their sessions"),
+        ("activate", "re-activate a user"),
+        ("set-password", "set a new password (stdin or prompt) and revoke all sessions"),
+    ):
+        user_cmd.add_parser(action, help=text).add_argument("email")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            print(f"configuration error: {field}: {error['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, json_output=settings.json_logs)
+    command = importlib.import_module(f"app.cli.{_MODULES[args.command]}")
+    try:
+        output: str = command.run(args, settings)
+    except DomainError as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return 1
+    if output:
+        print(output)
+    return 0

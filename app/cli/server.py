@@ -1,0 +1,71 @@
+"""serve, migrate, prune."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+
+from app.context import build_context
+from app.core import migrate
+from app.core.clock import Clock
+from app.core.db import create_engine
+from app.core.settings import Settings
+from app.keys.service import ensure_signing_key
+
+
+def run(args: argparse.Namespace, settings: Settings) -> str:
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        return "database is at the latest schema"
+    if args.command == "prune":
+        return asyncio.run(_prune(settings))
+    asyncio.run(_migrate(settings))
+    _serve(args)
+    return ""
+
+
+def _serve(args: argparse.Namespace) -> None:
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Before the workers import prometheus_client: they share samples through it.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
+    # The workers size their password-hashing pools by it (cores per worker).
+    os.environ.setdefault("WEB_CONCURRENCY", str(args.workers))
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        # Forwarded headers are handled inside the app, from TRUSTED_PROXIES only.
+        proxy_headers=False,
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        await ensure_signing_key(
+            engine,
+            algorithm=settings.jwt_algorithm.value,
+            secret=settings.secret_key.get_secret_value(),
+            now=Clock().now(),
+        )
+    finally:
+        await engine.dispose()
+
+
+async def _prune(settings: Settings) -> str:
+    ctx = await build_context(settings, Clock())
+    try:
+        sessions, tokens = await ctx.sessions.prune(settings.refresh_token_retention)
+    finally:
+        ctx.passwords.close()
+        await ctx.engine.dispose()
+    return f"deleted {sessions} sessions and {tokens} refresh tokens"

@@ -1,0 +1,108 @@
+"""users create | deactivate | activate | set-password: the operator's account commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.account.service import AccountService, Actor
+from app.core.client import ClientInfo
+from app.core.clock import Clock
+from app.core.db import UnitOfWork, create_engine
+from app.core.ratelimit import RateLimiter
+from app.core.security import PasswordHasher
+from app.core.settings import Settings
+from app.sessions.cache import SessionStateCache
+from app.sessions.factory import build_session_service
+from app.sessions.store import open_store
+from app.users import service as users
+
+T = TypeVar("T")
+# The operator's CLI has never written audit rows (its shell history is its trail).
+_CLI = Actor(ClientInfo(), audited=False)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> str:
+    return _run_users(args, settings)
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise SystemExit("error: passwords do not match")
+    return first
+
+
+async def _in_unit_of_work(
+    settings: Settings, work: Callable[[AccountService, UnitOfWork], Awaitable[T]]
+) -> T:
+    """One committed unit of work with the account service, as a request would have it."""
+    engine = create_engine(settings.database_url)
+    passwords = PasswordHasher(settings.password_hash_threads, settings.password_hash_profile)
+    try:
+        accounts = _accounts(settings, engine, passwords)
+        uow = UnitOfWork(engine)
+        try:
+            result = await work(accounts, uow)
+        except BaseException:
+            await uow.finish(commit=False)
+            raise
+        await uow.finish(commit=True)
+        return result
+    finally:
+        passwords.close()
+        await engine.dispose()
+
+
+def _accounts(settings: Settings, engine: AsyncEngine, passwords: PasswordHasher) -> AccountService:
+    """Just what an account command needs: no signing keys, no shared rate limits, and no
+    cache of session rows worth keeping."""
+    clock = Clock()
+    sessions = build_session_service(
+        settings,
+        open_store(engine),
+        cache=SessionStateCache(0),
+        limiter=RateLimiter(settings.rate_limits, redis_url=None, enabled=False),
+        clock=clock,
+    )
+    return AccountService(passwords=passwords, sessions=sessions, clock=clock)
+
+
+def _run_users(args: argparse.Namespace, settings: Settings) -> str:
+    if args.action == "create":
+        password = _read_password()
+        user_id = asyncio.run(
+            _in_unit_of_work(
+                settings,
+                lambda accounts, uow: accounts.create_user(
+                    uow, email=args.email, password=password, role=args.role
+                ),
+            )
+        )
+        return f"created user {user_id} ({users.normalize_email(args.email)}, role {args.role})"
+    if args.action == "set-password":
+        password = _read_password()
+        revoked = asyncio.run(
+            _in_unit_of_work(
+                settings,
+                lambda accounts, uow: accounts.set_password(uow, _CLI, args.email, password),
+            )
+        )
+        return f"password changed; {revoked} sessions revoked"
+    active = args.action == "activate"
+
+    async def set_active(accounts: AccountService, uow: UnitOfWork) -> int:
+        user = await users.require_by_email(await uow.connection(), args.email)
+        _, revoked = await accounts.set_active(uow, _CLI, user.id, active=active)
+        return revoked
+
+    revoked = asyncio.run(_in_unit_of_work(settings, set_active))
+    return f"user {args.action}d; {revoked} sessions revoked"
