@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,8 +23,8 @@ from app.core.settings import Settings
 from app.gateway.service import IntrospectionService
 from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
 from app.sessions.cache import SessionStateCache
-from app.sessions.policy import SessionPolicy
 from app.sessions.factory import build_session_service
+from app.sessions.policy import SessionPolicy
 from app.sessions.service import SessionService
 from app.sessions.store import SessionStore, open_store
 from app.sessions.tokens import RefreshTokenCodec
