@@ -99,8 +99,7 @@ class AccountService:
 
     async def set_password(self, uow: UnitOfWork, actor: Actor, email: str, password: str) -> int:
         """An operator's reset: the new password, and every session revoked."""
-        service.check_password_policy(password)
-        new_hash = await self._passwords.hash(password)
+        new_hash = await service.hash_new_password(self._passwords, password)
         user = await service.require_by_email(await uow.connection(), email)
         return await self._replace_password(uow, actor, user, new_hash, keep_session=None)
 
