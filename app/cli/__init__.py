@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import secrets
 import sys
 
 from pydantic import ValidationError
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations and create a signing key")
     sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")
+    sub.add_parser("secret", help="print a new random SECRET_KEY (needs no configuration)")
 
     keys_cmd = sub.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True
@@ -71,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "secret":  # before the settings: the current key may be what is wrong
+        print(secrets.token_urlsafe(48))
+        return 0
     try:
         settings = get_settings()
     except ValidationError as exc:

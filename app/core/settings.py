@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -13,6 +15,24 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789abcdef"  # noqa: S105 - refused outside dev
 DEV_ISSUER = "http://localhost:8000"
+
+
+# What a production SECRET_KEY must carry at least (it keys token hashes, CSRF tokens and the
+# encryption of the signing keys). `python -m app secret` prints 64 characters of ~6 bits.
+MIN_SECRET_BITS = 128
+
+
+def estimated_entropy_bits(secret: str) -> float:
+    """A generous upper bound of a secret's entropy: its length times the Shannon entropy of
+    its own character frequencies. Low for repeats and tiny alphabets ("32 spaces" is 0, a
+    lowercase word or a short passphrase well under 128); a random token scores its worth.
+    It cannot prove a secret random, only catch the plainly weak."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    total = len(secret)
+    per_char = sum(n / total * math.log2(total / n) for n in counts.values())
+    return per_char * total
 
 
 class Environment(StrEnum):
@@ -130,10 +150,17 @@ class Settings(BaseSettings):
     def _refuse_insecure_or_inconsistent(self) -> Self:
         problems = []
         if self.environment is Environment.production:
-            if self.secret_key.get_secret_value() == DEV_SECRET_KEY:
+            secret = self.secret_key.get_secret_value()
+            if secret == DEV_SECRET_KEY:
                 problems.append(
                     "SECRET_KEY is the development default; set a random secret "
-                    "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                    "(python -m app secret prints one)"
+                )
+            elif (bits := estimated_entropy_bits(secret)) < MIN_SECRET_BITS:
+                problems.append(
+                    f"SECRET_KEY looks weak (about {bits:.0f} bits of entropy, "
+                    f"{MIN_SECRET_BITS} needed); set a random secret "
+                    "(python -m app secret prints one)"
                 )
             if not self.jwt_issuer:
                 problems.append(

@@ -1,15 +1,31 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import DEV_SECRET_KEY, Environment, PasswordHashProfile, Settings
+from app.core.settings import (
+    DEV_SECRET_KEY,
+    MIN_SECRET_BITS,
+    Environment,
+    PasswordHashProfile,
+    Settings,
+    estimated_entropy_bits,
+)
 
-STRONG = "x" * 48
+STRONG = "k3J9-vQ2_zR8wL5mN1pT6yX4cB7hF0sDgA"  # random-looking: over 128 bits
 
 
 def _settings(**values: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def _production(**values: object) -> Settings:
+    return _settings(environment="production", jwt_issuer="https://a", **values)
 
 
 def test_production_refuses_development_secret() -> None:
@@ -61,8 +77,35 @@ def test_cors_origins_from_json_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_env_example_documents_every_setting() -> None:
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"\n{name.upper()}=" in text, name
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        pytest.param(" " * 32, id="32-spaces"),
+        pytest.param("a" * 64, id="one-character"),
+        pytest.param("ab" * 24, id="two-characters"),
+        pytest.param("correct horse battery staple!!!!", id="short-passphrase"),
+    ],
+)
+def test_production_refuses_a_weak_secret_key(weak: str) -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY looks weak"):
+        _production(secret_key=weak)
+
+
+def test_production_accepts_a_generated_secret_key() -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "app", "secret"],
+        capture_output=True,
+        text=True,
+        check=True,
+        # The command needs no configuration, not even a valid one.
+        env={**os.environ, "ENVIRONMENT": "production", "SECRET_KEY": " " * 32},
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+    assert len(generated) == 64
+    assert _production(secret_key=generated).secret_key.get_secret_value() == generated
+    assert estimated_entropy_bits(generated) >= MIN_SECRET_BITS
