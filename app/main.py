@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,12 +25,17 @@ from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
 from app.core.metrics import record_pool
-from app.core.middleware import BodyLimitMiddleware, RequestEnvelopeMiddleware
+from app.core.middleware import (
+    BodyLimitMiddleware,
+    CORSMiddlewareExcept,
+    RequestEnvelopeMiddleware,
+)
 from app.core.periodic import every
 from app.core.security import PasswordHasher
 from app.core.settings import Environment, Settings, get_settings
 from app.demo.router import STATIC_DIR
 from app.demo.router import router as demo_router
+from app.gateway.router import FORWARD_AUTH_PATHS
 from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
@@ -133,7 +137,8 @@ def add_middleware_stack(app: FastAPI, settings: Settings, exposure: ExposureMap
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            CORSMiddlewareExcept,
+            excluded_paths=FORWARD_AUTH_PATHS,
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],

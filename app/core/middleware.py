@@ -6,8 +6,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -147,6 +149,38 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class CORSMiddlewareExcept(CORSMiddleware):
+    """Starlette's CORS handling, except on `excluded_paths`: routes whose every answer must
+    come from the route itself. Forward-auth is one: a gateway that forwards a preflight
+    (`OPTIONS` with `Access-Control-Request-Method`) would otherwise get CORS's 200 and let an
+    unauthenticated request through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        excluded_paths: frozenset[str],
+        allow_origins: Sequence[str],
+        allow_credentials: bool,
+        allow_methods: Sequence[str],
+        allow_headers: Sequence[str],
+    ) -> None:
+        super().__init__(
+            app,
+            allow_origins=allow_origins,
+            allow_credentials=allow_credentials,
+            allow_methods=allow_methods,
+            allow_headers=allow_headers,
+        )
+        self.excluded_paths = excluded_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and route_path(scope) in self.excluded_paths:
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def route_path(scope: Scope) -> str:

@@ -15,6 +15,8 @@ from app.gateway.errors import IntrospectionClientUnauthorized
 from app.gateway.schemas import IntrospectionResponse, VerifyResponse
 
 router = APIRouter(prefix="/auth", tags=["gateway"])
+# Every answer of these comes from the token check, CORS preflights included.
+FORWARD_AUTH_PATHS = frozenset({"/auth/verify"})
 basic = HTTPBasic(auto_error=False)
 
 # Gateways forward the client's method to forward-auth (Traefik's ForwardAuth, nginx's

@@ -231,3 +231,25 @@ async def test_introspection_reports_the_current_role(database_url: str) -> None
             headers=basic("gw", "gateway-secret-2"),
         )
         assert answer.json()["role"] == "user"
+
+
+async def test_a_forwarded_preflight_never_passes_forward_auth(postgres_url: str) -> None:
+    """With CORS on, a preflight (OPTIONS with Access-Control-Request-Method) to the forward-
+    auth endpoint gets the token check's answer, never CORS's 200: a gateway forwarding it
+    would let an unauthenticated request through. Other routes keep their CORS preflights."""
+    origin = "https://app.example.com"
+    settings = make_settings(postgres_url, cors_origins=[origin])
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+    async for h in start_harness(settings):
+        refused = await h.client.options("/auth/verify", headers=preflight)
+        assert refused.status_code == 401
+        assert refused.headers["x-auth-error"] == "not_authenticated"
+        tokens = await h.login(await h.create_user())
+        allowed = await h.client.options(
+            "/auth/verify", headers={**preflight, **bearer(tokens["access_token"])}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["x-auth-session-id"] == tokens["session"]["id"]
+        cors = await h.client.options("/auth/refresh", headers=preflight)
+        assert cors.status_code == 200
+        assert cors.headers["access-control-allow-origin"] == origin
