@@ -70,6 +70,7 @@ class AppContext:
             ),
             IntrospectionService(
                 clients=s.introspection_clients,
+                limiter=self.limiter,
                 access=self.access_codec,
                 sessions=self.sessions,
                 clock=self.clock,

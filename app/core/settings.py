@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     rate_limit_refresh_session: str = "30/minute"
     rate_limit_refresh_ip: str = "300/minute"
     rate_limit_verify_ip: str = "3000/minute"
+    # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
+    # 429 without its credentials being checked (a client secret is not a guessing target).
+    rate_limit_introspect_failures: str = "10/minute"
     # Account lockout: after LOCKOUT_THRESHOLD consecutive wrong passwords the account is
     # locked for LOCKOUT_BASE_SECONDS, doubling with each further failure up to
     # LOCKOUT_MAX_SECONDS. A success resets it.
@@ -188,6 +191,7 @@ class Settings(BaseSettings):
             "rate_limit_refresh_session",
             "rate_limit_refresh_ip",
             "rate_limit_verify_ip",
+            "rate_limit_introspect_failures",
         ):
             if not _valid_limit(getattr(self, name)):
                 problems.append(f"{name.upper()} must look like '20/minute'")
@@ -213,6 +217,7 @@ class Settings(BaseSettings):
             "refresh_session": self.rate_limit_refresh_session,
             "refresh_ip": self.rate_limit_refresh_ip,
             "verify_ip": self.rate_limit_verify_ip,
+            "introspect_failures": self.rate_limit_introspect_failures,
         }
 
     @property

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from app.auth.dependencies import CurrentSession
-from app.core.dependencies import ClientDep, LimiterDep
+from app.core.dependencies import ClientDep, DbSession, LimiterDep
+from app.core.error_handlers import domain_error_response
 from app.core.exposure import public
 from app.gateway.dependencies import IntrospectionDep
 from app.gateway.errors import IntrospectionClientUnauthorized
@@ -55,20 +56,29 @@ router.add_api_route(
 
 @router.post(
     "/introspect",
+    response_model=IntrospectionResponse,
     response_model_exclude_none=True,
-    responses={401: {"description": "`invalid_client`: missing or wrong Basic credentials"}},
+    responses={
+        401: {"description": "`invalid_client`: missing or wrong Basic credentials"},
+        429: {"description": "`rate_limited`: too many failed client authentications"},
+    },
 )
 @public
 async def introspect(
     introspection: IntrospectionDep,
+    uow: DbSession,
+    client: ClientDep,
     credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)],
     token: Annotated[str, Form(max_length=4096)],
     token_type_hint: Annotated[str | None, Form(max_length=32)] = None,
-) -> IntrospectionResponse:
-    """RFC 7662 token introspection for access and refresh tokens."""
-    if credentials is None:
-        raise IntrospectionClientUnauthorized()
-    client_id = introspection.authenticate_client(credentials.username, credentials.password)
+) -> IntrospectionResponse | Response:
+    """RFC 7662 token introspection for access and refresh tokens. Failed client
+    authentications are limited per IP (`RATE_LIMIT_INTROSPECT_FAILURES`) and audited."""
+    presented = (credentials.username, credentials.password) if credentials else None
+    client_id = await introspection.authenticate_client(uow, client, presented)
+    if client_id is None:
+        # Returned, not raised: the failure's audit row commits with the unit of work.
+        return domain_error_response(IntrospectionClientUnauthorized())
     result = await introspection.introspect(token, token_type_hint)
     if result.active:
         result.client_id = client_id

@@ -9,10 +9,13 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from app.audit.service import record
 from app.auth.tokens import AccessTokenCodec
+from app.core.client import ClientInfo
 from app.core.clock import Clock
+from app.core.db import UnitOfWork
 from app.core.errors import DomainError
-from app.gateway.errors import IntrospectionClientUnauthorized
+from app.core.ratelimit import RateLimiter
 from app.gateway.schemas import IntrospectionResponse
 from app.sessions.service import SessionService
 
@@ -24,6 +27,7 @@ class IntrospectionService:
         self,
         *,
         clients: dict[str, SecretStr],
+        limiter: RateLimiter,
         access: AccessTokenCodec,
         sessions: SessionService,
         clock: Clock,
@@ -31,20 +35,42 @@ class IntrospectionService:
         audience: str,
     ) -> None:
         self._clients = clients
+        self._limiter = limiter
         self._access = access
         self._sessions = sessions
         self._clock = clock
         self._issuer = issuer
         self._audience = audience
 
-    def authenticate_client(self, client_id: str, secret: str) -> str:
+    def is_client(self, client_id: str, secret: str) -> bool:
         """Constant-time check of a gateway's Basic credentials against INTROSPECTION_CLIENTS."""
         expected = self._clients.get(client_id)
         # Compare against something even for an unknown id, so timing does not reveal ids.
         reference = expected.get_secret_value() if expected else "\x00" * 32
-        if not hmac.compare_digest(reference.encode(), secret.encode()) or expected is None:
-            raise IntrospectionClientUnauthorized()
-        return client_id
+        return hmac.compare_digest(reference.encode(), secret.encode()) and expected is not None
+
+    async def authenticate_client(
+        self,
+        uow: UnitOfWork,
+        client: ClientInfo,
+        credentials: tuple[str, str] | None,
+    ) -> str | None:
+        """The authenticated client id, or None: a failure is counted against the caller's IP
+        and audited (`introspection.client_failed`, with the client id tried, never the
+        secret). An IP whose failures are used up is refused (429) before any check."""
+        ip = client.ip or "unknown"
+        await self._limiter.check("introspect_failures", ip)
+        if credentials is not None and self.is_client(*credentials):
+            return credentials[0]
+        await self._limiter.count("introspect_failures", ip)
+        await record(
+            await uow.connection(),
+            "introspection.client_failed",
+            now=self._clock.now(),
+            client=client,
+            client_id=credentials[0][:64] if credentials else None,
+        )
+        return None
 
     async def introspect(self, token: str, hint: str | None) -> IntrospectionResponse:
         """Never slides a session: a gateway asking is not the user being active."""

@@ -13,8 +13,9 @@ from typing import Any, cast
 import httpx
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from app.audit.models import AuditEvent
 from app.context import reload_keys
 from app.core import migrate
 from app.core.db import table_of
@@ -32,6 +33,9 @@ def verify_independently(jwks: dict[str, Any], token: str) -> dict[str, Any]:
     decoded = jose_jwt.decode(token, key_set, algorithms=["ES256", "EdDSA"])
     claims: dict[str, Any] = dict(decoded.claims)
     return claims
+
+
+_audit = table_of(AuditEvent)
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -253,3 +257,46 @@ async def test_a_forwarded_preflight_never_passes_forward_auth(postgres_url: str
         cors = await h.client.options("/auth/refresh", headers=preflight)
         assert cors.status_code == 200
         assert cors.headers["access-control-allow-origin"] == origin
+
+
+async def test_introspection_client_secrets_cannot_be_guessed(database_url: str) -> None:
+    """Failed client authentications are audited (the client id tried, never the secret) and
+    limited per IP: once used up, the IP gets 429 whatever it sends, the right secret too."""
+    client_id, url = f"gw-{uuid.uuid4().hex[:8]}", "/auth/introspect"
+    settings = make_settings(
+        database_url,
+        introspection_clients={client_id: "gateway-secret-3"},
+        rate_limits_enabled=True,
+        rate_limit_introspect_failures="3/hour",
+        rate_limit_namespace=f"test-{uuid.uuid4().hex}",
+    )
+    async for h in start_harness(settings):
+        assert (
+            await h.client.post(
+                url, data={"token": "x"}, headers=basic(client_id, "gateway-secret-3")
+            )
+        ).status_code == 200
+        for guess in ("guess-1", "guess-2", "guess-3"):
+            refused = await h.client.post(url, data={"token": "x"}, headers=basic(client_id, guess))
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "invalid_client"
+        for creds in (basic(client_id, "guess-4"), basic(client_id, "gateway-secret-3")):
+            limited = await h.client.post(url, data={"token": "x"}, headers=creds)
+            assert limited.status_code == 429
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert int(limited.headers["retry-after"]) > 0
+        async with h.ctx.engine.connect() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(_audit.c.details).where(
+                            _audit.c.event == "introspection.client_failed"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        mine = [row for row in rows if row.get("client_id") == client_id]
+        assert len(mine) == 3  # the 429s checked nothing, so they are not failures
+        assert not any("guess" in str(row) or "secret" in str(row) for row in mine)
