@@ -22,6 +22,7 @@ from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError, ServiceUnavailableError, is_database_unavailable
 from app.core.exposure import ExposureMap
 from app.core.middleware import route_path
+from app.core.ratelimit import RateLimited, RateLimiter
 from app.sessions.policy import SessionState
 from app.sessions.service import SessionService
 
@@ -46,6 +47,10 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
+        if path in self.exposure.limits and not await _within_limit(
+            self.exposure.limits[path], scope, receive, send
+        ):
+            return
         token = None if path in self.exposure.public_paths else bearer_token(scope)
         if token is None:
             await self.app(scope, receive, send)
@@ -78,6 +83,18 @@ class IdentityMiddleware:
         await self.app(scope, receive, send_and_watch)
         if 200 <= status < 300:
             await _slide(sessions, clock, auth)
+
+
+async def _within_limit(limit: str, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Count this request against the route's limit; False once it answered 429 instead."""
+    client = scope.get("client")
+    limiter = components_of(scope["app"]).get(RateLimiter)
+    try:
+        await limiter.hit(limit, client[0] if client else "unknown")
+    except RateLimited as exc:
+        await domain_error_response(exc)(scope, receive, send)
+        return False
+    return True
 
 
 async def _authenticate(

@@ -6,14 +6,18 @@
   (session-status: polling must not keep a session alive);
 - undeclared: authenticated when a token is present, and a success slides the session.
 
+`@limited("name")` adds a rate limit (a key of Settings.rate_limits) that counts every request
+to the route by client IP, before the token check: refused and unauthenticated requests count
+too (forward-auth: a flood of bad tokens must meet 429s, not only 401s).
+
 Put the marker under the route decorator. The application factory reads the markers once,
 from its routers' routes (`exposure_of`), for the identity middleware.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -21,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ATTRIBUTE = "__authsvc_exposure__"
+_LIMIT_ATTRIBUTE = "__authsvc_limit__"
 
 
 class Exposure(StrEnum):
@@ -41,22 +46,35 @@ public = _marker(Exposure.public)
 passive = _marker(Exposure.passive)
 
 
+def limited(limit: str) -> Callable[[F], F]:
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, _LIMIT_ATTRIBUTE, limit)
+        return endpoint
+
+    return mark
+
+
 @dataclass(frozen=True, slots=True)
 class ExposureMap:
     public_paths: frozenset[str]
     passive_paths: frozenset[str]
+    # path -> the rate limit counting every request to it, before the token check
+    limits: Mapping[str, str] = field(default_factory=dict)
 
 
 def exposure_of(routes: Iterable[BaseRoute], *, also_public: Iterable[str] = ()) -> ExposureMap:
     """The paths of the routes marked public or passive (`also_public`: framework routes
     such as /docs, which carry no marker)."""
     public_paths, passive_paths = set(also_public), set()
+    limits: dict[str, str] = {}
     for route in routes:
         if not isinstance(route, Route):
             continue
+        if (limit := getattr(route.endpoint, _LIMIT_ATTRIBUTE, None)) is not None:
+            limits[route.path] = limit
         kind = getattr(route.endpoint, _ATTRIBUTE, Exposure.authenticated)
         if kind is Exposure.public:
             public_paths.add(route.path)
         elif kind is Exposure.passive:
             passive_paths.add(route.path)
-    return ExposureMap(frozenset(public_paths), frozenset(passive_paths))
+    return ExposureMap(frozenset(public_paths), frozenset(passive_paths), limits)

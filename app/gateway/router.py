@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from app.auth.dependencies import CurrentSession
-from app.core.dependencies import ClientDep, DbSession, LimiterDep
+from app.core.dependencies import ClientDep, DbSession
 from app.core.error_handlers import domain_error_response
-from app.core.exposure import public
+from app.core.exposure import limited, public
 from app.gateway.dependencies import IntrospectionDep
 from app.gateway.errors import IntrospectionClientUnauthorized
 from app.gateway.schemas import IntrospectionResponse, VerifyResponse
@@ -31,13 +31,12 @@ _VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/verify", responses=_VERIFY_RESPONSES)
-async def verify(
-    auth: CurrentSession, response: Response, limiter: LimiterDep, client: ClientDep
-) -> VerifyResponse:
+@limited("verify_ip")  # every request, bad tokens included, before the token check
+async def verify(auth: CurrentSession, response: Response) -> VerifyResponse:
     """Forward-auth, for any HTTP method: 200 with the identity in `X-Auth-User-Id`,
     `X-Auth-Session-Id` and `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429
-    `rate_limited` (never a 401) when one client IP overdoes it. Counts as user activity."""
-    await limiter.hit("verify_ip", client.ip or "unknown")
+    `rate_limited` (never a 401) when one client IP overdoes it, counting every request.
+    Counts as user activity."""
     response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
     response.headers["X-Auth-Session-Id"] = str(auth.session.id)
     response.headers["X-Auth-Role"] = auth.session.role

@@ -300,3 +300,24 @@ async def test_introspection_client_secrets_cannot_be_guessed(database_url: str)
         mine = [row for row in rows if row.get("client_id") == client_id]
         assert len(mine) == 3  # the 429s checked nothing, so they are not failures
         assert not any("guess" in str(row) or "secret" in str(row) for row in mine)
+
+
+async def test_verify_limit_counts_every_request(database_url: str) -> None:
+    """Forward-auth counts every request against the IP's limit, refused ones included: a
+    flood of bad or revoked tokens meets 429s, not an endless stream of 401s."""
+    settings = make_settings(
+        database_url,
+        rate_limits_enabled=True,
+        rate_limit_verify_ip="3/hour",
+        rate_limit_namespace=f"test-{uuid.uuid4().hex}",
+    )
+    async for h in start_harness(settings):
+        tokens = await h.login(await h.create_user())
+        for headers in ({}, bearer("x.y.z"), bearer(tokens["access_token"] + "x")):
+            assert (await h.client.get("/auth/verify", headers=headers)).status_code == 401
+        limited = await h.client.get("/auth/verify", headers=bearer(tokens["access_token"]))
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) > 0
+        # Other routes of the same client are not affected.
+        assert (await h.client.get("/auth/me", headers=bearer(tokens["access_token"]))).is_success
