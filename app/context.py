@@ -66,7 +66,9 @@ class AppContext:
             self.auth,
             self.accounts,
             Transports(
-                CsrfTokenCodec(s.secret_key.get_secret_value()), allowed_origins=s.cors_origins
+                CsrfTokenCodec(s.secret_key.get_secret_value()),
+                allowed_origins=s.cors_origins,
+                clear_site_data=s.logout_clear_site_data,
             ),
             IntrospectionService(
                 clients=s.introspection_clients,

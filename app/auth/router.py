@@ -175,7 +175,8 @@ async def logout(
     """Revoke this session: its refresh token and every access token stop working at once.
 
     Authenticated by the Bearer access token, or in cookie transport by the refresh cookie and
-    the CSRF token. Cookie transport also clears the cookies and sends Clear-Site-Data."""
+    the CSRF token. Cookie transport also expires the cookies (and sends Clear-Site-Data only
+    when LOGOUT_CLEAR_SITE_DATA is on)."""
     auth = current_session_or_none(request)
     if auth is not None:
         await service.logout(uow, client, auth.session.id, auth.session.user_id)

@@ -87,8 +87,9 @@ class BearerTransport:
 
 
 class CookieTransport:
-    def __init__(self, csrf: CsrfTokenCodec) -> None:
+    def __init__(self, csrf: CsrfTokenCodec, *, clear_site_data: bool = False) -> None:
         self._csrf = csrf
+        self._clear_site_data = clear_site_data
 
     def token_response(self, grant: TokenGrant) -> Response:
         """The refresh token only in HttpOnly cookies, never in the body."""
@@ -122,7 +123,9 @@ class CookieTransport:
         return _json(response, body)
 
     def logout_response(self) -> Response:
-        """Expire the cookies with the attributes they were set with, or browsers keep them."""
+        """Expire our cookies with the attributes they were set with, or browsers keep them.
+        Clear-Site-Data only when configured: it clears the whole registrable domain's
+        cookies, other applications' too."""
         response = Response(status_code=status.HTTP_204_NO_CONTENT)
         for path in REFRESH_COOKIE_PATHS:
             response.delete_cookie(
@@ -131,7 +134,8 @@ class CookieTransport:
         response.delete_cookie(
             CSRF_COOKIE, path="/", secure=True, httponly=False, samesite="strict"
         )
-        response.headers["Clear-Site-Data"] = '"cookies"'
+        if self._clear_site_data:
+            response.headers["Clear-Site-Data"] = '"cookies"'
         return response
 
     def guard(self, request: Request) -> SessionGuard:
@@ -149,9 +153,11 @@ class CookieTransport:
 class Transports:
     """Which transport a request uses, and the cross-site checks for cookie requests."""
 
-    def __init__(self, csrf: CsrfTokenCodec, *, allowed_origins: list[str]) -> None:
+    def __init__(
+        self, csrf: CsrfTokenCodec, *, allowed_origins: list[str], clear_site_data: bool = False
+    ) -> None:
         self.bearer = BearerTransport()
-        self.cookie = CookieTransport(csrf)
+        self.cookie = CookieTransport(csrf, clear_site_data=clear_site_data)
         self._allowed_origins = allowed_origins
 
     def for_response(self, request: Request) -> Transport:

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     lockout_base_seconds: int = Field(default=30, ge=1)
     lockout_max_seconds: int = Field(default=300, ge=1)
     allow_registration: bool = False
+    # Cookie logout also sends `Clear-Site-Data: "cookies"`: the browser then drops EVERY
+    # cookie of the registrable domain and its subdomains (other applications' too). Off: only
+    # our own cookies are expired.
+    logout_clear_site_data: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
     # Threads hashing passwords in each process. Unset: this process's share of the cores

@@ -154,7 +154,9 @@ async def test_d32_logout_clears_cookies_with_identical_attributes(harness: Harn
         "/auth/logout", headers={**COOKIE, **JSON, **bearer(access)}
     )
     assert response.status_code == 204
-    assert response.headers["clear-site-data"] == '"cookies"'
+    # Only our own cookies: Clear-Site-Data would wipe every cookie of the registrable
+    # domain, other applications' too (opt-in, LOGOUT_CLEAR_SITE_DATA).
+    assert "clear-site-data" not in response.headers
     cleared = {(c["name"], c["attrs"]["path"]): c for c in set_cookies(response)}
     for original in set_cookies(login):
         key = (original["name"], original["attrs"]["path"])
@@ -256,7 +258,7 @@ async def test_e35_cookie_without_authorization_is_csrf_checked_on_logout(
         "/auth/logout", content=b"{}", headers={**base, "X-CSRF-Token": csrf_of(login)}
     )
     assert done.status_code == 204
-    assert done.headers["clear-site-data"] == '"cookies"'
+    assert "clear-site-data" not in done.headers
     me = await harness.client.get("/auth/me", headers=bearer(login.json()["access_token"]))
     assert me.json()["error"]["code"] == "session_revoked"
 
@@ -306,3 +308,14 @@ async def test_an_unrelated_authorization_header_does_not_skip_the_checks(
     )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "csrf_failed"
+
+
+async def test_logout_sends_clear_site_data_only_when_configured(database_url: str) -> None:
+    settings = make_settings(database_url, logout_clear_site_data=True)
+    async for h in start_harness(settings):
+        login = await cookie_login(h, await h.create_user())
+        access = login.json()["access_token"]
+        response = await h.client.post("/auth/logout", headers={**COOKIE, **JSON, **bearer(access)})
+        assert response.status_code == 204
+        assert response.headers["clear-site-data"] == '"cookies"'
+        assert {c["name"] for c in set_cookies(response)} == {REFRESH_COOKIE, CSRF_COOKIE}
