@@ -88,7 +88,7 @@ class AuthService:
             and candidate is not None
             and user.password_hash == candidate.password_hash
         )
-        locked = user is not None and user.locked_until is not None and user.locked_until > now
+        locked = user is not None and user.is_locked_at(now)
         if user is None or not valid or not unchanged or not user.is_active or locked:
             reason = _failure_reason(user, valid=valid, unchanged=unchanged, locked=locked)
             if user is not None and reason == "wrong_password":
@@ -189,8 +189,7 @@ def _looked_usable(candidate: UserRecord, now: datetime) -> bool:
     """Whether the user, as read before the hash, could log in. Only then is the one-round-trip
     start tried: a locked or deactivated account must take the same path, and the same time,
     whether the password was right or not (else timing tells a guesser during a lockout)."""
-    locked = candidate.locked_until is not None and candidate.locked_until > now
-    return candidate.is_active and not locked
+    return candidate.is_active and not candidate.is_locked_at(now)
 
 
 def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool, locked: bool) -> str:

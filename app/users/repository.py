@@ -25,6 +25,10 @@ class UserRecord:
     failed_logins: int
     locked_until: datetime | None
 
+    def is_locked_at(self, now: datetime) -> bool:
+        """Whether a lockout (after too many wrong passwords) is in force at `now`."""
+        return self.locked_until is not None and self.locked_until > now
+
 
 _COLUMNS = (
     _users.c.id,

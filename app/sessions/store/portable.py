@@ -30,7 +30,7 @@ class PortableSessionStore:
     async def start(self, start: SessionStart) -> StartedFor | None:
         async with self._engine.begin() as conn:
             user = await users.lock_for_login(conn, start.user_id)
-            locked = user is not None and _is_locked(user, start.now)
+            locked = user is not None and user.is_locked_at(start.now)
             if (
                 user is None
                 or user.password_hash != start.password_hash
@@ -205,10 +205,6 @@ async def _slide(conn: AsyncConnection, state: SessionState, r: RotationRequest)
         only_if_before=target - r.policy.touch_interval,
     )
     return replace(state, idle_expires_at=target)
-
-
-def _is_locked(user: UserRecord, now: datetime) -> bool:
-    return user.locked_until is not None and user.locked_until > now
 
 
 async def _insert_audit(
