@@ -8,7 +8,6 @@ from fastapi.security import OAuth2PasswordBearer
 from app.auth.errors import NotAuthenticated
 from app.auth.middleware import AUTH_STATE_KEY, Authenticated, bearer_token
 from app.auth.service import AuthService
-from app.auth.tokens import AccessTokenCodec
 from app.auth.transport import Transports
 from app.core.components import provider
 
@@ -16,7 +15,6 @@ from app.core.components import provider
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 AuthServiceDep = Annotated[AuthService, Depends(provider(AuthService))]
-AccessCodecDep = Annotated[AccessTokenCodec, Depends(provider(AccessTokenCodec))]
 TransportsDep = Annotated[Transports, Depends(provider(Transports))]
 
 

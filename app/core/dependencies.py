@@ -18,13 +18,11 @@ from app.core.clock import Clock
 from app.core.components import provider
 from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
-from app.core.security import PasswordHasher
 from app.core.settings import Settings
 
 SettingsDep = Annotated[Settings, Depends(provider(Settings))]
 ClockDep = Annotated[Clock, Depends(provider(Clock))]
 LimiterDep = Annotated[RateLimiter, Depends(provider(RateLimiter))]
-PasswordsDep = Annotated[PasswordHasher, Depends(provider(PasswordHasher))]
 
 
 @dataclass(frozen=True, slots=True)
