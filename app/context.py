@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.account.service import AccountService
-from app.auth.service import AuthService, Lockout
+from app.account.service import AccountService, build_account_service
+from app.auth.service import AuthService
 from app.auth.tokens import AccessTokenCodec
 from app.auth.transport import CsrfTokenCodec, Transports
 from app.core.clock import Clock
@@ -28,6 +28,7 @@ from app.sessions.policy import SessionPolicy
 from app.sessions.service import SessionService
 from app.sessions.store import SessionStore, open_store
 from app.sessions.tokens import RefreshTokenCodec
+from app.users.service import Lockout
 
 
 @dataclass(slots=True)
@@ -136,13 +137,11 @@ async def build_context(
             passwords=passwords,
             access=access_codec,
             clock=clock,
-            lockout=Lockout(
-                threshold=settings.lockout_threshold,
-                base_seconds=settings.lockout_base_seconds,
-                max_seconds=settings.lockout_max_seconds,
-            ),
+            lockout=Lockout.of(settings),
         ),
-        accounts=AccountService(passwords=passwords, sessions=sessions, clock=clock),
+        accounts=build_account_service(
+            settings, passwords=passwords, sessions=sessions, clock=clock
+        ),
     )
 
 

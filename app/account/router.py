@@ -8,14 +8,17 @@ from fastapi import APIRouter, Response, status
 
 from app.account.dependencies import AccountServiceDep
 from app.account.schemas import ChangePasswordRequest, RegisterRequest
-from app.account.service import Actor
+from app.account.service import Actor, PasswordChangeRefused
 from app.audit.service import record
 from app.auth.dependencies import CurrentSession
 from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, SettingsDep
+from app.core.error_handlers import domain_error_response
+from app.core.errors import DomainError
 from app.core.exposure import public
 from app.sessions.dependencies import SessionServiceDep
+from app.sessions.errors import SessionRevoked
 from app.sessions.schemas import DeviceSessionOut
-from app.users.errors import RegistrationClosed
+from app.users.errors import RegistrationClosed, WrongCurrentPassword
 from app.users.schemas import UserOut
 
 router = APIRouter(prefix="/auth", tags=["account"])
@@ -25,24 +28,43 @@ sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
 @router.post(
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={403: {"description": "`invalid_current_password`"}},
+    responses={
+        401: {"description": "`session_revoked`: too many wrong current passwords ended it"},
+        403: {"description": "`invalid_current_password`"},
+        429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_CHANGE per session"},
+    },
 )
 async def change_password(
     body: ChangePasswordRequest,
     auth: CurrentSession,
     accounts: AccountServiceDep,
+    limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
 ) -> Response:
-    """Change your password; every other session is revoked (this one stays)."""
-    await accounts.change_password(
+    """Change your password; every other session is revoked (this one stays).
+
+    A wrong current password counts toward the account's lockout like a failed login, and
+    after PASSWORD_CHANGE_MAX_FAILURES of them this session is revoked."""
+    # Before the hash: every attempt costs an argon2 run on the shared pool.
+    await limiter.hit("password_change", str(auth.session.id))
+    refused = await accounts.change_password(
         uow,
         Actor(client, session_id=auth.session.id),
         auth.session.user_id,
         current_password=body.current_password,
         new_password=body.new_password,
     )
+    if refused is not None:
+        # Returned, not raised: the failure's records commit with the unit of work.
+        return domain_error_response(_password_refusal(refused))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _password_refusal(refused: PasswordChangeRefused) -> DomainError:
+    if refused.session_ended:
+        return SessionRevoked("Too many wrong current passwords: this session has been ended.")
+    return WrongCurrentPassword()
 
 
 @router.post(

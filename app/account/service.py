@@ -9,15 +9,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.audit.service import record
+from app.audit.service import count_in_session, record
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.security import PasswordHasher
+from app.core.settings import Settings
 from app.sessions.service import SessionService
 from app.users import repository, service
 from app.users.errors import UserNotFound, WrongCurrentPassword
 from app.users.repository import UserRecord
+from app.users.service import Lockout
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +34,41 @@ class Actor:
     audited: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordChangeRefused:
+    """A wrong current password. Its records (audit, lockout count, perhaps the session's
+    end) are in the unit of work, which the caller lets commit: an answer, not an exception."""
+
+    session_ended: bool
+
+
+def build_account_service(
+    settings: Settings, *, passwords: PasswordHasher, sessions: SessionService, clock: Clock
+) -> AccountService:
+    return AccountService(
+        passwords=passwords,
+        sessions=sessions,
+        clock=clock,
+        lockout=Lockout.of(settings),
+        max_password_failures=settings.password_change_max_failures,
+    )
+
+
 class AccountService:
-    def __init__(self, *, passwords: PasswordHasher, sessions: SessionService, clock: Clock):
+    def __init__(
+        self,
+        *,
+        passwords: PasswordHasher,
+        sessions: SessionService,
+        clock: Clock,
+        lockout: Lockout,
+        max_password_failures: int,
+    ):
         self._passwords = passwords
         self._sessions = sessions
         self._clock = clock
+        self._lockout = lockout
+        self._max_password_failures = max_password_failures
 
     async def create_user(
         self,
@@ -80,14 +112,17 @@ class AccountService:
         *,
         current_password: str,
         new_password: str,
-    ) -> None:
-        """Check the current password, store the new one, and revoke every other session."""
+    ) -> PasswordChangeRefused | None:
+        """Check the current password, store the new one, and revoke every other session.
+
+        A wrong current password is a login failure too: it counts toward the account's
+        lockout, and after `max_password_failures` of them the session making them ends."""
         user = await self._sessions.find_account(user_id)
         if user is None:
             raise UserNotFound()
         valid, _ = await self._passwords.verify_and_update(current_password, user.password_hash)
         if not valid:
-            raise WrongCurrentPassword()
+            return await self._refuse_current_password(uow, actor, user.id)
         new_hash = await service.hash_new_password(self._passwords, new_password)
         conn = await uow.connection()
         # The check above ran outside any transaction: under the row lock, make sure nobody
@@ -96,6 +131,43 @@ class AccountService:
         if locked is None or locked.password_hash != user.password_hash:
             raise WrongCurrentPassword()
         await self._replace_password(uow, actor, user, new_hash, keep_session=actor.session_id)
+        return None
+
+    async def _refuse_current_password(
+        self, uow: UnitOfWork, actor: Actor, user_id: uuid.UUID
+    ) -> PasswordChangeRefused:
+        now = self._clock.now()
+        conn = await uow.connection()
+        locked = await repository.lock_for_login(conn, user_id)
+        if locked is not None:
+            await self._lockout.count_failure(conn, actor.client, locked, now)
+        await record(
+            conn,
+            "password.change_failed",
+            now=now,
+            client=actor.client,
+            user_id=user_id,
+            session_id=actor.session_id,
+        )
+        if actor.session_id is None:
+            return PasswordChangeRefused(session_ended=False)
+        failures = await count_in_session(conn, "password.change_failed", actor.session_id)
+        if failures < self._max_password_failures:
+            return PasswordChangeRefused(session_ended=False)
+        await self._sessions.revoke(
+            uow, now=now, reason="password_guessing", session_id=actor.session_id
+        )
+        await record(
+            conn,
+            "session.revoked",
+            now=now,
+            client=actor.client,
+            user_id=user_id,
+            session_id=actor.session_id,
+            by="password_guessing",
+            failures=failures,
+        )
+        return PasswordChangeRefused(session_ended=True)
 
     async def set_password(self, uow: UnitOfWork, actor: Actor, email: str, password: str) -> int:
         """An operator's reset: the new password, and every session revoked."""

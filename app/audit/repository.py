@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.models import AuditEvent
@@ -60,3 +60,10 @@ async def query_events(
         stmt = stmt.where(t.c.created_at >= since)
     rows = await conn.execute(stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit))
     return [AuditRow(*row) for row in rows]
+
+
+async def count_session_events(conn: AsyncConnection, event: str, session_id: uuid.UUID) -> int:
+    """How often `event` happened in one session (index-backed: session, then created_at)."""
+    t = _events
+    stmt = select(func.count()).where(t.c.session_id == session_id, t.c.event == event)
+    return int((await conn.execute(stmt)).scalar_one())

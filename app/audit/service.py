@@ -41,6 +41,10 @@ async def record(
     announce(event, client=client, user_id=user_id, session_id=session_id, **details)
 
 
+async def count_in_session(conn: AsyncConnection, event: str, session_id: uuid.UUID) -> int:
+    return await repository.count_session_events(conn, event, session_id)
+
+
 def announce(
     event: str,
     *,

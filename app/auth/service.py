@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from app.audit.service import record
 from app.auth.grants import TokenGrant, grant_for
@@ -17,24 +17,7 @@ from app.core.security import PasswordHasher
 from app.sessions.service import SessionGuard, SessionService
 from app.users import repository as users
 from app.users.repository import UserRecord
-from app.users.service import normalize_email
-
-
-@dataclass(frozen=True, slots=True)
-class Lockout:
-    """After `threshold` consecutive wrong passwords the account is locked for `base_seconds`,
-    doubling with each further failure up to `max_seconds`."""
-
-    threshold: int
-    base_seconds: int
-    max_seconds: int
-
-    def seconds_after(self, failures: int) -> int | None:
-        if failures < self.threshold:
-            return None
-        doublings = min(failures - self.threshold, 20)
-        seconds: int = min(self.base_seconds * 2**doublings, self.max_seconds)
-        return seconds
+from app.users.service import Lockout, normalize_email
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +75,7 @@ class AuthService:
         if user is None or not valid or not unchanged or not user.is_active or locked:
             reason = _failure_reason(user, valid=valid, unchanged=unchanged, locked=locked)
             if user is not None and reason == "wrong_password":
-                await self._count_failure(uow, client, user, now)
+                await self._lockout.count_failure(conn, client, user, now)
             await record(
                 conn,
                 "login.failed",
@@ -108,29 +91,6 @@ class AuthService:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
         issued = await self._sessions.start_in(uow, user, client, device_name, now)
         return grant_for(self._access, issued)
-
-    async def _count_failure(
-        self, uow: UnitOfWork, client: ClientInfo, user: UserRecord, now: datetime
-    ) -> None:
-        """Lock after the threshold, for a time that doubles with each further failure up to
-        a cap: a guesser is slowed exponentially, whatever IPs it uses."""
-        conn = await uow.connection()
-        failed = user.failed_logins + 1
-        seconds = self._lockout.seconds_after(failed)
-        locked_until = None if seconds is None else now + timedelta(seconds=seconds)
-        if seconds is not None:
-            await record(
-                conn,
-                "account.locked",
-                now=now,
-                client=client,
-                user_id=user.id,
-                failures=failed,
-                seconds=seconds,
-            )
-        await users.record_login_failure(
-            conn, user.id, failed_logins=failed, locked_until=locked_until
-        )
 
     async def refresh(
         self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None

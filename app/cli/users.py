@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.account.service import AccountService, Actor
+from app.account.service import AccountService, Actor, build_account_service
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, create_engine
@@ -73,7 +73,7 @@ def _accounts(settings: Settings, engine: AsyncEngine, passwords: PasswordHasher
         limiter=RateLimiter(settings.rate_limits, redis_url=None, enabled=False),
         clock=clock,
     )
-    return AccountService(passwords=passwords, sessions=sessions, clock=clock)
+    return build_account_service(settings, passwords=passwords, sessions=sessions, clock=clock)
 
 
 def _run_users(args: argparse.Namespace, settings: Settings) -> str:

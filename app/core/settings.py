@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     rate_limit_refresh_session: str = "30/minute"
     rate_limit_refresh_ip: str = "300/minute"
     rate_limit_verify_ip: str = "3000/minute"
+    # POST /auth/password per session, counted before the password is hashed.
+    rate_limit_password_change: str = "5/minute"  # noqa: S105 - a rate, not a password
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
@@ -120,6 +122,9 @@ class Settings(BaseSettings):
     lockout_threshold: int = Field(default=5, ge=1)
     lockout_base_seconds: int = Field(default=30, ge=1)
     lockout_max_seconds: int = Field(default=300, ge=1)
+    # Wrong current passwords at POST /auth/password that end the session making them: a
+    # stolen session must not become a password-guessing tool.
+    password_change_max_failures: int = Field(default=5, ge=1)
     allow_registration: bool = False
     # Cookie logout also sends `Clear-Site-Data: "cookies"`: the browser then drops EVERY
     # cookie of the registrable domain and its subdomains (other applications' too). Off: only
@@ -189,16 +194,9 @@ class Settings(BaseSettings):
             problems.append(
                 "REFRESH_TOKEN_RETENTION must be at least REFRESH_REUSE_INTERVAL (and above 0)"
             )
-        for name in (
-            "rate_limit_login_ip",
-            "rate_limit_login_account",
-            "rate_limit_refresh_session",
-            "rate_limit_refresh_ip",
-            "rate_limit_verify_ip",
-            "rate_limit_introspect_failures",
-        ):
-            if not _valid_limit(getattr(self, name)):
-                problems.append(f"{name.upper()} must look like '20/minute'")
+        for name, limit in self.rate_limits.items():
+            if not _valid_limit(limit):
+                problems.append(f"RATE_LIMIT_{name.upper()} must look like '20/minute'")
         if "*" in self.cors_origins:
             problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
         if self.session_touch_interval >= self.idle_timeout:
@@ -222,6 +220,7 @@ class Settings(BaseSettings):
             "refresh_ip": self.rate_limit_refresh_ip,
             "verify_ip": self.rate_limit_verify_ip,
             "introspect_failures": self.rate_limit_introspect_failures,
+            "password_change": self.rate_limit_password_change,
         }
 
     @property

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.audit.service import record
+from app.core.client import ClientInfo
 from app.core.security import PasswordHasher
+from app.core.settings import Settings
 from app.users import repository
 from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, UserNotFound
 
@@ -100,3 +104,56 @@ async def replace_password_hash(
     password opened is the caller's part: see app.account.service.)"""
     await repository.set_password_hash(conn, user_id, password_hash, now=now)
     await repository.reset_login_failures(conn, user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Lockout:
+    """After `threshold` consecutive wrong passwords the account is locked for `base_seconds`,
+    doubling with each further failure up to `max_seconds`."""
+
+    threshold: int
+    base_seconds: int
+    max_seconds: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Lockout:
+        return cls(
+            threshold=settings.lockout_threshold,
+            base_seconds=settings.lockout_base_seconds,
+            max_seconds=settings.lockout_max_seconds,
+        )
+
+    def seconds_after(self, failures: int) -> int | None:
+        if failures < self.threshold:
+            return None
+        doublings = min(failures - self.threshold, 20)
+        seconds: int = min(self.base_seconds * 2**doublings, self.max_seconds)
+        return seconds
+
+    async def count_failure(
+        self,
+        conn: AsyncConnection,
+        client: ClientInfo,
+        user: repository.UserRecord,
+        now: datetime,
+    ) -> None:
+        """One more wrong password for the account (`user` read under its row lock), from
+        any path that checks one (login, password change). Locks after the threshold, for a
+        time that doubles with each further failure up to a cap: a guesser is slowed
+        exponentially, whatever IPs or sessions it uses."""
+        failed = user.failed_logins + 1
+        seconds = self.seconds_after(failed)
+        locked_until = None if seconds is None else now + timedelta(seconds=seconds)
+        if seconds is not None:
+            await record(
+                conn,
+                "account.locked",
+                now=now,
+                client=client,
+                user_id=user.id,
+                failures=failed,
+                seconds=seconds,
+            )
+        await repository.record_login_failure(
+            conn, user.id, failed_logins=failed, locked_until=locked_until
+        )
