@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 import jwt
 
 from app.auth.errors import InvalidToken, TokenExpired
-from app.keys.service import KeySet
+from app.keys.service import KeyRing, KeySet
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
 # RFC 9068 §4: verifiers accept the type with or without the "application/" prefix.
@@ -42,6 +42,16 @@ class IssuedAccessToken:
     expires_in: int
 
 
+@dataclass(slots=True)
+class _Verified:
+    """A token verified once, and the key that verified it: the entry holds only while that key
+    is still in the ring (a key retired or revoked since takes its tokens with it)."""
+
+    claims: AccessClaims
+    kid: str
+    ring: KeyRing  # the ring `kid` was last seen in; another ring means "look again"
+
+
 class AccessTokenCodec:
     def __init__(self, keys: KeySet, *, issuer: str, audience: str, ttl: int, leeway: int) -> None:
         self._keys = keys
@@ -49,7 +59,7 @@ class AccessTokenCodec:
         self._audience = audience
         self._ttl = ttl
         self._leeway = leeway
-        self._verified: dict[str, AccessClaims] = {}
+        self._verified: dict[str, _Verified] = {}
 
     def issue(
         self,
@@ -90,28 +100,34 @@ class AccessTokenCodec:
     def verify(self, token: str, *, now: datetime) -> AccessClaims:
         """Signature and claims, per RFC 8725. A token verified once is remembered (exact bytes
         only) so that a gateway presenting it on every request pays for the signature once; its
-        expiry is still checked every time, and revocation is the session check's job.
-        Remembered verifications outlive a key reload: a key leaves the ring only after every
-        token it signed has expired."""
+        expiry is still checked every time, its key must still be in the ring (a revoked key's
+        tokens are refused from the reload that drops it), and revocation of the session is the
+        session check's job."""
+        ring = self._keys.ring
         cached = self._verified.get(token)
         if cached is not None:
-            self._check_expiry(int(cached.expires_at.timestamp()), now.timestamp())
-            return cached
-        claims = self._verify_uncached(token, now)
+            if _key_still_trusted(cached, ring):
+                self._check_expiry(int(cached.claims.expires_at.timestamp()), now.timestamp())
+                return cached.claims
+            del self._verified[token]  # verified again below: refused as any token of that key
+        kid, claims = self._verify_uncached(token, ring, now)
         if len(self._verified) >= _VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # evict the oldest entry
-        self._verified[token] = claims
+        self._verified[token] = _Verified(claims, kid, ring)
         return claims
 
     def _check_expiry(self, exp: int, ts: float) -> None:
         if exp <= ts - self._leeway:
             raise TokenExpired()
 
-    def _verify_uncached(self, token: str, now: datetime) -> AccessClaims:
+    def _verify_uncached(
+        self, token: str, ring: KeyRing, now: datetime
+    ) -> tuple[str, AccessClaims]:
+        """The kid that verified the token, and its claims."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("The access token is too long.")
         header = _header(token)
-        key = self._keys.ring.verifiers.get(header["kid"])
+        key = ring.verifiers.get(header["kid"])
         if key is None or header.get("alg") != key.algorithm:
             raise InvalidToken()
         try:
@@ -131,7 +147,7 @@ class AccessTokenCodec:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken() from exc
-        return self._claims(payload, now)
+        return key.kid, self._claims(payload, now)
 
     def _claims(self, payload: dict[str, Any], now: datetime) -> AccessClaims:
         iat, nbf, exp = (payload.get(name) for name in ("iat", "nbf", "exp"))
@@ -141,6 +157,13 @@ class AccessTokenCodec:
         if nbf > ts + self._leeway or iat > ts + self._leeway:
             raise InvalidToken("The access token is not valid yet.")
         self._check_expiry(exp, ts)
+        # We never issue a token that lives longer than the TTL (the issuer also caps `exp` at
+        # the session's absolute deadline, so honest tokens are often shorter). A longer one was
+        # minted by someone else holding a signing key: refused. The bound also keeps key
+        # retirement sound: a superseded key leaves the ring TTL + leeway + one reload after its
+        # successor signs, when every token it signed has expired.
+        if exp - iat > self._ttl + self._leeway:
+            raise InvalidToken("The access token lives longer than this issuer allows.")
         try:
             user_id = uuid.UUID(str(payload["sub"]))
             session_id = uuid.UUID(str(payload["sid"]))
@@ -157,6 +180,18 @@ class AccessTokenCodec:
             issued_at=datetime.fromtimestamp(iat, now.tzinfo),
             expires_at=datetime.fromtimestamp(exp, now.tzinfo),
         )
+
+
+def _key_still_trusted(entry: _Verified, ring: KeyRing) -> bool:
+    """Whether the key that verified `entry` is in `ring`: free while the ring is the one of the
+    last look, one dict lookup after each reload. A kid is the RFC 7638 thumbprint of its public
+    key (database keys and PEM files alike), so the same kid is the same key."""
+    if entry.ring is ring:
+        return True
+    if entry.kid not in ring.verifiers:
+        return False
+    entry.ring = ring
+    return True
 
 
 def _is_timestamp(value: object) -> TypeGuard[int]:

@@ -564,6 +564,28 @@ async def test_a7_time_claims_within_leeway_are_accepted(
     assert response.json()["id"] == login.claims["sub"]
 
 
+@pytest.mark.parametrize(
+    "lifetime",
+    [
+        pytest.param(10 * 365 * 86400, id="10-years"),
+        pytest.param(86400, id="1-day"),
+        pytest.param(TTL + LEEWAY + 1, id="ttl+leeway+1s"),
+    ],
+)
+async def test_a7_token_living_longer_than_ttl_plus_leeway_is_rejected(
+    shared_login: Login, lifetime: int
+) -> None:
+    """Signed with our key, but we never issue such a token: whoever minted it holds a key."""
+    now = shared_login.now
+    claims = shared_login.payload(iat=now, nbf=now, exp=now + lifetime)
+    assert_error(await shared_login.get(shared_login.sign(claims=claims)), 401, "invalid_token")
+
+
+async def test_a7_token_living_ttl_plus_leeway_is_accepted(login: Login) -> None:
+    claims = login.payload(exp=login.now + TTL + LEEWAY)
+    assert (await login.get(login.sign(claims=claims))).status_code == 200
+
+
 async def test_a7_real_token_within_and_beyond_leeway_by_the_clock(login: Login) -> None:
     login.harness.clock.advance(TTL + LEEWAY - 1)
     assert (await login.get(login.access_token)).status_code == 200
