@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "--now", action="store_true", help="sign with it at once (emergency: a key leaked)"
     )
     keys_cmd.add_parser("list", help="keys with their state and dates")
+    keys_cmd.add_parser(
+        "revoke",
+        help="a key leaked: it stops signing, verifying and appearing in JWKS on every replica "
+        "within KEY_RELOAD_INTERVAL (a fresh key signs at once if it was signing)",
+    ).add_argument("kid", help="the key's id (`keys list`, or a token's `kid` header)")
 
     audit_cmd = sub.add_parser("audit", help="a user's audit trail, newest first")
     audit_cmd.add_argument("user", help="email or user id")

@@ -20,4 +20,8 @@ class SigningKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     # Published in JWKS from created_at; signs from activates_at (after the publish delay).
     activates_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Every token it signed has expired: out of the ring, its job done.
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Withdrawn by an operator (`keys revoke`, a leak): every replica drops it at its next key
+    # reload and refuses its tokens. Never signs, verifies or appears in JWKS again.
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -35,7 +35,7 @@ async def lock_key_creation(conn: AsyncConnection) -> None:
 
 
 async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:
-    """Keys not yet retired, oldest activation first."""
+    """Keys neither retired nor revoked, oldest activation first."""
     rows = await conn.execute(
         select(
             _keys.c.kid,
@@ -45,7 +45,7 @@ async def list_live_keys(conn: AsyncConnection) -> list[StoredKey]:
             _keys.c.created_at,
             _keys.c.activates_at,
         )
-        .where(_keys.c.retired_at.is_(None))
+        .where(_keys.c.retired_at.is_(None), _keys.c.revoked_at.is_(None))
         .order_by(_keys.c.activates_at, _keys.c.kid)
     )
     return [StoredKey(*row) for row in rows]
@@ -67,3 +67,21 @@ async def insert_key(conn: AsyncConnection, key: StoredKey) -> None:
 async def retire(conn: AsyncConnection, kids: list[str], *, now: datetime) -> None:
     if kids:
         await conn.execute(update(_keys).where(_keys.c.kid.in_(kids)).values(retired_at=now))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRevocation:
+    kid: str
+    revoked_at: datetime | None  # None: the key is not revoked
+
+
+async def find_revocation(conn: AsyncConnection, kid: str) -> KeyRevocation | None:
+    """The key's revocation state; None when no key has this kid (live, retired or revoked)."""
+    row = (
+        await conn.execute(select(_keys.c.kid, _keys.c.revoked_at).where(_keys.c.kid == kid))
+    ).one_or_none()
+    return None if row is None else KeyRevocation(row.kid, row.revoked_at)
+
+
+async def revoke(conn: AsyncConnection, kid: str, *, now: datetime) -> None:
+    await conn.execute(update(_keys).where(_keys.c.kid == kid).values(revoked_at=now))

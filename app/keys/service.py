@@ -5,6 +5,9 @@ A key's life: **pending** (published in JWKS, not yet signing) from its creation
 published and accepted until every token it signed has expired); then **retired**. The publish
 delay is at least the JWKS cache max-age plus the ring's reload interval, so every gateway and
 every replica knows a key before the first token signed with it exists.
+
+A key can also be **revoked** in any state (`revoke`, for a leak): it leaves every replica's ring
+at its next reload, and the tokens it signed are refused from then on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.audit import service as audit
+from app.core.client import ClientInfo
 from app.keys import repository
 from app.keys.crypto import (
     KeyEncryptor,
@@ -31,6 +36,7 @@ from app.keys.crypto import (
     public_jwk,
     thumbprint_kid,
 )
+from app.keys.errors import KeyNotFound
 from app.keys.repository import StoredKey
 
 logger = logging.getLogger("app.keys")
@@ -56,6 +62,15 @@ class KeyStatus:
     key: StoredKey
     state: str  # pending | active | retiring | retired
     retires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    kid: str
+    revoked_at: datetime
+    newly_revoked: bool  # False: it had been revoked before, at revoked_at
+    # The fresh key that signs from now on when the revoked key was the signer, else None.
+    replacement: StoredKey | None
 
 
 class KeyRingError(RuntimeError):
@@ -154,6 +169,47 @@ async def rotate(
         await _retire_expired(conn, now, token_lifetime)
     logger.info("keys.rotated", extra={"kid": key.kid, "activates_at": key.activates_at})
     return key
+
+
+async def revoke(
+    engine: AsyncEngine,
+    kid: str,
+    *,
+    algorithm: str,
+    secret: str,
+    now: datetime,
+    token_lifetime: timedelta,
+) -> Revocation:
+    """Withdraw a key (it leaked): it never signs, verifies or appears in JWKS again, on every
+    replica from its next key reload. When it was the signer, a fresh key signs from `now`,
+    without the publish delay: gateways that cached JWKS do not know it yet (they must refetch),
+    but a leaked key must not sign one more token. Revoking twice changes nothing."""
+    async with engine.begin() as conn:
+        await repository.lock_key_creation(conn)
+        found = await repository.find_revocation(conn, kid)
+        if found is None:
+            raise KeyNotFound()
+        if found.revoked_at is not None:
+            return Revocation(kid, found.revoked_at, newly_revoked=False, replacement=None)
+        # Retire what has expired first: with the revoked key gone, a key it had superseded long
+        # ago would count as superseded by the replacement only, and verify again.
+        await _retire_expired(conn, now, token_lifetime)
+        statuses = key_statuses(await repository.list_live_keys(conn), now, token_lifetime)
+        signing = any(s.key.kid == kid and s.state == "active" for s in statuses)
+        await repository.revoke(conn, kid, now=now)
+        replacement = None
+        if signing:
+            replacement = _new_key(algorithm, secret, now=now, activates_at=now)
+            await repository.insert_key(conn, replacement)
+        await audit.record(
+            conn,
+            "keys.revoked",
+            now=now,
+            client=ClientInfo(),
+            kid=kid,
+            replaced_by=replacement.kid if replacement else None,
+        )
+    return Revocation(kid, now, newly_revoked=True, replacement=replacement)
 
 
 async def list_keys(

@@ -9,41 +9,15 @@ import sys
 import uuid
 from pathlib import Path
 
-from tests.conftest import TEST_SECRET, Harness, bearer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": TEST_SECRET,
-        "ENVIRONMENT": "test",
-        "LOG_LEVEL": "WARNING",
-        "PASSWORD_HASH_PROFILE": "test",  # near-free argon2, as make_settings
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-
-
-async def _cli(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_run, database_url, *args, stdin=stdin)
+from tests.conftest import Harness, bearer
+from tests.support.cli import cli
 
 
 async def test_users_create_deactivate_activate_set_password(
     harness: Harness, database_url: str
 ) -> None:
     email = f"cli-{uuid.uuid4().hex[:8]}@Example.com"
-    created = await _cli(
+    created = await cli(
         database_url, "users", "create", email, "--role", "admin", stdin="first password\n"
     )
     assert created.returncode == 0, created.stderr
@@ -54,11 +28,11 @@ async def test_users_create_deactivate_activate_set_password(
     me = await harness.client.get("/auth/me", headers=bearer(tokens["access_token"]))
     assert me.json()["role"] == "admin"
 
-    duplicate = await _cli(database_url, "users", "create", email, stdin="first password\n")
+    duplicate = await cli(database_url, "users", "create", email, stdin="first password\n")
     assert duplicate.returncode == 1
     assert "email_taken" in duplicate.stderr
 
-    deactivated = await _cli(database_url, "users", "deactivate", email)
+    deactivated = await cli(database_url, "users", "deactivate", email)
     assert deactivated.returncode == 0, deactivated.stderr
     assert "1 sessions revoked" in deactivated.stdout
     me = await harness.client.get("/auth/me", headers=bearer(tokens["access_token"]))
@@ -68,9 +42,9 @@ async def test_users_create_deactivate_activate_set_password(
     )
     assert refused.json()["error"]["code"] == "invalid_credentials"
 
-    assert (await _cli(database_url, "users", "activate", email)).returncode == 0
+    assert (await cli(database_url, "users", "activate", email)).returncode == 0
     tokens = await harness.login(email, "first password")
-    changed = await _cli(database_url, "users", "set-password", email, stdin="second password\n")
+    changed = await cli(database_url, "users", "set-password", email, stdin="second password\n")
     assert changed.returncode == 0, changed.stderr
     assert (await harness.refresh(tokens["refresh_token"])).json()["error"][
         "code"
@@ -80,8 +54,8 @@ async def test_users_create_deactivate_activate_set_password(
 
 async def test_cli_errors_are_clear(database_url: str) -> None:
     missing, short = await asyncio.gather(  # independent: two processes at once
-        _cli(database_url, "users", "deactivate", "nobody@example.com"),
-        _cli(database_url, "users", "create", "short@example.com", stdin="short\n"),
+        cli(database_url, "users", "deactivate", "nobody@example.com"),
+        cli(database_url, "users", "create", "short@example.com", stdin="short\n"),
     )
     assert missing.returncode == 1
     assert "user_not_found" in missing.stderr
@@ -92,11 +66,11 @@ async def test_cli_errors_are_clear(database_url: str) -> None:
 
 async def test_migrate_from_empty_and_prune(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/nested/dir/fresh.db"
-    first = await _cli(url, "migrate")
+    first = await cli(url, "migrate")
     assert first.returncode == 0, first.stderr
-    again = await _cli(url, "migrate")  # idempotent
+    again = await cli(url, "migrate")  # idempotent
     assert again.returncode == 0, again.stderr
-    pruned = await _cli(url, "prune")
+    pruned = await cli(url, "prune")
     assert pruned.returncode == 0, pruned.stderr
     assert "deleted 0 sessions" in pruned.stdout
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.core.logging import JsonFormatter, request_id_var
-from tests.cli.test_cli import _cli
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
+from tests.support.cli import cli
 from tests.support.servers import create_user_in, uvicorn_server
 
 
@@ -62,10 +62,10 @@ async def test_admin_audit_query(harness: Harness) -> None:
 async def test_cli_audit(harness: Harness, database_url: str) -> None:
     email = await harness.create_user()
     await harness.login(email)
-    result = await _cli(database_url, "audit", email)
+    result = await cli(database_url, "audit", email)
     assert result.returncode == 0, result.stderr
     assert "login.succeeded" in result.stdout
-    unknown = await _cli(database_url, "audit", "ghost@example.com")
+    unknown = await cli(database_url, "audit", "ghost@example.com")
     assert unknown.returncode == 1
     assert "user_not_found" in unknown.stderr
 
