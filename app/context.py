@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import AccountService, build_account_service
+from app.auth.devices import DeviceTokenCodec
 from app.auth.service import AuthService
 from app.auth.tokens import AccessTokenCodec
 from app.auth.transport import CsrfTokenCodec, Transports
@@ -69,6 +70,7 @@ class AppContext:
             Transports(
                 CsrfTokenCodec(s.secret_key.get_secret_value()),
                 allowed_origins=s.cors_origins,
+                device_max_age=s.device_token_ttl,
                 clear_site_data=s.logout_clear_site_data,
             ),
             IntrospectionService(
@@ -138,6 +140,8 @@ async def build_context(
             access=access_codec,
             clock=clock,
             lockout=Lockout.of(settings),
+            devices=DeviceTokenCodec(secret, ttl=settings.device_token_ttl),
+            limiter=limiter,
         ),
         accounts=build_account_service(
             settings, passwords=passwords, sessions=sessions, clock=clock

@@ -16,6 +16,8 @@ class TokenGrant:
     refresh_token: str
     session: SessionState
     now: datetime
+    # Logins only: the client's device token for the account (see app.auth.devices).
+    device_token: str | None = None
 
     @property
     def refresh_expires_in(self) -> int:

@@ -14,6 +14,7 @@ from app.auth.dependencies import (
     current_session_or_none,
     guard_cookie_request,
 )
+from app.auth.devices import DeviceProof
 from app.auth.errors import InvalidCredentials, NotAuthenticated, OAuthError
 from app.auth.grants import refresh_after, seconds_until
 from app.auth.schemas import (
@@ -49,9 +50,16 @@ _COOKIE_DOC = (
 )
 
 
-async def _limit_login(limiter: RateLimiter, ip: str | None, email: str) -> None:
+async def _limit_login(
+    limiter: RateLimiter, ip: str | None, email: str, device: DeviceProof | None = None
+) -> None:
+    """Per IP, and per account; a device token for the account is counted per device
+    instead, so that flooding an account's logins does not shut out its owner's devices."""
     await limiter.hit("login_ip", ip or "unknown")
-    await limiter.hit("login_account", normalize_email(email))
+    if device is not None:
+        await limiter.hit("login_device", device.device_id)
+    else:
+        await limiter.hit("login_account", normalize_email(email))
 
 
 @router.post(
@@ -73,8 +81,10 @@ async def login(
 ) -> Response:
     """Start a new session (one per device) and return its first token pair."""
     transport = transports.for_response(request)
-    await _limit_login(limiter, client.ip, body.email)
-    result = await service.login(uow, client, body.email, body.password, body.device_name)
+    device_token = transports.presented_device_token(request, body.device_token)
+    device = service.device_proof(device_token, body.email)
+    await _limit_login(limiter, client.ip, body.email, device)
+    result = await service.login(uow, client, body.email, body.password, body.device_name, device)
     if isinstance(result, LoginRefused):
         # Returned, not raised: the failure's records commit with the unit of work.
         return domain_error_response(InvalidCredentials())

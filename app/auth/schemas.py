@@ -18,6 +18,13 @@ class LoginRequest(StrictModel):
     email: PlainText = Field(min_length=1, max_length=320)
     password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
     device_name: PlainText | None = Field(default=None, max_length=100)
+    device_token: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Bearer transport: the `device_token` of this client's last login to the "
+        "account. It exempts the login from the account's lockout (see docs/abuse.md). "
+        "Cookie transport sends it in the __Host-device_token cookie instead.",
+    )
 
 
 class RefreshRequest(StrictModel):
@@ -50,6 +57,11 @@ class TokenResponse(BaseModel):
         default=None,
         description="Cookie transport only: the value to send as X-CSRF-Token (also in the "
         "__Host-csrf_token cookie, which a frontend on another origin cannot read).",
+    )
+    device_token: str | None = Field(
+        default=None,
+        description="Login, bearer transport: keep it and send it with this client's next "
+        "login to the account (cookie transport: set as the __Host-device_token cookie).",
     )
     session: SessionInfo
 

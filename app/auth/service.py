@@ -3,18 +3,24 @@ session rules themselves are the session service's."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.service import record
+from app.auth.devices import DeviceProof, DeviceTokenCodec
 from app.auth.grants import TokenGrant, grant_for
 from app.auth.tokens import AccessTokenCodec
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
+from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
-from app.sessions.service import SessionGuard, SessionService
+from app.sessions.service import IssuedSession, SessionGuard, SessionService
 from app.users import repository as users
 from app.users.repository import UserRecord
 from app.users.service import Lockout, normalize_email
@@ -37,12 +43,20 @@ class AuthService:
         access: AccessTokenCodec,
         clock: Clock,
         lockout: Lockout,
+        devices: DeviceTokenCodec,
+        limiter: RateLimiter,
     ) -> None:
         self._sessions = sessions
         self._passwords = passwords
         self._access = access
         self._clock = clock
         self._lockout = lockout
+        self._devices = devices
+        self._limiter = limiter
+
+    def device_proof(self, device_token: str | None, email: str) -> DeviceProof | None:
+        """What a presented device token proves for a login with `email` (None: nothing)."""
+        return self._devices.read(device_token, email=normalize_email(email), now=self._clock.now())
 
     async def login(
         self,
@@ -51,6 +65,7 @@ class AuthService:
         email: str,
         password: str,
         device_name: str | None,
+        device: DeviceProof | None = None,
     ) -> TokenGrant | LoginRefused:
         candidate = await self._sessions.find_login_candidate(normalize_email(email))
         # No connection is held while the hash runs (it takes tens of milliseconds).
@@ -58,10 +73,18 @@ class AuthService:
             password, candidate.password_hash if candidate else None
         )
         now = self._clock.now()
-        if valid and new_hash is None and candidate is not None and _looked_usable(candidate, now):
+        trusted = await self._trusts(device, candidate)
+        if (
+            valid
+            and new_hash is None
+            and candidate is not None
+            and _looked_usable(candidate, now)
+            # The one-trip start clears the account's failures: not the owner's device's job.
+            and not (trusted and candidate.failed_logins)
+        ):
             issued = await self._sessions.start(candidate, client, device_name, now)
             if issued is not None:
-                return grant_for(self._access, issued)
+                return self._granted(issued, candidate, device if trusted else None)
         # The general path: anything unusual (a failure, a hash upgrade, a change meanwhile),
         # decided under the user's row lock inside the request's unit of work.
         conn = await uow.connection()
@@ -71,11 +94,13 @@ class AuthService:
             and candidate is not None
             and user.password_hash == candidate.password_hash
         )
-        locked = user is not None and user.is_locked_at(now)
+        # A trusted device is exempt from the account's lock (which anyone may keep in force).
+        locked = user is not None and user.is_locked_at(now) and not trusted
         if user is None or not valid or not unchanged or not user.is_active or locked:
             reason = _failure_reason(user, valid=valid, unchanged=unchanged, locked=locked)
             if user is not None and reason == "wrong_password":
-                await self._lockout.count_failure(conn, client, user, now)
+                await self._count_failure(conn, client, user, now, device if trusted else None)
+            details: dict[str, Any] = {"device": "trusted"} if trusted else {}
             await record(
                 conn,
                 "login.failed",
@@ -83,14 +108,57 @@ class AuthService:
                 client=client,
                 user_id=candidate.id if candidate else None,
                 reason=reason,
+                **details,
             )
             return LoginRefused(reason)
-        if user.failed_logins or user.locked_until:
+        # The account's failures are untrusted clients' guesses: the owner's device logging
+        # in neither lifts their lock nor gives them a fresh count.
+        if (user.failed_logins or user.locked_until) and not trusted:
             await users.reset_login_failures(conn, user.id)
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
+            user = replace(user, password_hash=new_hash)
         issued = await self._sessions.start_in(uow, user, client, device_name, now)
-        return grant_for(self._access, issued)
+        return self._granted(issued, user, device if trusted else None)
+
+    async def _trusts(self, device: DeviceProof | None, user: UserRecord | None) -> bool:
+        """Whether `device` is a trusted device of `user`: its token names the account and
+        its current password, and the device has not used up its own wrong passwords."""
+        if device is None or user is None or device.user_id != user.id:
+            return False
+        tag = self._devices.password_tag(user.password_hash)
+        if not hmac.compare_digest(device.password_tag, tag):
+            return False
+        return await self._limiter.allows("login_device_failures", device.device_id)
+
+    async def _count_failure(
+        self,
+        conn: AsyncConnection,
+        client: ClientInfo,
+        user: UserRecord,
+        now: datetime,
+        trusted_device: DeviceProof | None,
+    ) -> None:
+        """A trusted device's wrong password counts against the device (its own limit);
+        anyone else's against the account (its lockout)."""
+        if trusted_device is not None:
+            await self._limiter.count("login_device_failures", trusted_device.device_id)
+        else:
+            await self._lockout.count_failure(conn, client, user, now)
+
+    def _granted(
+        self, issued: IssuedSession, user: UserRecord, device: DeviceProof | None
+    ) -> TokenGrant:
+        """The grant, with a device token for the account: a fresh device, or the trusted
+        one keeping its id (and its failure count)."""
+        device_token = self._devices.issue(
+            user_id=user.id,
+            email=user.email,
+            password_hash=user.password_hash,
+            now=issued.now,
+            device_id=device.device_id if device is not None else None,
+        )
+        return replace(grant_for(self._access, issued), device_token=device_token)
 
     async def refresh(
         self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None

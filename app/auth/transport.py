@@ -25,6 +25,9 @@ TRANSPORT_HEADER = "session-transport"
 CSRF_HEADER = "x-csrf-token"
 REFRESH_COOKIE = "__Secure-refresh_token"
 CSRF_COOKIE = "__Host-csrf_token"
+# The device token (app.auth.devices) of a browser: read only by logins, kept across logouts
+# (it says the browser logged in before, not that a session is live).
+DEVICE_COOKIE = "__Host-device_token"
 # The refresh cookie goes only where it is used. A cookie has one path, so the same token is
 # set twice (browsers key cookies by name and path).
 REFRESH_COOKIE_PATHS = ("/auth/refresh", "/auth/logout")
@@ -63,6 +66,7 @@ def _token_body(grant: TokenGrant) -> TokenResponse:
         refresh_token=grant.refresh_token,
         refresh_expires_in=grant.refresh_expires_in,
         refresh_after=grant.refresh_after,
+        device_token=grant.device_token,
         session=SessionInfo(
             id=grant.session.id,
             idle_expires_at=grant.session.idle_expires_at,
@@ -87,8 +91,11 @@ class BearerTransport:
 
 
 class CookieTransport:
-    def __init__(self, csrf: CsrfTokenCodec, *, clear_site_data: bool = False) -> None:
+    def __init__(
+        self, csrf: CsrfTokenCodec, *, device_max_age: int, clear_site_data: bool = False
+    ) -> None:
         self._csrf = csrf
+        self._device_max_age = device_max_age
         self._clear_site_data = clear_site_data
 
     def token_response(self, grant: TokenGrant) -> Response:
@@ -97,6 +104,7 @@ class CookieTransport:
         csrf_token = self._csrf.token_for(grant.session.id)
         body = _token_body(grant)
         body.refresh_token = None
+        body.device_token = None
         body.csrf_token = csrf_token
         # Until the absolute deadline, not the idle one: a browser that kept the cookie past
         # an idle expiry lets the server say why (session_expired) on the next refresh.
@@ -120,6 +128,16 @@ class CookieTransport:
             httponly=False,  # the page's script reads it to echo it in X-CSRF-Token
             samesite="strict",
         )
+        if grant.device_token is not None:
+            response.set_cookie(
+                DEVICE_COOKIE,
+                grant.device_token,
+                max_age=self._device_max_age,
+                path="/",
+                secure=True,
+                httponly=True,
+                samesite="strict",
+            )
         return _json(response, body)
 
     def logout_response(self) -> Response:
@@ -154,10 +172,17 @@ class Transports:
     """Which transport a request uses, and the cross-site checks for cookie requests."""
 
     def __init__(
-        self, csrf: CsrfTokenCodec, *, allowed_origins: list[str], clear_site_data: bool = False
+        self,
+        csrf: CsrfTokenCodec,
+        *,
+        allowed_origins: list[str],
+        device_max_age: int,
+        clear_site_data: bool = False,
     ) -> None:
         self.bearer = BearerTransport()
-        self.cookie = CookieTransport(csrf, clear_site_data=clear_site_data)
+        self.cookie = CookieTransport(
+            csrf, device_max_age=device_max_age, clear_site_data=clear_site_data
+        )
         self._allowed_origins = allowed_origins
 
     def for_response(self, request: Request) -> Transport:
@@ -175,6 +200,10 @@ class Transports:
         if cookie is None:
             return None
         return PresentedRefreshToken(cookie, self.cookie.guard(request), self.cookie)
+
+    def presented_device_token(self, request: Request, body_token: str | None) -> str | None:
+        """A login's device token: from the body (bearer clients), else the browser's cookie."""
+        return body_token or request.cookies.get(DEVICE_COOKIE) or None
 
     def check_cross_site(self, request: Request, *, has_bearer_token: bool) -> None:
         """Refuse what a foreign page could send with the user's cookies (OWASP CSRF cheat

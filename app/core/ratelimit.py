@@ -64,6 +64,13 @@ class RateLimiter:
         if not await self._limiter.test(item, name, key):
             await self._refuse(item, name, key)
 
+    async def allows(self, name: str, key: str) -> bool:
+        """Whether the limit has room, without counting (for a limit that decides how a
+        request is treated rather than whether it is refused)."""
+        if not self._enabled:
+            return True
+        return bool(await self._limiter.test(self._items[name], name, key))
+
     async def count(self, name: str, key: str) -> None:
         """Count a request that `check` let through and that proved legitimate; never refuses
         (the work is done by now)."""

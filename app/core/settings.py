@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     rate_limit_namespace: str = "authsvc"
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_account: str = "10/minute"
+    # Logins from a trusted device (see DEVICE_TOKEN_TTL) are counted per device instead of
+    # per account, and its wrong passwords have their own budget: beyond it the device is
+    # treated as untrusted (it meets the account's lock) until the window has passed.
+    rate_limit_login_device: str = "10/minute"
+    rate_limit_login_device_failures: str = "5/hour"
     rate_limit_refresh_session: str = "30/minute"
     rate_limit_refresh_ip: str = "300/minute"
     rate_limit_verify_ip: str = "3000/minute"
@@ -125,12 +130,18 @@ class Settings(BaseSettings):
     # Wrong current passwords at POST /auth/password that end the session making them: a
     # stolen session must not become a password-guessing tool.
     password_change_max_failures: int = Field(default=5, ge=1)
+    # How long a device token (handed out at every successful login) keeps a client trusted:
+    # such a client is exempt from the account's lockout, which an attacker can keep in force.
+    device_token_ttl: int = Field(default=180 * 24 * 3600, ge=60)
     allow_registration: bool = False
     # Cookie logout also sends `Clear-Site-Data: "cookies"`: the browser then drops EVERY
     # cookie of the registrable domain and its subdomains (other applications' too). Off: only
     # our own cookies are expired.
     logout_clear_site_data: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The request line and headers together, CRLFs included: beyond it `serve` answers 431
+    # (app/core/http_protocol.py) before the head is buffered.
+    max_request_header_bytes: int = Field(default=16 * 1024, ge=4096, le=1024 * 1024)
     db_pool_size: int = Field(default=10, ge=1)
     # Threads hashing passwords in each process. Unset: this process's share of the cores
     # (cores / WEB_CONCURRENCY, which `serve --workers N` sets), so hashes never outnumber cores.
@@ -216,6 +227,8 @@ class Settings(BaseSettings):
         return {
             "login_ip": self.rate_limit_login_ip,
             "login_account": self.rate_limit_login_account,
+            "login_device": self.rate_limit_login_device,
+            "login_device_failures": self.rate_limit_login_device_failures,
             "refresh_session": self.rate_limit_refresh_session,
             "refresh_ip": self.rate_limit_refresh_ip,
             "verify_ip": self.rate_limit_verify_ip,

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.auth.transport import CSRF_COOKIE, REFRESH_COOKIE
+from app.auth.transport import CSRF_COOKIE, DEVICE_COOKIE, REFRESH_COOKIE
 from tests.conftest import PASSWORD, Harness, bearer, make_settings, start_harness
 
 COOKIE = {"Session-Transport": "cookie"}
@@ -158,8 +158,13 @@ async def test_d32_logout_clears_cookies_with_identical_attributes(harness: Harn
     # domain, other applications' too (opt-in, LOGOUT_CLEAR_SITE_DATA).
     assert "clear-site-data" not in response.headers
     cleared = {(c["name"], c["attrs"]["path"]): c for c in set_cookies(response)}
+    # The device token outlives the session on purpose: it says this browser has logged in
+    # before (docs/abuse.md), so the owner is not locked out by someone else's guesses.
+    assert (DEVICE_COOKIE, "/") not in cleared
     for original in set_cookies(login):
         key = (original["name"], original["attrs"]["path"])
+        if original["name"] == DEVICE_COOKIE:
+            continue
         assert key in cleared, key
         expired = cleared[key]["attrs"]
         assert int(expired["max-age"]) == 0
