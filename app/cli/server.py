@@ -22,17 +22,19 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
     if args.command == "prune":
         return asyncio.run(_prune(settings))
     asyncio.run(_migrate(settings))
-    _serve(args)
+    _serve(args, settings)
     return ""
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Before the workers import prometheus_client: they share samples through it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
     # The workers size their password-hashing pools by it (cores per worker).
     os.environ.setdefault("WEB_CONCURRENCY", str(args.workers))
     import uvicorn
+
+    from app.core.http_protocol import HeadLimitedHttpToolsProtocol
 
     uvicorn.run(
         "app.main:create_app",
@@ -44,6 +46,10 @@ def _serve(args: argparse.Namespace) -> None:
         access_log=False,
         # Forwarded headers are handled inside the app, from TRUSTED_PROXIES only.
         proxy_headers=False,
+        # httptools, refusing a request head over MAX_REQUEST_HEADER_BYTES with 431; the limit
+        # travels to every worker as uvicorn's setting for the same limit under h11.
+        http=HeadLimitedHttpToolsProtocol,
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
     )
 
 

@@ -78,24 +78,23 @@ def uvicorn_server(
     workers: int = 1,
     env: dict[str, str] | None = None,
     is_factory: bool = True,
+    serve: bool = False,  # `python -m app serve` (migrations, then our uvicorn configuration)
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start uvicorn on a free port, wait until /healthz answers, stop it afterwards."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
+    where = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if serve:
+        command = ["app", "serve", *where]
+    else:
+        command = [
             "uvicorn",
             factory,
             *(["--factory"] if is_factory else []),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
+            *where,
             "--no-access-log",
-        ],
+        ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command],
         cwd=ROOT,
         env=server_env(database_url, **(env or {})),
         stdout=subprocess.DEVNULL,
