@@ -20,6 +20,7 @@ from app.auth.grants import TokenGrant, seconds_until
 from app.auth.schemas import SessionInfo, TokenResponse
 from app.core.security import b64url, derive_key
 from app.sessions.service import SessionGuard
+from app.sessions.tokens import RefreshTokenCodec
 
 TRANSPORT_HEADER = "session-transport"
 CSRF_HEADER = "x-csrf-token"
@@ -31,6 +32,9 @@ DEVICE_COOKIE = "__Host-device_token"
 # The refresh cookie goes only where it is used. A cookie has one path, so the same token is
 # set twice (browsers key cookies by name and path).
 REFRESH_COOKIE_PATHS = ("/auth/refresh", "/auth/logout")
+# More refresh cookies than a browser could hold of ours (one per path) is an attack, not a
+# reason to check dozens of candidates.
+_MAX_REFRESH_COOKIES = 4
 
 
 class CsrfTokenCodec:
@@ -156,6 +160,26 @@ class CookieTransport:
             response.headers["Clear-Site-Data"] = '"cookies"'
         return response
 
+    def pick_refresh_cookie(self, request: Request) -> str | None:
+        """The request's refresh cookie; of several, the one whose session the request's CSRF
+        token names.
+
+        A `__Secure-` cookie may carry a Domain, so a sibling subdomain can plant a second
+        refresh cookie (its own session's, or garbage) beside ours; taking the last, as
+        cookie parsers do, would break the victim's refresh and logout, or swap in the
+        attacker's session. The CSRF token comes from the `__Host-` cookie, which no other
+        host can set, so it tells which candidate is the user's. No match: the first, which
+        the CSRF check then refuses."""
+        candidates = _refresh_cookies(request)
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        presented = request.headers.get(CSRF_HEADER, "")
+        for candidate in candidates[:_MAX_REFRESH_COOKIES]:
+            session_id = RefreshTokenCodec.session_of(candidate)
+            if session_id is not None and self._csrf.matches(session_id, presented):
+                return candidate
+        return candidates[0]
+
     def guard(self, request: Request) -> SessionGuard:
         """The check that the request's CSRF token is the session's, run once a refresh
         cookie has named the session."""
@@ -196,7 +220,7 @@ class Transports:
         the cookie (CSRF-guarded). A token from a cookie goes back only into a cookie."""
         if body_token is not None:
             return PresentedRefreshToken(body_token, None, self.for_response(request))
-        cookie = _refresh_cookie(request)
+        cookie = self.cookie.pick_refresh_cookie(request)
         if cookie is None:
             return None
         return PresentedRefreshToken(cookie, self.cookie.guard(request), self.cookie)
@@ -232,3 +256,14 @@ def _wants_cookies(request: Request) -> bool:
 
 def _refresh_cookie(request: Request) -> str | None:
     return request.cookies.get(REFRESH_COOKIE) or None
+
+
+def _refresh_cookies(request: Request) -> list[str]:
+    """Every refresh cookie the request carries, in order (a parsed cookie dict keeps one)."""
+    found = []
+    for header in request.headers.getlist("cookie"):
+        for pair in header.split(";"):
+            name, eq, value = pair.partition("=")
+            if eq and name.strip() == REFRESH_COOKIE and value.strip():
+                found.append(value.strip())
+    return found
