@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.account.router import router as account_router
@@ -33,7 +34,7 @@ from app.core.middleware import (
 from app.core.periodic import every
 from app.core.security import PasswordHasher
 from app.core.settings import Environment, Settings, get_settings
-from app.demo.router import STATIC_DIR
+from app.demo.router import DEMO_CSP
 from app.demo.router import router as demo_router
 from app.gateway.router import FORWARD_AUTH_PATHS
 from app.gateway.router import router as gateway_router
@@ -42,6 +43,34 @@ from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
 
 logger = logging.getLogger("app")
+
+# Served in every environment: the browser client (auth-client.js) that frontends import. The
+# demo's page is not in it (app/demo/demo.html, served by /demo outside production only).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# The framework's routes: the API explorers, Swagger UI's OAuth2 redirect and the schema,
+# served when DOCS_ENABLED (by default outside production). They carry no exposure marker.
+DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL = "/docs", "/docs/oauth2-redirect", "/redoc"
+OPENAPI_URL = "/openapi.json"
+DOCS_PATHS = (DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL, OPENAPI_URL)
+# The explorers' Content-Security-Policy: their assets from this origin (fastapi-offline), the
+# inline scripts and styles they are built with (the bootstrap script embeds per-request URLs,
+# so no fixed hash fits it, and Swagger UI styles elements inline), images as data: URLs,
+# ReDoc's search worker from a blob:, and never in a frame.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# Each HTML page's policy (app.core.middleware sets it, with X-Frame-Options: DENY).
+PAGE_POLICIES = {
+    DOCS_URL: DOCS_CSP,
+    OAUTH2_REDIRECT_URL: DOCS_CSP,
+    REDOC_URL: DOCS_CSP,
+    "/demo": DEMO_CSP,
+}
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(
@@ -89,18 +118,8 @@ def create_app(
             if engine is None:
                 await ctx.engine.dispose()
 
-    # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs needs no CDN.
-    app = FastAPIOffline(
-        title="authsvc",
-        version="0.1.0",
-        summary="Sessions that slide while users work: JWT access tokens, rotating refresh tokens.",
-        lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
-    )
+    app = _application(settings, lifespan)
     install_error_handlers(app)
-    # What the framework (FastAPIOffline) registered itself: /docs, its OAuth2 redirect, /redoc,
-    # /openapi.json. They carry no exposure marker and are public.
-    framework_paths = [route.path for route in app.routes if isinstance(route, Route)]
     routers = [
         auth_router,
         health_router,
@@ -110,28 +129,67 @@ def create_app(
         account_router,
         admin_router,
         ops_router,
+        demo_router,
     ]
+    not_served = []
+    if not settings.serves_metrics:
+        not_served.append(ops_router)
+    if settings.environment is Environment.production:
+        not_served.append(demo_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if settings.environment is not Environment.production:
-        routers.append(demo_router)
     for router in routers:
-        app.include_router(router)
-    # The demo's exposure is declared even where it is not served: a token sent to /demo in
-    # production meets a 404, not a token check.
-    routes = [route for router in [*routers, demo_router] for route in router.routes]
-    app.state.exposure = exposure_of(routes, also_public=framework_paths)
-    add_middleware_stack(app, settings, app.state.exposure)
+        if router not in not_served:
+            app.include_router(router)
+    # Every route's exposure is declared, served or not (the demo and a tokenless /metrics in
+    # production, the docs when off): a token sent there meets a 404, not a token check.
+    routes = [route for router in routers for route in router.routes]
+    app.state.exposure = exposure_of(routes, also_public=DOCS_PATHS)
+    add_middleware_stack(app, settings, app.state.exposure, page_policies=PAGE_POLICIES)
     return app
+
+
+def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
+    """The FastAPI application, with the API explorers and the schema if DOCS_ENABLED."""
+    title, version = "authsvc", "0.1.0"
+    summary = "Sessions that slide while users work: JWT access tokens, rotating refresh tokens."
+    if not settings.serves_docs:
+        return FastAPI(
+            title=title,
+            version=version,
+            summary=summary,
+            lifespan=lifespan,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
+        )
+    # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs needs no CDN.
+    return FastAPIOffline(
+        title=title,
+        version=version,
+        summary=summary,
+        lifespan=lifespan,
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
+        openapi_url=OPENAPI_URL,
+        swagger_ui_oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
 
 
 async def _sample_pool(ctx: AppContext) -> None:
     record_pool(ctx.engine.pool)
 
 
-def add_middleware_stack(app: FastAPI, settings: Settings, exposure: ExposureMap) -> None:
+def add_middleware_stack(
+    app: FastAPI,
+    settings: Settings,
+    exposure: ExposureMap,
+    *,
+    page_policies: dict[str, str] | None = None,
+) -> None:
     """Every middleware of the service, in order; also used by the benchmark to measure the
     stack's own cost on a bare endpoint (bench.ceiling). `exposure`: what the routes declared
-    (app.core.exposure)."""
+    (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page."""
     # Outermost last: the request envelope wraps everything so every log line has an id.
     app.add_middleware(IdentityMiddleware, exposure=exposure)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -150,7 +208,9 @@ def add_middleware_stack(app: FastAPI, settings: Settings, exposure: ExposureMap
                 "X-Request-ID",
             ],
         )
-    app.add_middleware(RequestEnvelopeMiddleware, no_store_prefixes=("/auth/",))
+    app.add_middleware(
+        RequestEnvelopeMiddleware, no_store_prefixes=("/auth/",), page_policies=page_policies
+    )
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.

@@ -151,8 +151,12 @@ class Settings(BaseSettings):
     password_hash_profile: PasswordHashProfile = PasswordHashProfile.owasp
     db_pool_timeout: float = Field(default=5.0, gt=0)
     prune_interval: int = Field(default=3600, ge=0)
-    # Protects /metrics when set (Prometheus: `authorization: {credentials: ...}`).
+    # /metrics requires `Authorization: Bearer <it>` when set (Prometheus: `authorization:
+    # {credentials: ...}`). Unset: /metrics is open in development and test, absent (404) in
+    # production.
     metrics_token: SecretStr | None = None
+    # /docs, /redoc and /openapi.json. None: on in development and test, off in production.
+    docs_enabled: bool | None = None
     log_level: str = "INFO"
     log_format: str | None = None  # "json" or "console"; default depends on environment
 
@@ -221,6 +225,18 @@ class Settings(BaseSettings):
         if self.session_idle_timeout is not None:
             return self.session_idle_timeout
         return 2 * 3600 if self.environment is Environment.development else 24 * 3600
+
+    @property
+    def serves_docs(self) -> bool:
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment is not Environment.production
+
+    @property
+    def serves_metrics(self) -> bool:
+        """Production serves /metrics only behind METRICS_TOKEN: it tells anyone how busy the
+        service is, how many sessions are live and how logins fail."""
+        return self.metrics_token is not None or self.environment is not Environment.production
 
     @property
     def rate_limits(self) -> dict[str, str]:

@@ -732,6 +732,49 @@ async def test_docs_authorize_then_try_session_status(
     assert watch.errors == []
 
 
+CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+    (event) => window.cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
+"""
+
+
+async def test_pages_run_under_their_csp_and_no_other_origin_frames_them(
+    context: BrowserContext, service: Service
+) -> None:
+    """The demo, Swagger UI and ReDoc work under their Content-Security-Policy (nothing they
+    use is blocked but ReDoc's "by Redocly" logo from its CDN), and a page of another origin
+    cannot show one in a frame."""
+    watch = PageWatch()
+    await context.add_init_script(CSP_VIOLATIONS)
+    page = watch.attach(await context.new_page())
+    shown = {
+        "/demo": "#login-form",
+        "/docs": ".swagger-ui .opblock-summary-path >> nth=0",
+        "/redoc": ".api-content h2 >> nth=0",
+    }
+    for path, selector in shown.items():
+        response = await page.goto(f"{service.base}{path}")
+        assert response is not None
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        await expect(page.locator(selector)).to_be_visible()
+        await page.wait_for_load_state("networkidle")
+        violations = set(await page.evaluate("window.cspViolations"))
+        assert violations <= {"img-src https://cdn.redoc.ly/redoc/logo-mini.svg"}, path
+
+    refusals: list[str] = []
+    with attacker_server() as port:
+        evil = watch.attach(await context.new_page())
+        evil.on("console", lambda message: refusals.append(message.text))
+        await evil.goto(f"http://127.0.0.1:{port}/")
+        await evil.set_content(f'<iframe src="{service.base}/demo"></iframe>')
+        await evil.wait_for_load_state("networkidle")
+        framed = evil.frames[1]
+        assert await framed.locator("#status").count() == 0
+        assert any("frame-ancestors 'none'" in text for text in refusals), refusals
+    assert watch.errors == []
+
+
 async def test_scenarios_that_wait_on_real_time(
     real_time_scenarios: asyncio.Task[None] | None,
 ) -> None:
