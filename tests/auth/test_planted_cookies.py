@@ -13,7 +13,7 @@ from tests.conftest import Harness, bearer, error_code
 
 
 def _refresh_cookie_of(response: httpx.Response) -> str:
-    values = {c["value"] for c in set_cookies(response) if c["name"] == REFRESH_COOKIE}
+    values = {str(c["value"]) for c in set_cookies(response) if c["name"] == REFRESH_COOKIE}
     assert len(values) == 1
     return values.pop()
 
