@@ -82,12 +82,13 @@ def create_app(
     configure_logs: bool = True,
 ) -> FastAPI:
     settings = settings or get_settings()
+    clock = clock or Clock()
     if configure_logs:
         configure_logging(settings.log_level, json_output=settings.json_logs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await build_context(settings, clock or Clock(), engine, passwords=passwords)
+        ctx = await build_context(settings, clock, engine, passwords=passwords)
         app.state.ctx = ctx
         app.state.components = ctx.components()
         jobs = [
@@ -144,7 +145,9 @@ def create_app(
     # production, the docs when off): a token sent there meets a 404, not a token check.
     routes = [route for router in routers for route in router.routes]
     app.state.exposure = exposure_of(routes, also_public=DOCS_PATHS)
-    add_middleware_stack(app, settings, app.state.exposure, page_policies=PAGE_POLICIES)
+    add_middleware_stack(
+        app, settings, app.state.exposure, page_policies=PAGE_POLICIES, clock=clock
+    )
     return app
 
 
@@ -186,10 +189,12 @@ def add_middleware_stack(
     exposure: ExposureMap,
     *,
     page_policies: dict[str, str] | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Every middleware of the service, in order; also used by the benchmark to measure the
     stack's own cost on a bare endpoint (bench.ceiling). `exposure`: what the routes declared
-    (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page."""
+    (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page;
+    `clock`: the application's, which stamps each request's arrival."""
     # Outermost last: the request envelope wraps everything so every log line has an id.
     app.add_middleware(IdentityMiddleware, exposure=exposure)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -209,7 +214,10 @@ def add_middleware_stack(
             ],
         )
     app.add_middleware(
-        RequestEnvelopeMiddleware, no_store_prefixes=("/auth/",), page_policies=page_policies
+        RequestEnvelopeMiddleware,
+        no_store_prefixes=("/auth/",),
+        page_policies=page_policies,
+        clock=clock,
     )
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.client import ClientInfo
+from app.core.client import ClientInfo, arrival_of
 from app.core.clock import Clock
 from app.core.components import provider
 from app.core.db import UnitOfWork
@@ -60,6 +60,7 @@ async def get_client_info(request: Request) -> ClientInfo:
     return ClientInfo(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
+        arrived_at=arrival_of(request.scope),
     )
 
 

@@ -14,6 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.client import ARRIVED_AT
+from app.core.clock import Clock
 from app.core.errors import error_body
 from app.core.logging import request_id_var
 from app.core.metrics import record_request
@@ -64,6 +66,8 @@ class RequestEnvelopeMiddleware:
     """What every HTTP request gets, in one layer (each layer costs every request a call, and
     with a send wrapper an await per message: docs/performance.md):
 
+    - its arrival: the instant it reached the application, from the application's clock, in
+      the scope (`app.core.client.arrival_of`), for rules measured from arrival;
     - a request id: a sane incoming `X-Request-ID` or a new one, bound to logs, echoed back;
     - its metrics: duration by method, route template and status;
     - under `no_store_prefixes`, whose responses may carry tokens, `Cache-Control: no-store`
@@ -82,8 +86,10 @@ class RequestEnvelopeMiddleware:
         *,
         no_store_prefixes: tuple[str, ...],
         page_policies: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.app = app
+        self.clock = clock or Clock()
         self.no_store_prefixes = no_store_prefixes
         self.security = (_NOSNIFF,)
         self.page_security = {
@@ -94,6 +100,7 @@ class RequestEnvelopeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[ARRIVED_AT] = self.clock.now()
         incoming = _header(scope, _X_REQUEST_ID)
         request_id = (
             incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _request_ids.next()
@@ -150,7 +157,10 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         lengths, chunked = _framing(scope)
-        if lengths and not all(n.isdigit() and int(n) <= self.max_bytes for n in lengths):
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500).
+        if lengths and not all(
+            n.isascii() and n.isdigit() and int(n) <= self.max_bytes for n in lengths
+        ):
             response = JSONResponse(
                 error_body("payload_too_large", "Request body too large."), status_code=413
             )

@@ -71,6 +71,11 @@ class RateLimiter:
             return True
         return bool(await self._limiter.test(self._items[name], name, key))
 
+    async def refuse(self, name: str, key: str) -> NoReturn:
+        """Refuse a request that `allows` found over the limit, once its work turned out to
+        need the room (the session store decides whether a refresh is a new rotation)."""
+        await self._refuse(self._items[name], name, key)
+
     async def count(self, name: str, key: str) -> None:
         """Count a request that `check` let through and that proved legitimate; never refuses
         (the work is done by now)."""

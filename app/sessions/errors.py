@@ -25,6 +25,18 @@ class RefreshTokenReused(UnauthorizedError):
     message = "This refresh token was already used; the session has been revoked."
 
 
+class RefreshTokenSuperseded(UnauthorizedError):
+    """A delayed duplicate: an older refresh token, arriving within the reuse interval of its
+    first use after its successor was used too. The session is kept; the client (or another of
+    its tabs) holds a newer token and should use that one."""
+
+    code = "refresh_token_superseded"
+    message = (
+        "This refresh token was already replaced by a newer one; use the newest refresh "
+        "token. The session is not affected."
+    )
+
+
 class SessionNotFound(NotFoundError):
     code = "session_not_found"
     message = "No such live session of yours."

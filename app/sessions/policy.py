@@ -88,11 +88,25 @@ class SessionPolicy:
     def slid_deadline(self, state: SessionState, now: datetime) -> datetime:
         return min(now + self.idle_timeout, state.absolute_expires_at)
 
-    def is_retry(self, link: TokenLink, now: datetime) -> bool:
+    def credited_arrival(self, arrived_at: datetime | None, now: datetime) -> datetime:
+        """The instant a refresh is measured from against the reuse interval: when it arrived,
+        so that waiting in a busy worker does not turn a genuine retry into theft. The wait is
+        credited up to one reuse interval: a request whose body trickles in for longer must
+        not stretch the window a thief gets (docs/refresh-rotation.md)."""
+        if arrived_at is None:
+            return now
+        return min(now, max(arrived_at, now - self.reuse_interval))
+
+    def is_retry(self, link: TokenLink, arrived_at: datetime) -> bool:
         """The newest used token, presented again within the reuse interval: a retry or a
-        race, answered with the same successor. Anything else used is a replay (theft)."""
-        return (
-            link.used_at is not None
-            and link.is_newest_parent
-            and now - link.used_at <= self.reuse_interval
-        )
+        race, answered with the same successor."""
+        return self._inside_reuse_interval(link, arrived_at) and link.is_newest_parent
+
+    def is_superseded(self, link: TokenLink, arrived_at: datetime) -> bool:
+        """An older used token (its successor was used too), arriving within the reuse interval
+        of its own first use: a delayed duplicate of a request the client has since retried
+        and moved on from. Refused, but not theft. Anything else used is a replay (theft)."""
+        return self._inside_reuse_interval(link, arrived_at) and not link.is_newest_parent
+
+    def _inside_reuse_interval(self, link: TokenLink, arrived_at: datetime) -> bool:
+        return link.used_at is not None and arrived_at - link.used_at <= self.reuse_interval

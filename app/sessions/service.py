@@ -21,6 +21,7 @@ from app.sessions.cache import SessionStateCache
 from app.sessions.errors import (
     RefreshTokenInvalid,
     RefreshTokenReused,
+    RefreshTokenSuperseded,
     SessionExpired,
     SessionNotFound,
     SessionRevoked,
@@ -195,17 +196,19 @@ class SessionService:
         self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None
     ) -> IssuedSession:
         """Rotate a refresh token: its successor, or the same successor again for a retry
-        inside the reuse interval. A replay outside it revokes the session (theft).
+        inside the reuse interval. An older token inside the interval is refused as
+        superseded (a delayed duplicate); a replay outside it revokes the session (theft).
 
-        One store call (one round trip on PostgreSQL); everything that can refuse without the
-        database (the guard, the per-session limit) runs first."""
+        One store call (one round trip on PostgreSQL); the guard runs first. The per-session
+        limit counts rotations only: the store is told whether it has room and refuses a new
+        rotation without it, while a retry (whose rotation was counted) is answered anyway."""
         codec = self._codec
         session_id = codec.session_of(refresh_token) or await self._legacy_session_of(refresh_token)
         if session_id is None:
             raise RefreshTokenInvalid()
         if guard is not None:
             guard(session_id)
-        await self._limiter.check("refresh_session", str(session_id))
+        may_rotate = await self._limiter.allows("refresh_session", str(session_id))
         now = self._clock.now()
         successor = codec.successor(refresh_token, session_id)
         result = await self._store.rotate(
@@ -218,6 +221,8 @@ class SessionService:
                 policy=self.policy,
                 ip=client.ip,
                 user_agent=client.stored_user_agent,
+                arrived_at=self.policy.credited_arrival(client.arrived_at, now),
+                may_rotate=may_rotate,
             )
         )
         state = await self._after_rotation(result, client, now)
@@ -232,6 +237,17 @@ class SessionService:
         if result.outcome == "unusable":
             self.require_usable(state, now)
             raise SessionRevoked()  # pragma: no cover - require_usable raised already
+        if result.outcome == "limited":
+            await self._limiter.refuse("refresh_session", str(state.id))
+        if result.outcome == "superseded":
+            _announce(
+                "refresh.superseded",
+                state,
+                client,
+                reuse_class=result.reuse_class,
+                generation=result.generation,
+            )
+            raise RefreshTokenSuperseded()
         if result.outcome == "reused":
             self._cache.clear()  # the revocation is committed already
             _announce(
@@ -242,14 +258,14 @@ class SessionService:
                 generation=result.generation,
             )
             raise RefreshTokenReused()
-        await self._count_for_limit(state.id)
         if result.outcome == "rotated":
+            await self._count_rotation(state.id)
             _announce("refresh.rotated", state, client, generation=result.generation)
-        else:
+        else:  # a retry: its rotation was counted when it happened
             _announce("refresh.retried", state, client, reuse_class=result.reuse_class)
         return state
 
-    async def _count_for_limit(self, session_id: uuid.UUID) -> None:
+    async def _count_rotation(self, session_id: uuid.UUID) -> None:
         # The rotation is committed: a limiter outage (Redis) must not turn it into an error.
         try:
             await self._limiter.count("refresh_session", str(session_id))

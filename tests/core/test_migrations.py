@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy.engine import Connection
 
 from app.core.db import create_engine
 from app.models import Base
+from app.sessions import repository as sessions
+from app.users import repository as users
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -111,3 +114,73 @@ async def test_migrated_function_is_the_app_sql(
         f"the migrations install a different {function} than app/sessions/sql/{stem}.sql: "
         "add a migration that pins the new version"
     )
+
+
+async def test_previous_versions_rotation_call_keeps_its_rules(postgres_url: str) -> None:
+    """During a rolling upgrade, replicas of the previous version still call
+    authsvc_rotate_refresh with the ten arguments of migration 0004. After 0007 that call
+    resolves (the new parameters have defaults) and keeps the rules those replicas know: no
+    `superseded` (an ancestor inside the reuse interval is theft, as before), no limit flag."""
+    now = datetime.now(UTC)
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as conn:
+            user_id = await users.insert_user(
+                conn,
+                email=f"legacy-{uuid.uuid4().hex[:8]}@example.com",
+                password_hash="$dummy$",
+                role="user",
+                now=now - timedelta(hours=1),
+            )
+            session_id = uuid.uuid4()
+            await sessions.insert_session(
+                conn,
+                session_id=session_id,
+                user_id=user_id,
+                device_name=None,
+                user_agent=None,
+                ip=None,
+                now=now - timedelta(hours=1),
+                idle_expires_at=now + timedelta(hours=1),
+                absolute_expires_at=now + timedelta(hours=8),
+            )
+            hashes = [uuid.uuid4().bytes * 2 for _ in range(3)]
+            parent = None
+            for generation, token_hash in enumerate(hashes, start=1):
+                parent = await sessions.insert_refresh_token(
+                    conn,
+                    session_id=session_id,
+                    token_hash=token_hash,
+                    parent_id=parent,
+                    generation=generation,
+                    now=now - timedelta(seconds=30),
+                )
+                if generation < 3:  # R1 used 20 s ago, R2 10 s ago, R3 the newest
+                    used = now - timedelta(seconds=30 - 10 * generation)
+                    await sessions.claim_token(conn, parent, now=used)
+    finally:
+        await engine.dispose()
+
+    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+
+        async def previous_call(token_hash: bytes) -> tuple[str, str | None]:
+            row = await conn.fetchrow(
+                "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                session_id,
+                token_hash,
+                uuid.uuid4(),
+                uuid.uuid4().bytes * 2,
+                now,
+                3600.0,
+                5.0,
+                30.0,
+                None,
+                None,
+            )
+            return row["outcome"], row["reuse_class"]
+
+        assert await previous_call(hashes[2]) == ("rotated", None)
+        assert await previous_call(hashes[0]) == ("reused", "ancestor_replay")
+    finally:
+        await conn.close()

@@ -72,7 +72,9 @@ async def test_prune_keeps_live_chain_within_retention(database_url: str) -> Non
         parent, newest = chain[-2], chain[-1]
         assert (await h.refresh(newest)).status_code == 200
         assert (await h.refresh(newest)).status_code == 200  # retry inside the interval
-        # ...and a replay of a token still inside retention is caught as theft.
+        # ...and a replay of a token still inside retention (and past the reuse interval of its
+        # first use, so no delayed duplicate) is caught as theft.
+        h.clock.advance(31)
         replay = await h.refresh(parent)
         assert replay.json()["error"]["code"] == "refresh_token_reused"
 

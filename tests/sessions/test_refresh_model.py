@@ -52,8 +52,9 @@ class Model:
             return "session_revoked"
         if index == newest:
             return "rotate"
-        if index == newest - 1 and self.now - self.used_at[index] <= REUSE_INTERVAL:
-            return "retry"
+        if self.now - self.used_at[index] <= REUSE_INTERVAL:
+            # The newest token's parent: a retry; an older one: a delayed duplicate.
+            return "retry" if index == newest - 1 else "refresh_token_superseded"
         return "refresh_token_reused"
 
     def expected_me(self) -> str:
@@ -99,7 +100,7 @@ async def _apply(h: Harness, model: Model, op: Op) -> None:
         else:
             assert response.status_code == 401
             assert response.json()["error"]["code"] == expected
-            model.revoked = True
+            model.revoked = model.revoked or expected == "refresh_token_reused"
     await _check(h, model)
 
 

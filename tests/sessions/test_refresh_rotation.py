@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 
 from app.audit.models import AuditEvent
@@ -33,6 +36,19 @@ async def _token_rows(h: Harness, session_id: str) -> list[Any]:
             .order_by(_tokens.c.generation)
         )
         return list(rows)
+
+
+async def _superseded_events(h: Harness, session_id: str) -> list[Any]:
+    async with h.ctx.engine.connect() as conn:
+        rows = await conn.execute(
+            select(_audit.c.details)
+            .where(
+                _audit.c.session_id == uuid.UUID(session_id),
+                _audit.c.event == "refresh.superseded",
+            )
+            .order_by(_audit.c.id)
+        )
+        return [row[0] for row in rows]
 
 
 async def _reuse_classes(h: Harness, session_id: str) -> list[str]:
@@ -106,14 +122,79 @@ async def test_replay_after_interval_is_theft_and_revokes_everything(harness: Ha
     assert await _reuse_classes(harness, tokens["session"]["id"]) == ["stale_replay"]
 
 
-async def test_ancestor_replay_is_theft_even_inside_the_interval(harness: Harness) -> None:
+async def test_ancestor_replay_inside_the_interval_is_superseded_not_theft(
+    harness: Harness,
+) -> None:
+    """A delayed duplicate (a stalled replica answering R1 after R1 -> R2 -> R3 elsewhere) is
+    refused with its own code and leaves the session alone."""
     tokens = await harness.login(await harness.create_user())
     r2 = (await harness.refresh(tokens["refresh_token"])).json()
     r3 = (await harness.refresh(r2["refresh_token"])).json()
-    replay = await harness.refresh(tokens["refresh_token"])  # R1, two generations old, at once
-    assert error_code(replay) == "refresh_token_reused"
+    harness.clock.advance(30)  # R1 was first used exactly one reuse interval ago
+    replay = await harness.refresh(tokens["refresh_token"])
+    assert replay.status_code == 401
+    assert error_code(replay) == "refresh_token_superseded"
+    assert "refresh_token_superseded" in replay.headers["www-authenticate"]
+    session = await _session_row(harness, tokens["session"]["id"])
+    assert (session.revoked_at, session.revoke_reason) == (None, None)
+    me = await harness.client.get("/auth/me", headers=bearer(r3["access_token"]))
+    assert me.status_code == 200
+    assert (await harness.refresh(r3["refresh_token"])).status_code == 200
+    assert len(await _token_rows(harness, tokens["session"]["id"])) == 4  # nothing issued
+    assert await _superseded_events(harness, tokens["session"]["id"]) == [
+        {"reuse_class": "ancestor_inside_interval", "generation": 1}
+    ]
+
+
+async def test_ancestor_replay_after_the_interval_is_theft(harness: Harness) -> None:
+    tokens = await harness.login(await harness.create_user())
+    r2 = (await harness.refresh(tokens["refresh_token"])).json()
+    harness.clock.advance(20)
+    r3 = (await harness.refresh(r2["refresh_token"])).json()
+    harness.clock.advance(11)  # R1 first used 31 s ago, R2 11 s ago
+    assert error_code(await harness.refresh(tokens["refresh_token"])) == "refresh_token_reused"
     assert error_code(await harness.refresh(r3["refresh_token"])) == "session_revoked"
     assert await _reuse_classes(harness, tokens["session"]["id"]) == ["ancestor_replay"]
+
+
+async def _held_refresh(
+    h: Harness, refresh_token: str, arrived: asyncio.Event, release: asyncio.Event
+) -> httpx.Response:
+    """A refresh whose body reaches the app only on `release`: it arrives (the request
+    envelope stamps it) and then waits, as a request waits in a busy worker."""
+
+    async def body() -> AsyncIterator[bytes]:
+        arrived.set()  # the app is reading the body: the envelope has seen the request
+        await release.wait()
+        yield json.dumps({"refresh_token": refresh_token}).encode()
+
+    return await h.client.post(
+        "/auth/refresh", content=body(), headers={"Content-Type": "application/json"}
+    )
+
+
+async def _refresh_arriving_then_waiting(h: Harness, refresh_token: str, wait: int) -> Any:
+    arrived, release = asyncio.Event(), asyncio.Event()
+    request = asyncio.create_task(_held_refresh(h, refresh_token, arrived, release))
+    await arrived.wait()
+    h.clock.advance(wait)
+    release.set()
+    return await request
+
+
+async def test_reuse_interval_is_measured_from_arrival(harness: Harness) -> None:
+    """A retry that arrived inside the interval and waited in the worker past its end is still
+    a retry; the wait is credited up to one interval, no more (a slow body must not stretch
+    the window an attacker gets)."""
+    tokens = await harness.login(await harness.create_user())
+    first = (await harness.refresh(tokens["refresh_token"])).json()
+    harness.clock.advance(29)
+    late = await _refresh_arriving_then_waiting(harness, tokens["refresh_token"], wait=5)
+    assert late.status_code == 200, late.text  # arrived 29 s after the first use, handled at 34
+    assert late.json()["refresh_token"] == first["refresh_token"]
+    # Arrived at 34 s, handled at 66 s: the wait is credited 30 s, so measured from 36 s.
+    stale = await _refresh_arriving_then_waiting(harness, tokens["refresh_token"], wait=32)
+    assert error_code(stale) == "refresh_token_reused"
 
 
 async def test_attacker_first_then_user_revokes_attackers_branch(harness: Harness) -> None:
@@ -242,3 +323,34 @@ async def test_logout_racing_refresh_never_500s(pg_harness: Harness) -> None:
             assert (
                 error_code(await h.refresh(refreshed.json()["refresh_token"])) == "session_revoked"
             )
+
+
+# --- The per-session refresh limit counts rotations, not retries ------------------------------
+
+
+async def test_parallel_retries_do_not_use_up_the_session_refresh_limit(
+    database_url: str,
+) -> None:
+    """50 parallel sends of one token: one rotation, 49 retries with the same successor, and
+    only the rotation counts toward RATE_LIMIT_REFRESH_SESSION, so the successor refreshes at
+    once. A retry of a rotation already counted is answered even when the limit is used up."""
+    settings = make_settings(
+        database_url, rate_limits_enabled=True, rate_limit_refresh_session="3/minute"
+    )
+    async for h in start_harness(settings):
+        tokens = await h.login(await h.create_user())
+        responses = await _race(h, tokens["refresh_token"], 50)
+        assert [r.status_code for r in responses] == [200] * 50, [r.text for r in responses][:3]
+        successors = {r.json()["refresh_token"] for r in responses}
+        assert len(successors) == 1
+        second = await h.refresh(successors.pop())
+        assert second.status_code == 200, second.text
+        third = await h.refresh(second.json()["refresh_token"])
+        assert third.status_code == 200, third.text
+        # Three rotations: the limit is used up for a fourth...
+        limited = await h.refresh(third.json()["refresh_token"])
+        assert error_code(limited) == "rate_limited"
+        # ...but not for a retry of the third, which was counted already.
+        retry = await h.refresh(second.json()["refresh_token"])
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["refresh_token"] == third.json()["refresh_token"]

@@ -146,6 +146,10 @@ class RotationCase:
     user_active: bool = True
     # A generation of the chain, or a token the rule must not accept for this session.
     present: Presented = 1
+    # How long before `now` the request arrived (the reuse interval is measured from then),
+    # and whether the session's refresh limit has room for a rotation.
+    waited: timedelta = timedelta(0)
+    may_rotate: bool = True
     # Expected, the same on every store.
     outcome: Outcome
     generation: int | None = None
@@ -235,6 +239,25 @@ ROTATION_CASES = [
         reuse_class="retry_inside_interval",
         slid_to=HOUR,
     ),
+    # The interval is measured from when the request arrived, not when it is handled.
+    RotationCase(
+        name="retried_measured_from_arrival",
+        used=(40 * SECOND, None),
+        waited=15 * SECOND,
+        outcome="retried",
+        generation=1,
+        reuse_class="retry_inside_interval",
+        slid_to=HOUR,
+    ),
+    RotationCase(
+        name="retried_arrived_before_first_use",
+        used=(5 * SECOND, None),
+        waited=10 * SECOND,
+        outcome="retried",
+        generation=1,
+        reuse_class="retry_inside_interval",
+        slid_to=HOUR,
+    ),
     # ... after the interval: a stale replay, the session is revoked.
     RotationCase(
         name="stale_replay",
@@ -250,10 +273,49 @@ ROTATION_CASES = [
         generation=1,
         reuse_class="stale_replay",
     ),
-    # A token whose successor was used too: an ancestor replay, even inside the interval.
+    RotationCase(
+        name="stale_replay_measured_from_arrival",
+        used=(40 * SECOND, None),
+        waited=5 * SECOND,
+        outcome="reused",
+        generation=1,
+        reuse_class="stale_replay",
+    ),
+    # A token whose successor was used too, inside the interval of its own first use: a
+    # delayed duplicate, refused as superseded; nothing changes but its audit row.
+    RotationCase(
+        name="superseded",
+        used=(20 * SECOND, 10 * SECOND, None),
+        outcome="superseded",
+        generation=1,
+        reuse_class="ancestor_inside_interval",
+    ),
+    RotationCase(
+        name="superseded_at_reuse_interval",
+        used=(30 * SECOND, 10 * SECOND, None),
+        outcome="superseded",
+        generation=1,
+        reuse_class="ancestor_inside_interval",
+    ),
+    RotationCase(
+        name="superseded_two_generations_back",
+        used=(25 * SECOND, 20 * SECOND, 10 * SECOND, None),
+        outcome="superseded",
+        generation=1,
+        reuse_class="ancestor_inside_interval",
+    ),
+    RotationCase(
+        name="superseded_measured_from_arrival",
+        used=(40 * SECOND, 20 * SECOND, None),
+        waited=15 * SECOND,
+        outcome="superseded",
+        generation=1,
+        reuse_class="ancestor_inside_interval",
+    ),
+    # ... and outside it: an ancestor replay, theft.
     RotationCase(
         name="ancestor_replay",
-        used=(20 * SECOND, 10 * SECOND, None),
+        used=(31 * SECOND, 10 * SECOND, None),
         outcome="reused",
         generation=1,
         reuse_class="ancestor_replay",
@@ -265,6 +327,42 @@ ROTATION_CASES = [
         outcome="reused",
         generation=2,
         reuse_class="ancestor_replay",
+    ),
+    # The session's refresh limit used up: a new rotation is refused and nothing changes;
+    # a retry (its rotation was counted), a superseded duplicate and theft are answered as ever.
+    RotationCase(name="limited", may_rotate=False, outcome="limited", generation=1),
+    RotationCase(
+        name="retried_while_limited",
+        used=(10 * SECOND, None),
+        may_rotate=False,
+        outcome="retried",
+        generation=1,
+        reuse_class="retry_inside_interval",
+        slid_to=HOUR,
+    ),
+    RotationCase(
+        name="superseded_while_limited",
+        used=(20 * SECOND, 10 * SECOND, None),
+        may_rotate=False,
+        outcome="superseded",
+        generation=1,
+        reuse_class="ancestor_inside_interval",
+    ),
+    RotationCase(
+        name="stale_replay_while_limited",
+        used=(31 * SECOND, None),
+        may_rotate=False,
+        outcome="reused",
+        generation=1,
+        reuse_class="stale_replay",
+    ),
+    RotationCase(
+        name="revoked_session_while_limited",
+        revoked=True,
+        may_rotate=False,
+        outcome="unusable",
+        generation=1,
+        why=Unusable.revoked,
     ),
     # An unusable session: nothing changes, whatever the token.
     RotationCase(
@@ -420,6 +518,11 @@ def _expected_audit(case: RotationCase) -> tuple[str, dict[str, object]] | None:
         return "refresh.rotated", {"generation": case.generation}
     if case.outcome == "retried":
         return "refresh.retried", {"reuse_class": case.reuse_class}
+    if case.outcome == "superseded":
+        return "refresh.superseded", {
+            "reuse_class": case.reuse_class,
+            "generation": case.generation,
+        }
     if case.outcome == "reused":
         return "refresh.reuse_detected", {
             "reuse_class": case.reuse_class,
@@ -433,7 +536,7 @@ async def test_rotation_rule(env: Env, case: RotationCase) -> None:
     # The table itself: "unusable" exactly when SessionState.check says why.
     if case.outcome != "invalid":
         assert (case.outcome == "unusable") == (case.why is not None)
-    assert (case.reuse_class is not None) == (case.outcome in ("retried", "reused"))
+    assert (case.reuse_class is not None) == (case.outcome in ("retried", "superseded", "reused"))
     now = _now()
     seeded = await _seed_session(env.engine, case, now)
     sid = seeded.session_id
@@ -470,6 +573,8 @@ async def test_rotation_rule(env: Env, case: RotationCase) -> None:
             policy=POLICY,
             ip=IP,
             user_agent=USER_AGENT,
+            arrived_at=now - case.waited,
+            may_rotate=case.may_rotate,
         )
     )
 
@@ -533,7 +638,8 @@ async def test_rotation_rule(env: Env, case: RotationCase) -> None:
 
 async def test_rotation_chain_through_the_store(env: Env) -> None:
     """Rules in sequence through the store alone: rotate, retry, rotate the successor, replay
-    the first token (an ancestor replay), then the session is unusable for every token."""
+    the first token inside its interval (superseded) and after it (an ancestor replay), then
+    the session is unusable for every token."""
     now = _now()
     seeded = await _seed_session(env.engine, RotationCase(name="chain", outcome="rotated"), now)
     sid = seeded.session_id
@@ -542,18 +648,22 @@ async def test_rotation_chain_through_the_store(env: Env) -> None:
 
     async def rotate(token: bytes, successor: bytes, at: datetime) -> Rotation:
         return await env.store.rotate(
-            RotationRequest(sid, token, uuid.uuid4(), successor, at, POLICY, IP, USER_AGENT)
+            RotationRequest(sid, token, uuid.uuid4(), successor, at, POLICY, IP, USER_AGENT, at)
         )
 
     first = await rotate(t1, t2, now)
     retry = await rotate(t1, secrets.token_bytes(32), now + 10 * SECOND)
     second = await rotate(t2, t3, now + 20 * SECOND)
-    replay = await rotate(t1, secrets.token_bytes(32), now + 25 * SECOND)
-    after = await rotate(t3, secrets.token_bytes(32), now + 30 * SECOND)
-    assert [(r.outcome, r.generation, r.reuse_class) for r in (first, retry, second)] == [
+    duplicate = await rotate(t1, secrets.token_bytes(32), now + 25 * SECOND)
+    replay = await rotate(t1, secrets.token_bytes(32), now + 31 * SECOND)
+    after = await rotate(t3, secrets.token_bytes(32), now + 32 * SECOND)
+    assert [
+        (r.outcome, r.generation, r.reuse_class) for r in (first, retry, second, duplicate)
+    ] == [
         ("rotated", 2, None),
         ("retried", 1, "retry_inside_interval"),
         ("rotated", 3, None),
+        ("superseded", 1, "ancestor_inside_interval"),
     ]
     assert (replay.outcome, replay.generation, replay.reuse_class) == (
         "reused",
@@ -562,15 +672,16 @@ async def test_rotation_chain_through_the_store(env: Env) -> None:
     )
     assert (after.outcome, after.generation) == ("unusable", 3)
     assert after.session is not None
-    assert after.session.check(now + 30 * SECOND) is Unusable.revoked
+    assert after.session.check(now + 32 * SECOND) is Unusable.revoked
     tokens = await _token_rows(env.engine, sid)
     assert sorted(t["generation"] for t in tokens.values()) == [1, 2, 3]
-    assert {t["revoked_at"] for t in tokens.values()} == {now + 25 * SECOND}
+    assert {t["revoked_at"] for t in tokens.values()} == {now + 31 * SECOND}
     events = [(row[0], row[4]) for row in await _audit_rows(env.engine, sid)]
     assert events == [
         ("refresh.rotated", {"generation": 2}),
         ("refresh.retried", {"reuse_class": "retry_inside_interval"}),
         ("refresh.rotated", {"generation": 3}),
+        ("refresh.superseded", {"reuse_class": "ancestor_inside_interval", "generation": 1}),
         ("refresh.reuse_detected", {"reuse_class": "ancestor_replay", "generation": 1}),
     ]
 

@@ -13,7 +13,13 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh(
     p_touch_seconds double precision,
     p_reuse_seconds double precision,
     p_ip text,
-    p_user_agent text
+    p_user_agent text,
+    -- What the reuse interval is measured from: when the request arrived (see
+    -- docs/refresh-rotation.md). NULL is a caller of the previous version (migration 0004),
+    -- during a rolling upgrade: it gets the previous rules, measured from p_now.
+    p_arrived_at timestamptz DEFAULT NULL,
+    -- Whether the session's refresh limit has room for a rotation.
+    p_may_rotate boolean DEFAULT true
 ) RETURNS TABLE (
     outcome text,
     generation integer,
@@ -42,6 +48,7 @@ DECLARE
     v_idle_timeout interval := make_interval(secs => p_idle_seconds);
     v_touch_interval interval := make_interval(secs => p_touch_seconds);
     v_reuse_interval interval := make_interval(secs => p_reuse_seconds);
+    v_arrived_at timestamptz := COALESCE(p_arrived_at, p_now);
 BEGIN
     -- A token of another session is refused before anything is locked: a forged session id
     -- must not hold up (or time) someone else's session.
@@ -88,7 +95,11 @@ BEGIN
         RETURN;
     END IF;
 
-    IF v_used_at IS NULL THEN
+    IF v_used_at IS NULL AND NOT p_may_rotate THEN
+        outcome := 'limited';  -- the session's refresh limit is used up: nothing changes
+        RETURN NEXT;
+        RETURN;
+    ELSIF v_used_at IS NULL THEN
         UPDATE refresh_tokens t SET used_at = p_now WHERE t.id = v_token_id AND t.used_at IS NULL;
         IF NOT FOUND THEN  -- cannot happen under the session lock; never branch if it did
             outcome := 'invalid';
@@ -103,11 +114,22 @@ BEGIN
         v_event := 'refresh.rotated';
         v_details := json_build_object('generation', generation);
     ELSIF v_successor_id IS NOT NULL AND v_successor_used_at IS NULL
-          AND p_now - v_used_at <= v_reuse_interval THEN
+          AND v_arrived_at - v_used_at <= v_reuse_interval THEN
         outcome := 'retried';
         reuse_class := 'retry_inside_interval';
         v_event := 'refresh.retried';
         v_details := json_build_object('reuse_class', reuse_class);
+    ELSIF p_arrived_at IS NOT NULL AND v_arrived_at - v_used_at <= v_reuse_interval THEN
+        -- An older token (its successor was used too) arriving within the reuse interval of
+        -- its first use: a delayed duplicate the client has moved on from. Refused without
+        -- revoking anything; only the audit row is written.
+        outcome := 'superseded';
+        reuse_class := 'ancestor_inside_interval';
+        INSERT INTO audit_events (event, user_id, session_id, ip, user_agent, details, created_at)
+        VALUES ('refresh.superseded', user_id, p_session_id, p_ip, p_user_agent,
+                json_build_object('reuse_class', reuse_class, 'generation', generation), p_now);
+        RETURN NEXT;
+        RETURN;
     ELSE
         reuse_class := CASE WHEN v_successor_id IS NOT NULL AND v_successor_used_at IS NULL
                             THEN 'stale_replay' ELSE 'ancestor_replay' END;

@@ -2,7 +2,7 @@
 request's unit of work, one implementation per database, chosen once at start-up.
 
 - `PostgresSessionStore`: a rotation and a login's session start are one call each of the
-  functions in app/sessions/sql/ (installed by migrations 0004 and 0005), on the driver
+  functions in app/sessions/sql/ (installed by migrations 0005 and 0007), on the driver
   connection: one round trip, one implicit transaction.
 - `PortableSessionStore` (SQLite, or any database): the same rules with SQLAlchemy Core, one
   transaction each.
@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from app.sessions.policy import SessionPolicy, SessionState, TokenLink
 from app.users.repository import UserRecord
 
-Outcome = Literal["invalid", "unusable", "rotated", "retried", "reused"]
+Outcome = Literal["invalid", "unusable", "limited", "rotated", "retried", "superseded", "reused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,21 +30,28 @@ class RotationRequest:
     token_hash: bytes
     successor_id: uuid.UUID
     successor_hash: bytes
-    now: datetime
+    now: datetime  # when the rows are written, and the deadlines checked
     policy: SessionPolicy  # idle timeout, touch interval and reuse interval
     ip: str | None
     user_agent: str | None
+    # What the reuse interval is measured from (SessionPolicy.credited_arrival).
+    arrived_at: datetime
+    # Whether the session's refresh limit has room for a rotation. Without it an unused token
+    # is refused ("limited", nothing written); retries and replays are answered as ever (a
+    # retry's rotation was counted already, and theft is caught whatever the limit).
+    may_rotate: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
     """What happened. `session` is set for every outcome but "invalid"; after "rotated" and
-    "retried" it carries the slid idle deadline, after "reused" the revocation."""
+    "retried" it carries the slid idle deadline, after "reused" the revocation; after
+    "limited" and "superseded" nothing changed but the audit row of a "superseded"."""
 
     outcome: Outcome
     session: SessionState | None = None
-    generation: int | None = None  # of the successor ("rotated") or of the replayed token
-    reuse_class: str | None = None
+    generation: int | None = None  # of the successor ("rotated") or of the presented token
+    reuse_class: str | None = None  # "retried", "superseded" and "reused" say which kind
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,14 +134,18 @@ async def _rotate(conn: AsyncConnection, r: RotationRequest) -> Rotation:
     if state.check(r.now) is not None:
         return Rotation("unusable", session=state, generation=link.generation)
     if link.used_at is None:
+        if not r.may_rotate:  # the session's refresh limit is used up: nothing changes
+            return Rotation("limited", session=state, generation=link.generation)
         if not await _claim(conn, link, r):  # pragma: no cover - impossible under the lock
             return Rotation("invalid")
         outcome: Outcome = "rotated"
         generation, reuse_class = link.generation + 1, None
         event, details = "refresh.rotated", dict[str, object](generation=generation)
-    elif r.policy.is_retry(link, r.now):
+    elif r.policy.is_retry(link, r.arrived_at):
         outcome, generation, reuse_class = "retried", link.generation, "retry_inside_interval"
         event, details = "refresh.retried", {"reuse_class": reuse_class}
+    elif r.policy.is_superseded(link, r.arrived_at):
+        return await _refuse_superseded(conn, link, r)
     else:
         return await _revoke_for_reuse(conn, link, r)
     state = await _slide(conn, state, r)
@@ -162,6 +166,15 @@ async def _claim(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> 
         now=r.now,
     )
     return True
+
+
+async def _refuse_superseded(
+    conn: AsyncConnection, link: TokenLink, r: RotationRequest
+) -> Rotation:
+    reuse_class = "ancestor_inside_interval"
+    details = {"reuse_class": reuse_class, "generation": link.generation}
+    await _audit_rotation(conn, r, "refresh.superseded", link.session.user_id, details)
+    return Rotation("superseded", link.session, link.generation, reuse_class)
 
 
 async def _revoke_for_reuse(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> Rotation:

@@ -3,7 +3,8 @@ one call each on the pooled connection's own asyncpg driver, outside any transac
 call is its own transaction and one round trip. SQLAlchemy's execution path costs more CPU
 than these statements (docs/performance.md). Everything else is the portable store's.
 
-The functions are app/sessions/sql/*.sql, installed by migrations 0004 and 0005.
+The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0007 (0004 installed
+the first rotation function).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from app.sessions.store.portable import PortableSessionStore
 from app.users import repository as users
 from app.users.repository import UserRecord
 
-_ROTATE = "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_ROTATE = "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 _START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -48,6 +49,8 @@ class PostgresSessionStore(PortableSessionStore):
                 r.policy.reuse_interval.total_seconds(),
                 r.ip,
                 r.user_agent,
+                r.arrived_at,
+                r.may_rotate,
             )
         outcome: Outcome = row["outcome"]
         if outcome == "invalid":
