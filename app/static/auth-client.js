@@ -66,9 +66,12 @@
  *     missing). A tab that refreshed posts the new access token and session on the
  *     BroadcastChannel "authsvc"; the others adopt it instead of rotating again. Should two
  *     refreshes still race, the server answers a retried refresh token with the same successor
- *     for 30 s, so a concurrent refresh is never treated as a logout. Logout and session ends
- *     are broadcast too, so every tab learns of them at once (and a tab that missed the message
- *     learns it from its next refresh or status check).
+ *     for 30 s, so a concurrent refresh is never treated as a logout. A refresh whose token was
+ *     rotated twice meanwhile (another tab moved on, or a stalled server answers late) gets
+ *     401 "refresh_token_superseded": not a session end either; the client adopts the newer
+ *     token a peer broadcasts, or refreshes again with the cookie, which holds the newer token
+ *     by then. Logout and session ends are broadcast too, so every tab learns of them at once
+ *     (and a tab that missed the message learns it from its next refresh or status check).
  *   * Network blips: a refresh that fails for network reasons (or 408/429/5xx) is retried with
  *     backoff (0.25 s doubling to 30 s, sooner when the browser comes back online); it never
  *     ends the session. A `fetch()` waiting on such a refresh gives up after 15 s with a
@@ -91,6 +94,8 @@ const SESSION_END_CODES = new Set([
   "refresh_token_reused",
   "refresh_token_invalid",
 ]);
+// A refresh that lost to another tab's or request's: not a session end (see refreshRequest).
+const SUPERSEDED_CODE = "refresh_token_superseded";
 const FETCH_REFRESH_TIMEOUT_MS = 15000;
 const REQUEST_TIMEOUT_MS = 10000; // a hung refresh must not hold the cross-tab lock forever
 const LOCK_WAIT_MS = 25000; // then proceed without the lock (the server tolerates races)
@@ -495,6 +500,9 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     if (isTransient(response.status)) {
       return { kind: "transient", error: new TypeError(`refresh answered ${response.status}`) };
     }
+    // Another tab or request refreshed first, and its answer left the newer token in the
+    // cookie jar: not a session end.
+    if (code === SUPERSEDED_CODE) return { kind: "newer" };
     if (response.status === 401) return { kind: "end", reason: code || "refresh_token_invalid" };
     if (response.status === 403) return { kind: "end", reason: code || "csrf_failed" };
     return { kind: "end", reason: code || `http_${response.status}` };
@@ -533,6 +541,11 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
         case "end":
           endSession(outcome.reason);
           return null;
+        case "newer":
+          // Adopt the token that refresh produced (its tab broadcasts it), or refresh again
+          // with the cookie as it is now, after a short wait.
+          await sleep(backoff(attempt));
+          break;
         default: // transient: keep the session, try again
           if (hooks.onTransient) hooks.onTransient(attempt, outcome.error);
           await sleep(backoff(attempt));
