@@ -4,6 +4,7 @@ the API; what also touches sessions (deactivation, password changes) is app.acco
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from app.core.security import PasswordHasher
 from app.core.settings import Settings
 from app.users import repository
 from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, UserNotFound
+from app.users.lookalikes import mixes_scripts
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
@@ -33,8 +35,9 @@ _PLAIN_ASCII = re.compile(
 
 
 def normalize_email(email: str) -> str:
-    """One spelling per mailbox: trimmed, lower-cased, and the domain IDNA-encoded
-    (`Ex@BÜCHER.example` and `ex@xn--bcher-kva.example` are the same account)."""
+    """One spelling per mailbox: trimmed, lower-cased, the local part in NFKC (fullwidth
+    `ｊｏｈｎ` is `john`) and the domain IDNA-encoded (`Ex@BÜCHER.example` and
+    `ex@xn--bcher-kva.example` are the same account). Login and registration both use it."""
     email = email.strip()
     lowered = email.lower()
     if _PLAIN_ASCII.fullmatch(email) and "xn--" not in lowered:
@@ -42,7 +45,25 @@ def normalize_email(email: str) -> str:
     return _normalize_with_validator(email)
 
 
+_COMPATIBILITY_AT_SIGNS = str.maketrans({"\uff20": "@", "\ufe6b": "@"})
+
+
+def _compatibility_form(email: str) -> str:
+    """The address with its local part lower-cased, then NFKC-normalised: fullwidth and other
+    compatibility characters become the plain ones they stand for. The domain is left to the
+    validator, whose IDNA (UTS #46) mapping does the same there. Lower case first: for a few
+    characters (Greek sigma symbols) NFKC and lower case do not commute, and this order keeps
+    the normal form of an already stored address equal to that of what its owner typed."""
+    # The fullwidth and small at-signs are "@" in NFKC: find the parts as NFKC would.
+    local, at, domain = email.translate(_COMPATIBILITY_AT_SIGNS).rpartition("@")
+    if not at:
+        return email
+    # NFKC can turn a spacing accent into a space and a combining mark: trim again.
+    return (unicodedata.normalize("NFKC", local.lower()) + at + domain).strip()
+
+
 def _normalize_with_validator(email: str) -> str:
+    email = _compatibility_form(email)
     try:
         address = validate_email(email, check_deliverability=False)
     except EmailNotValidError:
@@ -51,10 +72,19 @@ def _normalize_with_validator(email: str) -> str:
 
 
 def check_email(email: str) -> str:
+    """An address a new account may have, normalised. Refuses what is no address, and
+    look-alikes: a local part or a domain label that mixes scripts (docs/abuse.md)."""
     try:
-        validate_email(email.strip(), check_deliverability=False)
+        address = validate_email(_compatibility_form(email.strip()), check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidEmail() from exc
+    if mixes_scripts(address.local_part) or any(
+        mixes_scripts(label) for label in address.domain.split(".")
+    ):
+        raise InvalidEmail(
+            "This address mixes letters of different scripts (such as Latin and Cyrillic), "
+            "as look-alike addresses do."
+        )
     return normalize_email(email)
 
 
