@@ -31,6 +31,7 @@ sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
     responses={
         401: {"description": "`session_revoked`: too many wrong current passwords ended it"},
         403: {"description": "`invalid_current_password`"},
+        422: {"description": "`invalid_password`; `password_unchanged`: the current one again"},
         429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_CHANGE per session"},
     },
 )

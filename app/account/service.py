@@ -17,7 +17,7 @@ from app.core.security import PasswordHasher
 from app.core.settings import Settings
 from app.sessions.service import SessionService
 from app.users import repository, service
-from app.users.errors import UserNotFound, WrongCurrentPassword
+from app.users.errors import PasswordUnchanged, UserNotFound, WrongCurrentPassword
 from app.users.repository import UserRecord
 from app.users.service import Lockout
 
@@ -80,7 +80,7 @@ class AccountService:
         now: datetime | None = None,
     ) -> uuid.UUID:
         email = service.check_email(email)
-        password_hash = await service.hash_new_password(self._passwords, password)
+        password_hash = await service.hash_new_password(self._passwords, password, email=email)
         return await service.insert_new_user(
             await uow.connection(),
             email=email,
@@ -123,7 +123,11 @@ class AccountService:
         valid, _ = await self._passwords.verify_and_update(current_password, user.password_hash)
         if not valid:
             return await self._refuse_current_password(uow, actor, user.id)
-        new_hash = await service.hash_new_password(self._passwords, new_password)
+        # The current password was just verified, so comparing the two strings says whether
+        # the new one is the stored one, without another argon2 run.
+        if new_password == current_password:
+            raise PasswordUnchanged()
+        new_hash = await service.hash_new_password(self._passwords, new_password, email=user.email)
         conn = await uow.connection()
         # The check above ran outside any transaction: under the row lock, make sure nobody
         # changed the password meanwhile (else the slower of two changes would silently win).
@@ -171,7 +175,9 @@ class AccountService:
 
     async def set_password(self, uow: UnitOfWork, actor: Actor, email: str, password: str) -> int:
         """An operator's reset: the new password, and every session revoked."""
-        new_hash = await service.hash_new_password(self._passwords, password)
+        new_hash = await service.hash_new_password(
+            self._passwords, password, email=service.normalize_email(email)
+        )
         user = await service.require_by_email(await uow.connection(), email)
         return await self._replace_password(uow, actor, user, new_hash, keep_session=None)
 

@@ -20,6 +20,12 @@ class InvalidPassword(DomainError):
     message = "Passwords must be 8 to 1024 characters long."
 
 
+class PasswordUnchanged(DomainError):
+    status_code = 422
+    code = "password_unchanged"
+    message = "The new password is the same as the current one."
+
+
 class InvalidEmail(DomainError):
     status_code = 422
     code = "invalid_email"

@@ -88,14 +88,29 @@ def check_email(email: str) -> str:
     return normalize_email(email)
 
 
-def check_password_policy(password: str) -> None:
+# White space, and the invisible: format characters (zero-width spaces and joiners) and controls.
+_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cf", "Cc"})
+
+
+def check_password_policy(password: str, *, email: str) -> None:
+    """A new password: 8..1024 characters, not blank, not the account's email address. The
+    password itself is never altered (no trimming, no normalisation): what the user typed is
+    what is hashed."""
     if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
         raise InvalidPassword()
+    if all(c.isspace() or unicodedata.category(c) in _BLANK_CATEGORIES for c in password):
+        raise InvalidPassword(
+            "A password must not be blank: white space or invisible characters alone are refused."
+        )
+    guess = password.strip().lower()
+    local_part = email.rpartition("@")[0]
+    if guess in (email.lower(), local_part.lower()):
+        raise InvalidPassword("A password must not be the account's email address.")
 
 
-async def hash_new_password(hasher: PasswordHasher, password: str) -> str:
+async def hash_new_password(hasher: PasswordHasher, password: str, *, email: str) -> str:
     """Policy check, then argon2id in a worker thread (call before taking a connection)."""
-    check_password_policy(password)
+    check_password_policy(password, email=email)
     return await hasher.hash(password)
 
 
