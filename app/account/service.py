@@ -17,7 +17,7 @@ from app.core.security import PasswordHasher
 from app.core.settings import Settings
 from app.sessions.service import SessionService
 from app.users import repository, service
-from app.users.errors import PasswordUnchanged, UserNotFound, WrongCurrentPassword
+from app.users.errors import LastAdmin, PasswordUnchanged, UserNotFound, WrongCurrentPassword
 from app.users.repository import UserRecord
 from app.users.service import Lockout
 
@@ -210,13 +210,24 @@ class AccountService:
         return len(revoked)
 
     async def set_active(
-        self, uow: UnitOfWork, actor: Actor, user_id: uuid.UUID, *, active: bool
+        self,
+        uow: UnitOfWork,
+        actor: Actor,
+        user_id: uuid.UUID,
+        *,
+        active: bool,
+        allow_no_admin: bool = False,
     ) -> tuple[UserRecord, int]:
         """Activate or deactivate; deactivation revokes every session at once. Returns the
-        user as it was, and how many sessions were revoked."""
+        user as it was, and how many sessions were revoked.
+
+        The last active admin is not deactivated (LastAdmin) unless `allow_no_admin`: the
+        operator's CLI may, since the operator can make an admin again from the same shell."""
         now = self._clock.now()
         conn = await uow.connection()
         user = await service.require_by_id(conn, user_id)
+        if not (active or allow_no_admin or await service.leaves_an_active_admin(conn, user)):
+            raise LastAdmin()
         await repository.set_active(conn, user_id, active=active)
         revoked = []
         if not active:

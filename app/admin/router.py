@@ -39,7 +39,11 @@ async def user_sessions(
 
 @router.post(
     "/users/{user_id}/deactivate",
-    responses={**_FORBIDDEN, 404: {"description": "`user_not_found`"}},
+    responses={
+        **_FORBIDDEN,
+        404: {"description": "`user_not_found`"},
+        409: {"description": "`last_admin`: the last active admin stays active"},
+    },
 )
 async def deactivate(
     user_id: uuid.UUID,
@@ -48,7 +52,8 @@ async def deactivate(
     uow: DbSession,
     client: ClientDep,
 ) -> UserOut:
-    """Deactivate the account and revoke all its sessions at once."""
+    """Deactivate the account and revoke all its sessions at once. The last active admin
+    cannot be deactivated (409 `last_admin`)."""
     actor = Actor(client, session_id=admin.session.id, admin_id=admin.session.user_id)
     user, _ = await accounts.set_active(uow, actor, user_id, active=False)
     return UserOut(id=user.id, email=user.email, role=user.role, is_active=False)

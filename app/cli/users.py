@@ -99,10 +99,23 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
         return f"password changed; {revoked} sessions revoked"
     active = args.action == "activate"
 
-    async def set_active(accounts: AccountService, uow: UnitOfWork) -> int:
-        user = await users.require_by_email(await uow.connection(), args.email)
-        _, revoked = await accounts.set_active(uow, _CLI, user.id, active=active)
-        return revoked
+    async def set_active(accounts: AccountService, uow: UnitOfWork) -> tuple[int, bool]:
+        conn = await uow.connection()
+        user = await users.require_by_email(conn, args.email)
+        # Unlike the admin API, the operator may deactivate the last admin (to shut the admin
+        # API in an incident, say): the same shell can make an admin again. It is warned.
+        _, revoked = await accounts.set_active(
+            uow, _CLI, user.id, active=active, allow_no_admin=True
+        )
+        return revoked, await users.has_active_admin(conn)
 
-    revoked = asyncio.run(_in_unit_of_work(settings, set_active))
+    revoked, admin_remains = asyncio.run(_in_unit_of_work(settings, set_active))
+    if not admin_remains:
+        print(_NO_ADMIN_WARNING, file=sys.stderr)
     return f"user {args.action}d; {revoked} sessions revoked"
+
+
+_NO_ADMIN_WARNING = (
+    "warning: no active admin remains; the admin API is unusable until `users activate EMAIL` "
+    "(an admin) or `users create EMAIL --role admin`"
+)

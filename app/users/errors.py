@@ -32,6 +32,15 @@ class InvalidEmail(DomainError):
     message = "This is not a valid email address."
 
 
+class LastAdmin(DomainError):
+    status_code = 409
+    code = "last_admin"
+    message = (
+        "This is the last active admin: deactivating it would leave no one to administer "
+        "the service. Make another admin first."
+    )
+
+
 class WrongCurrentPassword(DomainError):
     status_code = 403
     code = "invalid_current_password"

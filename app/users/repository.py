@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
@@ -78,6 +78,29 @@ async def insert_user(
         )
     )
     return user_id
+
+
+async def lock_active_admins(conn: AsyncConnection) -> list[uuid.UUID]:
+    """The active admins, their rows locked until the transaction ends (in id order, so two
+    transactions taking them never deadlock). On PostgreSQL a transaction that waited re-checks
+    each row once the lock is free, so it sees an admin deactivated meanwhile as inactive.
+    (SQLite's one writer serialises these transactions anyway.)"""
+    stmt = (
+        select(_users.c.id)
+        .where(_users.c.role == "admin", _users.c.is_active.is_(True))
+        .order_by(_users.c.id)
+        .with_for_update()
+    )
+    return list((await conn.execute(stmt)).scalars())
+
+
+async def count_active_admins(conn: AsyncConnection) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(_users)
+        .where(_users.c.role == "admin", _users.c.is_active.is_(True))
+    )
+    return int((await conn.execute(stmt)).scalar_one())
 
 
 async def set_active(conn: AsyncConnection, user_id: uuid.UUID, *, active: bool) -> None:

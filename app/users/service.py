@@ -142,6 +142,20 @@ async def require_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> repository
     return user
 
 
+async def leaves_an_active_admin(conn: AsyncConnection, user: repository.UserRecord) -> bool:
+    """Whether an active admin remains once `user` is deactivated. Locks the active admins'
+    rows for the rest of the transaction: of two admins deactivating each other at once, the
+    second waits for the first and then sees it was the last."""
+    if user.role != "admin":
+        return True
+    admins = await repository.lock_active_admins(conn)
+    return user.id not in admins or len(admins) > 1
+
+
+async def has_active_admin(conn: AsyncConnection) -> bool:
+    return await repository.count_active_admins(conn) > 0
+
+
 async def replace_password_hash(
     conn: AsyncConnection, user_id: uuid.UUID, password_hash: str, *, now: datetime
 ) -> None:
