@@ -11,7 +11,15 @@ from app.account.schemas import ChangePasswordRequest, RegisterRequest
 from app.account.service import Actor, PasswordChangeRefused
 from app.audit.service import record
 from app.auth.dependencies import CurrentSession
-from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, SettingsDep
+from app.core.db import committed_unit
+from app.core.dependencies import (
+    ClientDep,
+    ClockDep,
+    DatabaseDep,
+    DbSession,
+    LimiterDep,
+    SettingsDep,
+)
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError
 from app.core.exposure import public
@@ -32,7 +40,10 @@ sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
         401: {"description": "`session_revoked`: too many wrong current passwords ended it"},
         403: {"description": "`invalid_current_password`"},
         422: {"description": "`invalid_password`; `password_unchanged`: the current one again"},
-        429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_CHANGE per session"},
+        429: {
+            "description": "`rate_limited`: RATE_LIMIT_PASSWORD_CHANGE per session, or the "
+            "session's other password changes are still being checked (Retry-After)"
+        },
     },
 )
 async def change_password(
@@ -40,6 +51,7 @@ async def change_password(
     auth: CurrentSession,
     accounts: AccountServiceDep,
     limiter: LimiterDep,
+    database: DatabaseDep,
     uow: DbSession,
     client: ClientDep,
 ) -> Response:
@@ -49,13 +61,13 @@ async def change_password(
     after PASSWORD_CHANGE_MAX_FAILURES of them this session is revoked."""
     # Before the hash: every attempt costs an argon2 run on the shared pool.
     await limiter.hit("password_change", str(auth.session.id))
-    refused = await accounts.change_password(
-        uow,
-        Actor(client, session_id=auth.session.id),
-        auth.session.user_id,
-        current_password=body.current_password,
-        new_password=body.new_password,
-    )
+    actor = Actor(client, session_id=auth.session.id)
+    user_id = auth.session.user_id
+    passwords = {"current_password": body.current_password, "new_password": body.new_password}
+    await accounts.check_password_change(user_id, **passwords)
+    async with committed_unit(database.engine) as claim:
+        await accounts.reserve_password_check(claim, actor, user_id)
+    refused = await accounts.change_password(uow, actor, user_id, **passwords)
     if refused is not None:
         # Returned, not raised: the failure's records commit with the unit of work.
         return domain_error_response(_password_refusal(refused))

@@ -9,12 +9,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.account.errors import PasswordChecksInFlight
 from app.audit.service import count_in_session, record
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
+from app.sessions.errors import SessionRevoked
 from app.sessions.service import SessionService
 from app.users import repository, service
 from app.users.errors import LastAdmin, PasswordUnchanged, UserNotFound, WrongCurrentPassword
@@ -104,6 +106,46 @@ class AccountService:
         )
         return user_id, service.normalize_email(email)
 
+    async def check_password_change(
+        self, user_id: uuid.UUID, *, current_password: str, new_password: str
+    ) -> None:
+        """Refuse what needs no password check: the same password again (the two fields are
+        the client's own; saying they are equal tells nothing), or a new one against policy."""
+        user = await self._sessions.find_account(user_id)
+        if user is None:
+            raise UserNotFound()
+        if new_password == current_password:
+            raise PasswordUnchanged()
+        service.check_password_policy(new_password, email=user.email)
+
+    async def reserve_password_check(
+        self, uow: UnitOfWork, actor: Actor, user_id: uuid.UUID
+    ) -> None:
+        """Claim one of the session's password checks, in a unit of work that the caller
+        commits before the check runs. Failures are recorded only after a hash, so without a
+        claim any number of concurrent guesses would all be checked before the first failure
+        counted; with it, at most `max_password_failures` checks that did not change the
+        password are ever made in one session."""
+        session_id = actor.session_id
+        if session_id is None:
+            return
+        now = self._clock.now()
+        if not await self._sessions.lock_live(uow, session_id):
+            raise SessionRevoked()
+        conn = await uow.connection()
+        claimed = await count_in_session(conn, "password.change_attempted", session_id)
+        changed = await count_in_session(conn, "password.changed", session_id)
+        if claimed - changed >= self._max_password_failures:
+            raise PasswordChecksInFlight()
+        await record(
+            conn,
+            "password.change_attempted",
+            now=now,
+            client=actor.client,
+            user_id=user_id,
+            session_id=session_id,
+        )
+
     async def change_password(
         self,
         uow: UnitOfWork,
@@ -116,17 +158,14 @@ class AccountService:
         """Check the current password, store the new one, and revoke every other session.
 
         A wrong current password is a login failure too: it counts toward the account's
-        lockout, and after `max_password_failures` of them the session making them ends."""
+        lockout, and after `max_password_failures` of them the session making them ends.
+        Call `check_password_change` and `reserve_password_check` first."""
         user = await self._sessions.find_account(user_id)
         if user is None:
             raise UserNotFound()
         valid, _ = await self._passwords.verify_and_update(current_password, user.password_hash)
         if not valid:
             return await self._refuse_current_password(uow, actor, user.id)
-        # The current password was just verified, so comparing the two strings says whether
-        # the new one is the stored one, without another argon2 run.
-        if new_password == current_password:
-            raise PasswordUnchanged()
         new_hash = await service.hash_new_password(self._passwords, new_password, email=user.email)
         conn = await uow.connection()
         # The check above ran outside any transaction: under the row lock, make sure nobody
@@ -134,6 +173,12 @@ class AccountService:
         locked = await repository.lock_for_login(conn, user.id)
         if locked is None or locked.password_hash != user.password_hash:
             raise WrongCurrentPassword()
+        # A guess that was right but slower than the failures that ended its session must
+        # not change the password.
+        if actor.session_id is not None and not await self._sessions.lock_live(
+            uow, actor.session_id
+        ):
+            raise SessionRevoked()
         await self._replace_password(uow, actor, user, new_hash, keep_session=actor.session_id)
         return None
 
@@ -158,9 +203,11 @@ class AccountService:
         failures = await count_in_session(conn, "password.change_failed", actor.session_id)
         if failures < self._max_password_failures:
             return PasswordChangeRefused(session_ended=False)
-        await self._sessions.revoke(
+        revoked = await self._sessions.revoke(
             uow, now=now, reason="password_guessing", session_id=actor.session_id
         )
+        if not revoked:  # ended meanwhile (a concurrent guess, a logout): nothing to record
+            return PasswordChangeRefused(session_ended=True)
         await record(
             conn,
             "session.revoked",

@@ -188,3 +188,18 @@ class UnitOfWork:
         if commit:
             for callback in callbacks:
                 callback()
+
+
+@contextlib.asynccontextmanager
+async def committed_unit(engine: AsyncEngine) -> AsyncIterator[UnitOfWork]:
+    """A unit of work of its own, committed when the block ends (rolled back if it raises):
+    for a claim that must be durable before slow work starts, apart from the request's own
+    unit of work (which commits only when the request is done)."""
+    uow = UnitOfWork(engine)
+    try:
+        yield uow
+    except BaseException:
+        await uow.finish(commit=False)
+        raise
+    else:
+        await uow.finish(commit=True)

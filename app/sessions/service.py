@@ -321,6 +321,15 @@ class SessionService:
             raise SessionNotFound()
         await self.revoke(uow, now=now, reason="revoked_by_user", session_id=session_id)
 
+    async def lock_live(self, uow: UnitOfWork, session_id: uuid.UUID) -> bool:
+        """Lock the session's row in the unit of work; whether it is still unrevoked (the
+        caller's change is then ordered against any revocation of it)."""
+        conn = await uow.connection()
+        if not await repository.lock_session(conn, session_id):
+            return False
+        state = await repository.get_session_state(conn, session_id)
+        return state is not None and state.revoked_at is None
+
     async def session_of_refresh_token(
         self, uow: UnitOfWork, refresh_token: str, guard: SessionGuard
     ) -> SessionState:

@@ -4,6 +4,7 @@ PASSWORD_CHANGE_MAX_FAILURES."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -140,3 +141,31 @@ async def test_a_lock_from_failed_logins_does_not_block_a_live_sessions_change(
         assert error_code(locked) == "invalid_credentials"
         changed = await _change(h, session["access_token"], {**WRONG, "current_password": PASSWORD})
         assert changed.status_code == 204
+
+
+async def test_concurrent_guesses_never_exceed_the_sessions_budget(database_url: str) -> None:
+    """Failures are recorded after a hash; each check claims its slot before it (issue 15
+    review M1: a burst of guesses used to be checked all at once, and a right one among them
+    changed the password after the session had been ended)."""
+    settings = make_settings(
+        database_url,
+        password_hash_profile="owasp",  # real hashing time, so that the guesses overlap
+        password_change_max_failures=3,
+        lockout_threshold=50,
+    )
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        session = await h.login(email)
+        right = {**WRONG, "current_password": PASSWORD}
+        bodies = [WRONG] * 6 + [right] + [WRONG] * 3
+        answers = await asyncio.gather(
+            *(_change(h, session["access_token"], body) for body in bodies)
+        )
+        assert {a.status_code for a in answers} <= {204, 401, 403, 429}
+        events = [e for e, _ in await _session_events(h, session)]
+        assert events.count("password.change_failed") <= 3
+        assert events.count("session.revoked") <= 1
+        if "password.changed" in events and "session.revoked" in events:
+            assert events.index("password.changed") < events.index("session.revoked")
+        checked = events.count("password.change_failed") + events.count("password.changed")
+        assert checked <= 3

@@ -97,13 +97,15 @@ async def test_changing_to_the_same_password_is_refused(harness: Harness) -> Non
     ]
     audit_of_user = await _events(harness, user_id)
     assert "password.changed" not in audit_of_user
-    # A wrong current password is that, whatever the new one: the check comes first.
-    wrong = await harness.client.post(
+    # The two fields are the client's own: equal ones are refused before any password check,
+    # so they cost no hash and count as no guess, whether the current one is right or not.
+    equal = await harness.client.post(
         "/auth/password",
         json={"current_password": "not the password", "new_password": "not the password"},
         headers=bearer(here["access_token"]),
     )
-    assert error_code(wrong) == "invalid_current_password"
+    assert error_code(equal) == "password_unchanged"
+    assert "password.change_failed" not in await _events(harness, user_id)
 
 
 async def _events(h: Harness, user_id: str) -> list[str]:
