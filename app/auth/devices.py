@@ -42,6 +42,7 @@ class DeviceProof:
 class DeviceTokenCodec:
     def __init__(self, secret: str, *, ttl: int) -> None:
         self._key = derive_key(secret, "device-token/v1")
+        self._tag_key = derive_key(secret, "device-token-tags/v1")  # one key, one role
         self._ttl = ttl
 
     def issue(
@@ -82,12 +83,16 @@ class DeviceTokenCodec:
                 algorithms=[_ALGORITHM],
                 # Expiry is checked below against our clock, not the wall clock.
                 options={
-                    "require": ["sub", "did", "eml", "pwd", "exp"],
+                    "require": ["sub", "did", "eml", "pwd", "iat", "exp"],
                     "verify_exp": False,
                     "verify_iat": False,
                 },
             )
-            if not isinstance(claims["exp"], int) or claims["exp"] <= now.timestamp():
+            iat, exp = claims["iat"], claims["exp"]
+            if not (isinstance(iat, int) and isinstance(exp, int)):
+                return None
+            # A shortened DEVICE_TOKEN_TTL applies to tokens issued before the change too.
+            if min(exp, iat + self._ttl) <= now.timestamp():
                 return None
             proof = DeviceProof(
                 device_id=str(claims["did"]),
@@ -104,4 +109,4 @@ class DeviceTokenCodec:
         return self._tag("password:" + password_hash)
 
     def _tag(self, value: str) -> str:
-        return b64url(hmac.new(self._key, value.encode(), hashlib.sha256).digest()[:12])
+        return b64url(hmac.new(self._tag_key, value.encode(), hashlib.sha256).digest()[:12])

@@ -79,8 +79,9 @@ class AuthService:
             and new_hash is None
             and candidate is not None
             and _looked_usable(candidate, now)
-            # The one-trip start clears the account's failures: not the owner's device's job.
-            and not (trusted and candidate.failed_logins)
+            # The one-trip start clears the account's failures (as read now, not as seen
+            # before the hash): never the owner's device's job, so it takes the general path.
+            and not trusted
         ):
             issued = await self._sessions.start(candidate, client, device_name, now)
             if issued is not None:

@@ -32,9 +32,6 @@ DEVICE_COOKIE = "__Host-device_token"
 # The refresh cookie goes only where it is used. A cookie has one path, so the same token is
 # set twice (browsers key cookies by name and path).
 REFRESH_COOKIE_PATHS = ("/auth/refresh", "/auth/logout")
-# More refresh cookies than a browser could hold of ours (one per path) is an attack, not a
-# reason to check dozens of candidates.
-_MAX_REFRESH_COOKIES = 4
 
 
 class CsrfTokenCodec:
@@ -168,17 +165,18 @@ class CookieTransport:
         refresh cookie (its own session's, or garbage) beside ours; taking the last, as
         cookie parsers do, would break the victim's refresh and logout, or swap in the
         attacker's session. The CSRF token comes from the `__Host-` cookie, which no other
-        host can set, so it tells which candidate is the user's. No match: the first, which
-        the CSRF check then refuses."""
+        host can set, so it tells which candidate is the user's. No match: `csrf_failed`."""
         candidates = _refresh_cookies(request)
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         presented = request.headers.get(CSRF_HEADER, "")
-        for candidate in candidates[:_MAX_REFRESH_COOKIES]:
+        # Every distinct candidate, however many were planted: the head limit (431) bounds
+        # them to a few hundred HMACs, and a cap would let a planter push ours past it.
+        for candidate in dict.fromkeys(candidates):
             session_id = RefreshTokenCodec.session_of(candidate)
             if session_id is not None and self._csrf.matches(session_id, presented):
                 return candidate
-        return candidates[0]
+        raise CsrfFailed()
 
     def guard(self, request: Request) -> SessionGuard:
         """The check that the request's CSRF token is the session's, run once a refresh

@@ -169,3 +169,15 @@ async def test_browsers_keep_the_device_token_in_a_host_cookie(database_url: str
             headers={**COOKIE, "cookie": f"{DEVICE_COOKIE}={cookie['value']}"},
         )
         assert again.status_code == 200, again.text
+
+
+async def test_a_shorter_ttl_applies_to_device_tokens_issued_before(database_url: str) -> None:
+    settings = make_settings(database_url, lockout_threshold=1)
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        device = await _device_token(h, email)
+    shorter = make_settings(database_url, lockout_threshold=1, device_token_ttl=3600)
+    async for h in start_harness(shorter):
+        h.clock.advance(3601)
+        await _login(h, email, "a wrong guess!")
+        assert error_code(await _login(h, email, device_token=device)) == "invalid_credentials"

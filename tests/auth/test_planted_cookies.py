@@ -83,3 +83,17 @@ async def test_without_a_matching_csrf_token_every_candidate_is_refused(
     refused = await _post(harness, "/auth/refresh", cookies, csrf_of(stranger))
     assert refused.status_code == 403
     assert error_code(refused) == "csrf_failed"
+
+
+@pytest.mark.parametrize("planted", [4, 40])
+async def test_many_planted_cookies_before_ours_do_not_hide_it(
+    harness: Harness, planted: int
+) -> None:
+    """Browsers send same-path cookies oldest first, and a rotated cookie keeps its creation
+    time: planting a few before the victim's next login puts them all ahead of ours."""
+    victim = await cookie_login(harness, await harness.create_user())
+    cookies = [f"planted-{n}" for n in range(planted)] + [_refresh_cookie_of(victim)]
+    refreshed = await _post(harness, "/auth/refresh", cookies, csrf_of(victim))
+    assert refreshed.status_code == 200, refreshed.text
+    cookies = [f"planted-{n}" for n in range(planted)] + [_refresh_cookie_of(refreshed)]
+    assert (await _post(harness, "/auth/logout", cookies, csrf_of(victim))).status_code == 204
