@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.client import ClientInfo, arrival_of
 from app.core.clock import Clock
 from app.core.components import provider
-from app.core.db import UnitOfWork
+from app.core.db import UnitOfWork, committed_unit
 from app.core.ratelimit import RateLimiter
 from app.core.settings import Settings
 
@@ -43,14 +43,8 @@ async def unit_of_work(database: DatabaseDep) -> AsyncIterator[UnitOfWork]:
     Declared with scope="function" so the commit happens after the route returns but before
     FastAPI sends the response: a client never holds a token the database does not.
     """
-    uow = UnitOfWork(database.engine)
-    try:
+    async with committed_unit(database.engine) as uow:
         yield uow
-    except BaseException:
-        await uow.finish(commit=False)
-        raise
-    else:
-        await uow.finish(commit=True)
 
 
 DbSession = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
