@@ -4,17 +4,14 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from app.core.json_body import RequestBody
 from app.core.text import PlainText
 from app.users.service import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoginRequest(StrictModel):
+class LoginRequest(RequestBody):
     email: PlainText = Field(min_length=1, max_length=320)
     password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
     device_name: PlainText | None = Field(default=None, max_length=100)
@@ -27,7 +24,7 @@ class LoginRequest(StrictModel):
     )
 
 
-class RefreshRequest(StrictModel):
+class RefreshRequest(RequestBody):
     refresh_token: str | None = Field(
         default=None,
         min_length=1,

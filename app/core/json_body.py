@@ -1,5 +1,6 @@
-"""JSON request bodies parsed by the route itself, for the few hot routes where FastAPI's
-generic body handling (and dependency solving) is a measurable share of the request.
+"""JSON request bodies: the base model of every one (`RequestBody`), and the parsing of the
+few hot routes that read theirs themselves, where FastAPI's generic body handling (and
+dependency solving) is a measurable share of the request.
 
 The OpenAPI document stays the same as with a declared body parameter (`openapi_body`), and
 the errors keep FastAPI's shape: a `RequestValidationError` with locations under `body`, which
@@ -12,10 +13,52 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
+from app.core.text import has_lone_surrogate
+
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class RequestBody(BaseModel):
+    """The base of every JSON request body: unknown fields are refused, and so is a lone
+    surrogate in any string of any field (422 `validation_error`, field type `string_unicode`).
+
+    `"\\ud800"` is valid JSON syntax (RFC 8259 section 8.2), and json.loads, which FastAPI parses
+    bodies with, turns it into a Python str that no encoder writes: UTF-8 for the database,
+    argon2's input, the response. Pydantic lets it through some `str` fields (an optional one
+    with a validator: `device_name` reached the database, a 500), so the check is here, once,
+    for every field of every body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_lone_surrogates(cls, value: object) -> object:
+        if _holds_lone_surrogate(value):
+            raise PydanticCustomError(
+                "string_unicode", "Input should be valid Unicode text: it holds a lone surrogate"
+            )
+        return value
+
+
+def _holds_lone_surrogate(value: object) -> bool:
+    """Whether any string in a parsed JSON value (keys included) holds one. Iterative: a body
+    may nest as deep as the parser allowed, close to the recursion limit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if has_lone_surrogate(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
