@@ -87,9 +87,9 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
       for as long as it came);
     - no trailer field: 400 `trailers_not_allowed` (it never reaches the request's headers).
 
-    A refusal ends the connection: nothing after it is parsed, the refusal is written, unless
-    the refused request's own answer has started (then that answer stands, or is cut off),
-    then a lingering close.
+    A refusal ends the connection: nothing after it is parsed, the answers of requests
+    pipelined before it are written first, then the refusal, unless the refused request's own
+    answer has started (then that answer stands, or is cut off), then a lingering close.
 
     The head limit is uvicorn's own setting for it under h11, `h11_max_incomplete_event_size`
     (the one place uvicorn carries a head limit to every worker's connections); `serve` sets it
@@ -114,8 +114,11 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self.max_rest_bytes = 2 * get_settings().max_body_bytes + self.max_head_bytes
         self._reading_head = True
         self._room = self.max_head_bytes  # bytes the part being read may still take
+        # The cycle of the request before the one being read, once its head is read.
+        self._earlier: RequestResponseCycle | None = None
         self._refused = False
-        self._refusal = b""
+        self._refusal = b""  # written once `_answer_after`'s response is complete
+        self._answer_after: RequestResponseCycle | None = None
         self._trailer_refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -151,6 +154,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._earlier = self.cycle
         super().on_headers_complete()
         self._reading_head = False
         self._room = self.max_rest_bytes
@@ -167,8 +171,13 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             super().send_400_response(msg)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._answer_after is not None and self._answer_after.response_complete:
+            self._answer_and_close()
+
     def _refuse(self, refusal: Refusal) -> None:
-        """Refuses the request being read."""
+        """Refuses the request being read, after the answers of the requests before it."""
         logger.warning(
             "http.request_refused",
             extra={
@@ -182,9 +191,16 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
         self._refusal = b"".join([*content, refusal.end])
-        if not self._reading_head:  # its head was read: it has a cycle, which goes no further
+        before: RequestResponseCycle | None
+        if self._reading_head:
+            before = self.cycle
+        else:  # its head was read: it has a cycle, which goes no further
+            before = self._earlier
             self._abandon(self.cycle)
-        self._answer_and_close()
+        if before is None or before.response_complete:
+            self._answer_and_close()
+        else:  # pipelined: on_response_complete answers once `before` is answered
+            self._answer_after = before
 
     def _abandon(self, cycle: RequestResponseCycle) -> None:
         if self.pipeline and self.pipeline[0][0] is cycle:
@@ -197,6 +213,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
 
     def _answer_and_close(self) -> None:
+        self._answer_after = None
         if self.transport.is_closing():
             return
         self._unset_keepalive_if_required()

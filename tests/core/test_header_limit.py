@@ -1,8 +1,8 @@
 """MAX_REQUEST_HEADER_BYTES: `python -m app serve` refuses a request whose head (request line and
 headers) is over it with 431 `headers_too_large`, before buffering the rest of the head; it
 refuses trailer fields (400 `trailers_not_allowed`) and cuts a message whose body, chunk framing
-and trailers outgrow what MAX_BODY_BYTES allows (413 `payload_too_large`)
-(app/core/http_protocol.py). Over real sockets
+and trailers outgrow what MAX_BODY_BYTES allows (413 `payload_too_large`); a refusal waits for
+the answers of the requests pipelined before it (app/core/http_protocol.py). Over real sockets
 to a real server, two workers as the container runs: the test transport has no head to limit."""
 
 from __future__ import annotations
@@ -233,3 +233,31 @@ async def test_the_rest_of_a_message_is_cut_at_what_the_body_limit_allows(
     answers = await _exchange(port, in_kib_chunks, in_bytes, over, _get())
     assert [status for status, _ in answers] == [422, 422, 413, 200]
     assert _code(answers[2][1]) == "payload_too_large"
+
+
+PIPELINED_REFUSALS = {
+    "head": (_get(padding=40_000), 431, "headers_too_large"),
+    "trailer": (_chunked("/healthz", trailer=b"X-T: 1\r\n"), 400, "trailers_not_allowed"),
+}
+
+
+@pytest.mark.parametrize(
+    ("refused", "status", "code"), PIPELINED_REFUSALS.values(), ids=PIPELINED_REFUSALS.keys()
+)
+async def test_a_refusal_comes_after_the_answers_of_the_requests_before_it(
+    port: int, refused: bytes, status: int, code: str
+) -> None:
+    """Two requests pipelined in one write: the first's 200 used to be lost (the refusal was
+    written before it and the connection ended)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(_get() + _get() + refused)
+        answers = [await asyncio.wait_for(_read_response(reader), 10) for _ in range(3)]
+        assert [(s, _code(b) if s != 200 else "") for s, b in answers] == [
+            (200, ""),
+            (200, ""),
+            (status, code),
+        ]
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
