@@ -76,8 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    # A kid is base64url, so one in 64 starts with "-", which argparse takes for an option:
+    # `keys revoke -Xy...` must name the key, as `keys revoke -- -Xy...` would.
+    if argv[:2] == ["keys", "revoke"] and len(argv) == 3 and argv[2] not in ("-h", "--help"):
+        argv = [*argv[:2], "--", argv[2]]
+    return _parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "secret":  # before the settings: the current key may be what is wrong
         print(secrets.token_urlsafe(48))
         return 0

@@ -9,6 +9,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
+from app.cli import parse
 from tests.conftest import Harness, bearer
 from tests.support.cli import cli
 
@@ -96,3 +99,10 @@ async def test_production_refuses_to_start_with_dev_secret(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "SECRET_KEY" in result.stderr
     assert "JWT_ISSUER" in result.stderr
+
+
+@pytest.mark.parametrize("kid", ["-5Kx0aQ", "--x", "plain", "-h2"])
+def test_keys_revoke_takes_a_kid_that_starts_with_a_dash(kid: str) -> None:
+    """A kid is base64url: one in 64 starts with "-" (a flaky CI run found it)."""
+    args = parse(["keys", "revoke", kid])
+    assert args.kid == kid
