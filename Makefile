@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test static lint typecheck unit install bench clean
+.PHONY: run test static lint typecheck unit unit-servers unit-rest install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,10 +20,12 @@ run: install
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
-## and every test on SQLite and PostgreSQL. The static checks run beside pytest (two cores;
-## pytest mostly waits on servers and browsers); output is grouped per step.
+## and every test on SQLite and PostgreSQL. The static checks and two pytest runs go side by
+## side (two cores; the tests mostly wait on servers, browsers and databases): one run takes
+## the areas that start real servers, the other everything else. Output is grouped per step.
+SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
 test: install
-	@$(MAKE) --no-print-directory -j2 --output-sync=target static unit
+	@$(MAKE) --no-print-directory -j3 --output-sync=target static unit-servers unit-rest
 
 static: lint typecheck
 
@@ -37,6 +39,13 @@ typecheck: install
 
 unit: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Each run checks its own PostgreSQL tests ran (REQUIRE_POSTGRES) and its own log lines.
+unit-servers: install
+	$(VENV)/bin/pytest $(SERVER_TESTS) $(PYTEST_ARGS)
+
+unit-rest: install
+	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS)) $(PYTEST_ARGS)
 
 ## Throughput and latency against the bare-FastAPI ceiling (needs wrk and PostgreSQL).
 bench: install
