@@ -27,20 +27,32 @@ async def jwks(keys: KeySetDep, settings: SettingsDep) -> JSONResponse:
     )
 
 
+@router.get("/.well-known/oauth-authorization-server")
+@public
+async def authorization_server_metadata(settings: SettingsDep) -> dict[str, Any]:
+    """RFC 8414 metadata: where the token, introspection and key endpoints are, and only what
+    this service really does (no authorization endpoint, so no response types; no ID tokens)."""
+    return server_metadata(settings.issuer)
+
+
 @router.get("/.well-known/openid-configuration")
 @public
-async def discovery(keys: KeySetDep, settings: SettingsDep) -> dict[str, Any]:
-    """Issuer metadata, so off-the-shelf gateways find the keys from the issuer alone."""
-    issuer = settings.issuer.rstrip("/")
+async def discovery(settings: SettingsDep) -> dict[str, Any]:
+    """The same metadata where OpenID-minded gateways look for the issuer's keys. This is no
+    OpenID provider: nothing here claims ID tokens or an implicit flow."""
+    return server_metadata(settings.issuer)
+
+
+def server_metadata(issuer: str) -> dict[str, Any]:
+    base = issuer.rstrip("/")
     return {
-        "issuer": settings.issuer,
-        "jwks_uri": f"{issuer}/.well-known/jwks.json",
-        "token_endpoint": f"{issuer}/auth/token",
-        "introspection_endpoint": f"{issuer}/auth/introspect",
+        "issuer": issuer,
+        "jwks_uri": f"{base}/.well-known/jwks.json",
+        "token_endpoint": f"{base}/auth/token",
+        "introspection_endpoint": f"{base}/auth/introspect",
         "grant_types_supported": ["password", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
-        "id_token_signing_alg_values_supported": [keys.ring.signer.algorithm],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
+        # RFC 8414 requires the member; with no authorization endpoint the true list is empty.
+        "response_types_supported": [],
     }

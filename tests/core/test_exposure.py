@@ -26,6 +26,7 @@ PUBLIC = {
     "/metrics",
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
 }
 PASSIVE = {"/auth/session-status"}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import select, update
@@ -56,11 +57,22 @@ async def test_jwks_publishes_public_material_only(harness: Harness) -> None:
         assert not PRIVATE_MEMBERS & entry.keys()
 
 
-async def test_discovery_document_points_at_the_keys(harness: Harness) -> None:
-    doc = (await harness.client.get("/.well-known/openid-configuration")).json()
+@pytest.mark.parametrize(
+    "path", ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"]
+)
+async def test_discovery_document_points_at_the_keys(harness: Harness, path: str) -> None:
+    response = await harness.client.get(path)
+    assert response.status_code == 200
+    doc = response.json()
     assert doc["issuer"] == "https://auth.test"
     assert doc["jwks_uri"] == "https://auth.test/.well-known/jwks.json"
+    assert doc["token_endpoint"] == "https://auth.test/auth/token"
     assert doc["introspection_endpoint"] == "https://auth.test/auth/introspect"
+    # Only what is true (issue 16): no ID tokens, no implicit flow, no authorization endpoint.
+    assert not [name for name in doc if name.startswith("id_token")]
+    assert doc["response_types_supported"] == []
+    assert "authorization_endpoint" not in doc
+    assert set(doc["grant_types_supported"]) == {"password", "refresh_token"}
 
 
 async def test_tokens_verify_with_an_independent_library(harness: Harness) -> None:
