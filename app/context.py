@@ -109,6 +109,7 @@ async def build_context(
         audience=settings.jwt_audience,
         ttl=settings.access_token_ttl,
         leeway=settings.jwt_leeway,
+        client_id=settings.jwt_client_id,
     )
     passwords = passwords or PasswordHasher(
         settings.password_hash_threads, settings.password_hash_profile

@@ -18,6 +18,7 @@ from app.auth.devices import DeviceProof
 from app.auth.errors import InvalidCredentials, NotAuthenticated, OAuthError
 from app.auth.grants import refresh_after, seconds_until
 from app.auth.schemas import (
+    MAX_PRESENTED_REFRESH_TOKEN,
     LoginRequest,
     MeResponse,
     OAuthTokenResponse,
@@ -132,7 +133,7 @@ async def token(
     grant_type: Annotated[str | None, Form()] = None,
     username: Annotated[str | None, Form(max_length=320)] = None,
     password: Annotated[str | None, Form(max_length=1024)] = None,
-    refresh_token: Annotated[str | None, Form(max_length=512)] = None,
+    refresh_token: Annotated[str | None, Form(max_length=MAX_PRESENTED_REFRESH_TOKEN)] = None,
     scope: Annotated[str | None, Form(max_length=1024)] = None,
 ) -> OAuthTokenResponse | Response:
     """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls."""

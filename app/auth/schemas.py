@@ -24,11 +24,16 @@ class LoginRequest(RequestBody):
     )
 
 
+# Our refresh tokens are ~90 characters; the bound is an access token's (a client that sends
+# one by mistake learns `refresh_token_invalid`, not a length error).
+MAX_PRESENTED_REFRESH_TOKEN = 4096
+
+
 class RefreshRequest(RequestBody):
     refresh_token: str | None = Field(
         default=None,
         min_length=1,
-        max_length=512,
+        max_length=MAX_PRESENTED_REFRESH_TOKEN,
         description="Omit in cookie transport: the token then comes from the HttpOnly cookie.",
     )
 

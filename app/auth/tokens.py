@@ -53,10 +53,20 @@ class _Verified:
 
 
 class AccessTokenCodec:
-    def __init__(self, keys: KeySet, *, issuer: str, audience: str, ttl: int, leeway: int) -> None:
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        leeway: int,
+        client_id: str = "authsvc",
+    ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._client_id = client_id
         self._ttl = ttl
         self._leeway = leeway
         self._verified: dict[str, _Verified] = {}
@@ -85,6 +95,9 @@ class AccessTokenCodec:
             "iat": iat,
             "nbf": iat,
             "exp": exp,
+            # RFC 9068 §2.2: the client the token was issued to. Every login is a first-party
+            # client's (no client registration exists), so one configured id names it.
+            "client_id": self._client_id,
             "role": role,
         }
         signer = self._keys.ring.signer

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     jwt_issuer: str | None = None
     jwt_audience: str = "authsvc"
+    # The `client_id` claim of every access token (RFC 9068): the first-party client, since
+    # this service has no client registration.
+    jwt_client_id: str = Field(default="authsvc", min_length=1, max_length=128)
     jwt_algorithm: SigningAlgorithm = SigningAlgorithm.ES256
 
     # Keys from PEM files instead of the database (e.g. mounted from a secret store): the

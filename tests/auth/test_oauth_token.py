@@ -104,7 +104,7 @@ async def test_openapi_documents_the_refresh_body_and_response(harness: Harness)
     spec = (await harness.client.get("/openapi.json")).json()
     operation = spec["paths"]["/auth/refresh"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert body["properties"]["refresh_token"]["anyOf"][0]["maxLength"] == 512
+    assert body["properties"]["refresh_token"]["anyOf"][0]["maxLength"] == 4096
     assert body["additionalProperties"] is False
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/TokenResponse"}

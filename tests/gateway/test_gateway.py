@@ -82,6 +82,14 @@ async def test_tokens_verify_with_an_independent_library(harness: Harness) -> No
     assert claims["sid"] == tokens["session"]["id"]
     assert claims["iss"] == "https://auth.test"
     assert claims["aud"] == "authsvc-test"
+    assert claims["client_id"] == "authsvc"  # RFC 9068 §2.2: the first-party client
+
+
+async def test_the_client_id_claim_is_configurable(database_url: str) -> None:
+    async for h in start_harness(make_settings(database_url, jwt_client_id="shop-frontend")):
+        tokens = await h.login(await h.create_user())
+        jwks = (await h.client.get("/.well-known/jwks.json")).json()
+        assert verify_independently(jwks, tokens["access_token"])["client_id"] == "shop-frontend"
 
 
 async def test_key_rotation_drill_with_a_caching_gateway(tmp_path: Path) -> None:
