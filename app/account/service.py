@@ -82,6 +82,7 @@ class AccountService:
         now: datetime | None = None,
     ) -> uuid.UUID:
         email = service.check_email(email)
+        role = service.check_role(role)  # before the hash, and before any connection
         password_hash = await service.hash_new_password(self._passwords, password, email=email)
         return await service.insert_new_user(
             await uow.connection(),

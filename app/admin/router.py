@@ -19,10 +19,34 @@ from app.core.dependencies import ClientDep, DbSession
 from app.sessions.dependencies import SessionServiceDep
 from app.sessions.schemas import DeviceSessionOut
 from app.users import service as users
-from app.users.schemas import UserOut
+from app.users.schemas import UserOut, UserPageOut
 
 _FORBIDDEN: dict[int | str, dict[str, Any]] = {403: {"description": "`forbidden`: not an admin"}}
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.get("/users", responses=_FORBIDDEN)
+async def find_users(
+    admin: AdminSession,
+    uow: DbSession,
+    email: Annotated[
+        str | None, Query(max_length=320, description="Only addresses containing this text.")
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=320, description="The `next_after` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> UserPageOut:
+    """Find users by email (the admin routes take a user's id), a page at a time, by email."""
+    page = await users.find_users(
+        await uow.connection(), email_contains=email, after=after, limit=limit
+    )
+    return UserPageOut(
+        users=[
+            UserOut(id=u.id, email=u.email, role=u.role, is_active=u.is_active) for u in page.users
+        ],
+        next_after=page.next_after,
+    )
 
 
 @router.get(

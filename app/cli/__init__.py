@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from app.core.errors import DomainError
 from app.core.logging import configure_logging
 from app.core.settings import get_settings
+from app.users.roles import Role
 
 # command -> the module (in this package) whose run(args, settings) -> str carries it out
 _MODULES = {
@@ -64,9 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     user_cmd = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True
     )
-    create = user_cmd.add_parser("create", help="create a user (password from stdin or prompt)")
+    create = user_cmd.add_parser(
+        "create",
+        help="create a user (password from stdin or prompt)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     create.add_argument("email")
-    create.add_argument("--role", default="user")
+    create.add_argument(
+        "--role", default=Role.user, choices=list(Role), help="admin: may use /admin"
+    )
+    listing = user_cmd.add_parser(
+        "list",
+        help="users by email, with their id, role and state",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    listing.add_argument("--email", help="only addresses containing this text")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many")
     for action, text in (
         ("deactivate", "deactivate a user and revoke all their sessions"),
         ("activate", "re-activate a user"),

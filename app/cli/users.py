@@ -77,6 +77,8 @@ def _accounts(settings: Settings, engine: AsyncEngine, passwords: PasswordHasher
 
 
 def _run_users(args: argparse.Namespace, settings: Settings) -> str:
+    if args.action == "list":
+        return _list_users(settings, email=args.email, limit=args.limit)
     if args.action == "create":
         password = _read_password()
         user_id = asyncio.run(
@@ -113,6 +115,21 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
     if not admin_remains:
         print(_NO_ADMIN_WARNING, file=sys.stderr)
     return f"user {args.action}d; {revoked} sessions revoked"
+
+
+def _list_users(settings: Settings, *, email: str | None, limit: int) -> str:
+    async def page(_: AccountService, uow: UnitOfWork) -> users.UserPage:
+        conn = await uow.connection()
+        return await users.find_users(conn, email_contains=email, after=None, limit=limit)
+
+    found = asyncio.run(_in_unit_of_work(settings, page))
+    lines = [
+        f"{u.id}  {u.email}  {u.role}  {'active' if u.is_active else 'inactive'}"
+        for u in found.users
+    ]
+    if found.next_after is not None:
+        lines.append(f"(more: raise --limit above {limit})")
+    return "\n".join(lines) if lines else "no users"
 
 
 _NO_ADMIN_WARNING = (

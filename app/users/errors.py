@@ -51,3 +51,9 @@ class RegistrationClosed(DomainError):
     status_code = 403
     code = "registration_closed"
     message = "Self-registration is disabled on this service."
+
+
+class InvalidRole(DomainError):
+    status_code = 422
+    code = "invalid_role"
+    message = "No such role: the roles are user and admin."

@@ -54,6 +54,19 @@ async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | N
     return UserRecord(*row) if row else None
 
 
+async def list_users(
+    conn: AsyncConnection, *, email_contains: str | None, after: str | None, limit: int
+) -> list[UserRecord]:
+    """Users by email (stored lower-cased), from just after `after` (keyset paging)."""
+    stmt = select(*_COLUMNS)
+    if email_contains:
+        stmt = stmt.where(_users.c.email.contains(email_contains.lower(), autoescape=True))
+    if after is not None:
+        stmt = stmt.where(_users.c.email > after)
+    rows = await conn.execute(stmt.order_by(_users.c.email).limit(limit))
+    return [UserRecord(*row) for row in rows]
+
+
 async def lock_for_login(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecord | None:
     """Re-read the user under a row lock, so a concurrent password change or deactivation
     either happens before this login (and is seen) or waits for it (and revokes its session)."""

@@ -18,8 +18,9 @@ from app.core.client import ClientInfo
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
 from app.users import repository
-from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, UserNotFound
+from app.users.errors import EmailTaken, InvalidEmail, InvalidPassword, InvalidRole, UserNotFound
 from app.users.lookalikes import mixes_scripts
+from app.users.roles import Role
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
@@ -114,9 +115,34 @@ async def hash_new_password(hasher: PasswordHasher, password: str, *, email: str
     return await hasher.hash(password)
 
 
+def check_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError as exc:
+        raise InvalidRole() from exc
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    users: list[repository.UserRecord]
+    next_after: str | None  # pass as `after` for the next page; None: this was the last
+
+
+async def find_users(
+    conn: AsyncConnection, *, email_contains: str | None, after: str | None, limit: int
+) -> UserPage:
+    """A page of users by email, optionally those whose address contains a text."""
+    found = await repository.list_users(
+        conn, email_contains=email_contains, after=after, limit=limit + 1
+    )
+    page = found[:limit]
+    return UserPage(page, page[-1].email if len(found) > limit else None)
+
+
 async def insert_new_user(
     conn: AsyncConnection, *, email: str, password_hash: str, now: datetime, role: str = "user"
 ) -> uuid.UUID:
+    role = check_role(role)
     email = check_email(email)
     if await repository.get_by_email(conn, email) is not None:
         raise EmailTaken()
