@@ -53,6 +53,7 @@ def build_account_service(
         clock=clock,
         lockout=Lockout.of(settings),
         max_password_failures=settings.password_change_max_failures,
+        roles=frozenset(settings.roles),
     )
 
 
@@ -65,12 +66,14 @@ class AccountService:
         clock: Clock,
         lockout: Lockout,
         max_password_failures: int,
+        roles: frozenset[str] = frozenset({"user", "admin"}),
     ):
         self._passwords = passwords
         self._sessions = sessions
         self._clock = clock
         self._lockout = lockout
         self._max_password_failures = max_password_failures
+        self._roles = roles
 
     async def create_user(
         self,
@@ -82,7 +85,7 @@ class AccountService:
         now: datetime | None = None,
     ) -> uuid.UUID:
         email = service.check_email(email)
-        role = service.check_role(role)  # before the hash, and before any connection
+        role = service.check_role(role, self._roles)  # before the hash and any connection
         password_hash = await service.hash_new_password(self._passwords, password, email=email)
         return await service.insert_new_user(
             await uow.connection(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
@@ -52,6 +53,9 @@ class PasswordHashProfile(StrEnum):
 
     owasp = "owasp"  # OWASP Password Storage Cheat Sheet: m=19 MiB, t=2, p=1
     test = "test"  # the smallest costs argon2 accepts: test suites only, refused in production
+
+
+_ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class Settings(BaseSettings):
@@ -137,6 +141,10 @@ class Settings(BaseSettings):
     # such a client is exempt from the account's lockout, which an attacker can keep in force.
     device_token_ttl: int = Field(default=180 * 24 * 3600, ge=60)
     allow_registration: bool = False
+    # The roles an account may have (a JSON list); access tokens carry the role, so services
+    # behind the gateway may define their own (e.g. ["user", "admin", "editor"]). "user" (the
+    # default, and what sign-up gives) and "admin" (may use /admin) are always among them.
+    roles: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["user", "admin"])
     # Cookie logout also sends `Clear-Site-Data: "cookies"`: the browser then drops EVERY
     # cookie of the registrable domain and its subdomains (other applications' too). Off: only
     # our own cookies are expired.
@@ -168,6 +176,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "introspection_clients",
         "jwt_public_key_files",
+        "roles",
         mode="before",
     )
     @classmethod
@@ -215,6 +224,13 @@ class Settings(BaseSettings):
         for name, limit in self.rate_limits.items():
             if not _valid_limit(limit):
                 problems.append(f"RATE_LIMIT_{name.upper()} must look like '20/minute'")
+        if not {"user", "admin"} <= set(self.roles) or not all(
+            _ROLE_NAME.fullmatch(role) for role in self.roles
+        ):
+            problems.append(
+                'ROLES must include "user" and "admin", each a lower-case name of 1 to 32 '
+                "letters, digits, - or _"
+            )
         if "*" in self.cors_origins:
             problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
         if self.session_touch_interval >= self.idle_timeout:

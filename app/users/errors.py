@@ -56,4 +56,4 @@ class RegistrationClosed(DomainError):
 class InvalidRole(DomainError):
     status_code = 422
     code = "invalid_role"
-    message = "No such role: the roles are user and admin."
+    message = "No such role (see ROLES)."

@@ -190,6 +190,14 @@ async def _end_to_end(gateway: str, email: str) -> None:
             assert denied.status_code == 401
             assert denied.headers["x-auth-error"] == code
             assert "upstream" not in denied.text
+            # One challenge, authsvc's own (it names the error); not nginx's as well.
+            (challenge,) = denied.headers.get_list("www-authenticate")
+            assert challenge.startswith("Bearer")
+
+        # authsvc's own pages pass straight through, as the recipe says.
+        for page in ("/docs", "/openapi.json", "/redoc", "/demo", "/static/auth-client.js"):
+            shown = await client.get(page)
+            assert shown.status_code == 200, (page, shown.status_code)
 
         # Logout: the very next request through the gateway is refused (well within 1 s).
         out = await client.post("/auth/logout", headers=_bearer(tokens["access_token"]))

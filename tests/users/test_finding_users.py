@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pydantic import ValidationError
 
 from app.users.errors import InvalidRole
-from tests.conftest import Harness, bearer, error_code
+from tests.conftest import Harness, bearer, error_code, make_settings, start_harness
 from tests.support.cli import cli
 
 
@@ -57,14 +58,31 @@ async def test_finding_users_is_for_admins_and_bounded(harness: Harness) -> None
         assert bad.status_code == 422
 
 
-async def test_roles_are_a_fixed_set(harness: Harness, database_url: str) -> None:
+async def test_roles_are_a_configured_set(harness: Harness, database_url: str) -> None:
     with pytest.raises(InvalidRole):
         await harness.create_user(role="superuser")
     refused = await cli(database_url, "users", "create", "x@example.com", "--role", "root")
-    assert refused.returncode == 2
-    assert "invalid choice" in refused.stderr
+    assert refused.returncode == 1
+    assert "(invalid_role)" in refused.stderr
+    assert "admin, user" in refused.stderr
     shown = await cli(database_url, "users", "create", "--help")
     assert "default: user" in shown.stdout
+
+
+async def test_a_deployment_may_add_roles(database_url: str) -> None:
+    settings = make_settings(database_url, roles=["user", "admin", "editor"])
+    async for h in start_harness(settings):
+        editor = await h.login(await h.create_user(role="editor"))
+        me = await h.client.get("/auth/me", headers=bearer(editor["access_token"]))
+        assert me.json()["role"] == "editor"
+
+
+@pytest.mark.parametrize(
+    "roles", [["admin"], ["user"], ["user", "admin", "Editor"], ["user", "admin", ""]]
+)
+def test_roles_must_keep_user_and_admin_and_be_names(roles: list[str]) -> None:
+    with pytest.raises(ValidationError, match="ROLES"):
+        make_settings("sqlite://", roles=roles)
 
 
 async def test_users_list_on_the_command_line(harness: Harness, database_url: str) -> None:
