@@ -329,6 +329,29 @@ async def real_time_scenarios(
             await task
 
 
+async def test_the_demo_counts_down_without_polling(
+    context: BrowserContext, service: Service
+) -> None:
+    """Two tabs show live countdowns for seconds without asking the server anything (the demo
+    polled session-status once a second per tab: 209 calls in 70 s with 3 tabs)."""
+    watch = PageWatch()
+    email = await create_user(service.database_url)
+    page = await open_demo(context, service, watch)
+    await login(page, email)
+    other = await open_demo(context, service, watch)
+    calls: list[str] = []
+    for tab in (page, other):
+        tab.on("request", lambda request: calls.append(request.url))
+    before = await page.locator("#absolute").text_content()
+    await asyncio.sleep(3.5)
+    after = await page.locator("#absolute").text_content()
+    assert before != after  # the countdown runs
+    await expect(other.locator("#status")).to_have_text(f"logged in as {email}")
+    # (Refreshes at refresh_after are the client's work, not polling.)
+    assert [url for url in calls if "session-status" in url] == []
+    assert watch.errors == []
+
+
 async def test_login_then_reload_stays_logged_in(context: BrowserContext, service: Service) -> None:
     """(a) A reload forgets the in-memory access token; the HttpOnly cookie brings it back."""
     watch = PageWatch()
