@@ -41,6 +41,7 @@ from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
+from app.sessions.push import RevocationListener
 
 logger = logging.getLogger("app")
 
@@ -97,6 +98,9 @@ def create_app(
             ),
             asyncio.create_task(every(2.0, lambda: _sample_pool(ctx), name="metrics.pool")),
         ]
+        if ctx.engine.dialect.name == "postgresql":  # SQLite is one node: nothing to push
+            listener = RevocationListener(ctx.engine.url, ctx.session_cache)
+            jobs.append(asyncio.create_task(listener.run(), name="revocation_push"))
         if settings.prune_interval:
             jobs.append(
                 asyncio.create_task(

@@ -2,7 +2,8 @@
 
 Only ever used to *accept* a request: a cached row that looks expired or revoked is re-read.
 A revocation made by this process clears the cache once its transaction commits; one made by
-another replica is seen here within `ttl` seconds (issue: within 1 s). ttl=0 disables it.
+another replica is pushed here on PostgreSQL (app.sessions.push: milliseconds), and without the
+push (SQLite, or its connection down) it is seen within `ttl` seconds. ttl=0 disables it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ class SessionStateCache:
         if len(self._entries) >= self._max:
             self._entries.pop(next(iter(self._entries)))
         self._entries[state.id] = (self._monotonic(), state)
+
+    def discard(self, session_ids: list[uuid.UUID]) -> None:
+        """Forget these sessions (revoked elsewhere). The epoch moves as on `clear`: a row of
+        theirs read before the revocation committed must not be put back afterwards."""
+        self._epoch += 1
+        for session_id in session_ids:
+            self._entries.pop(session_id, None)
 
     def clear(self) -> None:
         self._epoch += 1

@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
 from app.sessions.policy import SessionState, TokenLink
+from app.sessions.push import CHANNEL, payload_for
 from app.users.models import User
 
 _sessions = table_of(Session)
@@ -101,7 +102,7 @@ async def revoke_sessions(
     except_session: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
     """Revoke one session or all of a user's live sessions (optionally but one); returns the
-    ids newly revoked."""
+    ids newly revoked, announced to every replica when the transaction commits."""
     conditions: list[ColumnElement[bool]] = [_sessions.c.revoked_at.is_(None)]
     if session_id is not None:
         conditions.append(_sessions.c.id == session_id)
@@ -122,7 +123,16 @@ async def revoke_sessions(
             .where(_tokens.c.session_id.in_(revoked), _tokens.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
+        await notify_revoked(conn, revoked)
     return revoked
+
+
+async def notify_revoked(conn: AsyncConnection, session_ids: list[uuid.UUID]) -> None:
+    """Tell every replica's session cache (app.sessions.push), in the revoking transaction:
+    PostgreSQL delivers it at commit, never before and never if it rolls back. SQLite is one
+    node, with no one to tell."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_notify(CHANNEL, payload_for(session_ids))))
 
 
 async def insert_refresh_token(
