@@ -119,6 +119,8 @@ async def build_context(
         redis_url=settings.redis_url,
         enabled=settings.rate_limits_enabled,
         namespace=settings.rate_limit_namespace,
+        redis_timeout=settings.redis_timeout,
+        redis_retry_interval=settings.redis_retry_interval,
     )
     store = open_store(engine)
     cache = SessionStateCache(settings.session_cache_ttl)

@@ -50,6 +50,18 @@ POOL_CHECKED_OUT = Gauge(
     "authsvc_db_pool_checked_out", "Database connections in use", multiprocess_mode="livesum"
 )
 POOL_SIZE = Gauge("authsvc_db_pool_size", "Database pool size", multiprocess_mode="livesum")
+# Redis failing open (app/core/ratelimit.py): its failures by kind, and the limit checks that
+# were counted in-process instead while it was unavailable.
+RATELIMIT_REDIS_FAILURES = Counter(
+    "authsvc_ratelimit_redis_failures_total",
+    "Rate-limit calls to Redis that failed (error) or exceeded REDIS_TIMEOUT (timeout)",
+    ["kind"],
+)
+RATELIMIT_LOCAL_FALLBACKS = Counter(
+    "authsvc_ratelimit_local_fallbacks_total",
+    "Rate-limit checks counted in this process because Redis was unavailable, by limit name",
+    ["limit"],
+)
 
 
 def render() -> tuple[bytes, str]:

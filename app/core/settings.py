@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Prefix of the Redis keys, so several deployments can share one Redis.
     rate_limit_namespace: str = "authsvc"
+    # Bound on every Redis call (connect and command), in seconds. Past it, or on any Redis
+    # error, the limits fail open to counting in this process (docs/deploy.md, "Redis"), and
+    # Redis is tried again after REDIS_RETRY_INTERVAL seconds.
+    redis_timeout: float = Field(default=0.25, gt=0, le=1.0)
+    redis_retry_interval: float = Field(default=5.0, ge=0.1, le=300)
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_account: str = "10/minute"
     # Logins from a trusted device (see DEVICE_TOKEN_TTL) are counted per device instead of

@@ -4,7 +4,7 @@ import logging
 
 from fastapi import APIRouter
 
-from app.core.dependencies import DatabaseDep
+from app.core.dependencies import DatabaseDep, LimiterDep
 from app.core.errors import ServiceUnavailableError, is_database_unavailable
 from app.core.exposure import public
 from app.health import repository
@@ -27,10 +27,12 @@ async def healthz() -> dict[str, str]:
 @public
 async def readyz(
     database: DatabaseDep,
+    limiter: LimiterDep,
 ) -> dict[str, str]:
     """The database answers and its schema is at this code's migration head: this replica can
     take traffic. 503 `service_unavailable` (with Retry-After) otherwise, within the pool
-    timeout."""
+    timeout. `redis` ("ok", "down", "not configured") is reported, not required: without
+    Redis the rate limits fail open to per-process counting (docs/deploy.md, "Redis")."""
     expected = repository.expected_revisions()
     try:
         async with database.engine.connect() as conn:
@@ -45,4 +47,9 @@ async def readyz(
             extra={"database_revision": sorted(current), "code_revision": sorted(expected)},
         )
         raise ServiceUnavailableError("Database migrations are pending.")
-    return {"status": "ready", "database": "ok", "migrations": "current"}
+    return {
+        "status": "ready",
+        "database": "ok",
+        "migrations": "current",
+        "redis": await limiter.redis_status(),
+    }
