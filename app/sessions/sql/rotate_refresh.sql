@@ -139,6 +139,9 @@ BEGIN
          WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
         revoked_at := p_now;
         outcome := 'reused';
+        -- Every replica drops the session from its cache (app/sessions/push.py); PostgreSQL
+        -- delivers this at commit, so never before the revocation is visible.
+        PERFORM pg_notify('authsvc_sessions_revoked', p_session_id::text);
         INSERT INTO audit_events (event, user_id, session_id, ip, user_agent, details, created_at)
         VALUES ('refresh.reuse_detected', user_id, p_session_id, p_ip, p_user_agent,
                 json_build_object('reuse_class', reuse_class, 'generation', generation), p_now);

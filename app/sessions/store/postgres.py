@@ -3,8 +3,8 @@ one call each on the pooled connection's own asyncpg driver, outside any transac
 call is its own transaction and one round trip. SQLAlchemy's execution path costs more CPU
 than these statements (docs/performance.md). Everything else is the portable store's.
 
-The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0007 (0004 installed
-the first rotation function).
+The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0009 (0004 and 0007
+installed the earlier rotation functions).
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import driver_connection
 from app.sessions.policy import SessionState
-from app.sessions.push import CHANNEL, payload_for
 from app.sessions.store.base import Outcome, Rotation, RotationRequest, SessionStart, StartedFor
 from app.sessions.store.portable import PortableSessionStore
 from app.users import repository as users
 from app.users.repository import UserRecord
 
 _ROTATE = "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-_NOTIFY = "SELECT pg_notify($1, $2)"
 _START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -54,11 +52,6 @@ class PostgresSessionStore(PortableSessionStore):
                 r.arrived_at,
                 r.may_rotate,
             )
-            if row["outcome"] == "reused":
-                # The function revoked the session and committed: tell the other replicas
-                # now (right after, not inside it: if this process dies in between, their
-                # caches still drop it within SESSION_CACHE_TTL).
-                await conn.execute(_NOTIFY, CHANNEL, payload_for([r.session_id]))
         outcome: Outcome = row["outcome"]
         if outcome == "invalid":
             return Rotation(outcome)
