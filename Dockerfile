@@ -1,16 +1,21 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t authsvc .   Run: docker run -p 8000:8000 --env-file .env authsvc
-# Production mode: SECRET_KEY and JWT_ISSUER must be set (the service refuses to start otherwise).
-# The build stage installs the project (and so exactly the dependencies of pyproject.toml, as
-# `make run` does); the runtime stage puts the source, alembic.ini and migrations/ in /srv and
-# first on PYTHONPATH, so `python -m app migrate` finds its migrations beside the code.
+# Build: docker build -t authsvc .
+# Run:   docker run -p 8000:8000 --env-file deploy/production.env -v authsvc-data:/data authsvc
+# deploy/production.env comes from deploy/production.env.example (not from .env.example, which
+# is for development). Production mode: SECRET_KEY and JWT_ISSUER must be set (the service
+# refuses to start otherwise). The build stage installs the pinned, hash-checked dependencies
+# of requirements.lock (pip-compile --generate-hashes of pyproject.toml), then the project
+# itself without resolving anything; the runtime stage puts the source, alembic.ini and
+# migrations/ in /srv and first on PYTHONPATH, so `python -m app migrate` finds its migrations.
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
