@@ -10,10 +10,13 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy import DateTime, Table, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import greenlet_spawn
+
+from app.core.errors import is_database_unavailable
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -121,7 +124,15 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     that failed, or was cancelled mid-statement, is invalidated so the pool replaces it
     instead of handing it to the next request.
     """
-    pooled = await engine.raw_connection()
+    try:
+        pooled = await engine.raw_connection()
+    except Exception as exc:
+        # Connecting raises SQLAlchemy's adapter error around the driver's (e.g. "the database
+        # system is starting up"), unwrapped on this path: give it the type an engine's
+        # connect() would, so the error handlers answer 503 instead of 500.
+        if exc.__cause__ is not None and is_database_unavailable(exc.__cause__):
+            raise OperationalError("connect", None, exc) from exc
+        raise
     raw: Any = pooled.driver_connection
     try:
         yield raw

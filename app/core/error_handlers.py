@@ -70,6 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OSError, _database)
     app.add_exception_handler(asyncpg.PostgresError, _database)
     app.add_exception_handler(asyncpg.InterfaceError, _database)
+    app.add_exception_handler(asyncpg.InternalClientError, _database)  # not an InterfaceError
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -79,18 +79,32 @@ _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 
 
+# The raw driver's errors of a connection that is gone or unusable (as opposed to its other
+# InterfaceErrors, client-side mistakes: bad data, an unsupported feature). InternalClientError
+# is a connection whose protocol state broke under an interrupted operation ("cannot switch to
+# state 12; another operation is in progress", seen while backends were being killed).
+_DRIVER_CONNECTION_ERRORS = (asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError)
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
-    """Failures a client should retry (503), as opposed to bugs (500)."""
+    """Failures a client should retry (503), as opposed to bugs (500). Timeouts (the pool's,
+    a connect's, a command's: TimeoutError is an OSError) are among them."""
     if isinstance(exc, PoolTimeoutError | OperationalError | ConnectionError | OSError):
         return True
-    if type(exc) is asyncpg.InterfaceError:  # raw driver: closed or unusable connection
-        return True  # (its subclasses are client-side mistakes: bad data, unsupported feature)
+    if type(exc) is asyncpg.InterfaceError or isinstance(exc, _DRIVER_CONNECTION_ERRORS):
+        return True
     if isinstance(exc, asyncpg.PostgresError):  # raw driver (see core.db.driver_connection)
         return _retryable_sqlstate(str(exc.sqlstate or ""))
     if not isinstance(exc, DBAPIError):
         return False
+    if exc.connection_invalidated:
+        return True
     sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
-    return exc.connection_invalidated or _retryable_sqlstate(sqlstate)
+    # SQLAlchemy's asyncpg adapter wraps the driver's error: judge that one as above.
+    driver_error = exc.orig.__cause__ if exc.orig is not None else None
+    return _retryable_sqlstate(sqlstate) or (
+        driver_error is not None and is_database_unavailable(driver_error)
+    )
 
 
 def _retryable_sqlstate(sqlstate: str) -> bool:
