@@ -97,6 +97,7 @@ async def build_context(
         settings.database_url,
         pool_size=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
+        serving_requests=True,
     )
     secret = settings.secret_key.get_secret_value()
     if settings.jwt_private_key_file is None:

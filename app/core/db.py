@@ -48,21 +48,53 @@ class Base(DeclarativeBase):
 
 
 def create_engine(
-    database_url: str, *, pool_size: int = 10, pool_timeout: float = 5.0
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    pool_timeout: float = 5.0,
+    serving_requests: bool = False,
 ) -> AsyncEngine:
+    """The service's engine (`serving_requests`): a request that meets a database failure
+    answers 503 within `pool_timeout` (docs/deploy.md, Database outages; see
+    `_postgres_timeouts`). Other engines (migrations, CLI commands) may run long statements:
+    they wait up to `pool_timeout` for a connection and 30 s for a statement."""
     if database_url.startswith("sqlite"):
         return _create_sqlite_engine(database_url, pool_timeout)
+    if serving_requests:
+        wait, connect_args = _postgres_timeouts(pool_timeout)
+    else:
+        wait, connect_args = pool_timeout, {"timeout": pool_timeout, "command_timeout": 30}
     return create_async_engine(
         database_url,
         hide_parameters=True,  # error messages must never carry emails, hashes or tokens
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=pool_timeout,
+        pool_timeout=wait,
         # No pre-ping: it costs a round trip per checkout on the hot path. A connection that
         # died is invalidated by SQLAlchemy on first use; that request answers 503 and the pool
         # reconnects for the next one.
-        connect_args={"timeout": pool_timeout, "command_timeout": 30},
+        connect_args=connect_args,
     )
+
+
+def _postgres_timeouts(bound: float) -> tuple[float, dict[str, Any]]:
+    """(pool wait, asyncpg connect arguments) so that a request answers within `bound`.
+
+    A request that fails meets at most a wait for a pooled connection, then one connect or one
+    statement: each gets half the bound. A frozen server (SIGSTOP, a hung host) keeps its TCP
+    connections open and answers nothing, so only the client's own timeouts end the wait:
+    asyncpg's connect `timeout` and `command_timeout` (every statement, BEGIN and COMMIT
+    included). The server's `statement_timeout` fires a little earlier, so that a live but slow
+    server cancels the statement itself (its locks released, the connection kept) rather than
+    the client abandoning it.
+    """
+    half = bound / 2
+    statement_ms = max(1, int(half * 0.8 * 1000))
+    return half, {
+        "timeout": half,
+        "command_timeout": half,
+        "server_settings": {"statement_timeout": str(statement_ms)},
+    }
 
 
 def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter
@@ -10,6 +11,7 @@ from app.core.exposure import public
 from app.health import repository
 
 router = APIRouter(tags=["health"])
+READINESS_TIMEOUT = 1.5  # seconds: /readyz answers within 2 s (docs/deploy.md)
 logger = logging.getLogger("app.health")
 
 
@@ -35,10 +37,15 @@ async def readyz(
     Redis the rate limits fail open to per-process counting (docs/deploy.md, "Redis")."""
     expected = repository.expected_revisions()
     try:
-        async with database.engine.connect() as conn:
-            current = await repository.database_revisions(conn)
+        # A probe must answer before its own timeout (Kubernetes' default is 1 s, ours is
+        # documented as 2 s) even when requests may take DB_POOL_TIMEOUT: a frozen database
+        # is reported as such, not as a hung replica. Cancelling the check terminates the
+        # connection it was using (SQLAlchemy discards a connection interrupted mid-call).
+        async with asyncio.timeout(READINESS_TIMEOUT):
+            async with database.engine.connect() as conn:
+                current = await repository.database_revisions(conn)
     except Exception as exc:
-        if is_database_unavailable(exc):
+        if is_database_unavailable(exc):  # TimeoutError included
             raise ServiceUnavailableError("The database is unreachable.") from exc
         raise
     if current != expected:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -98,9 +99,37 @@ class PgCluster:
         )
         self._ctl("start", "-w", "-t", "60", "-l", str(self.log_file), "-o", options)
 
-    def stop(self) -> None:
-        """Stop the server at once: clients are disconnected, open transactions abort."""
-        self._ctl("stop", "-w", "-t", "60", "-m", "fast")
+    def stop(self, mode: str = "fast", *, wait: bool = True) -> None:
+        """Stop the server. fast (the default): clients are disconnected, open transactions
+        abort; immediate: every process quits without a checkpoint (the next start recovers
+        from a crash); smart: new connections are refused while existing sessions go on, and
+        the server stops only when they have all ended (`wait=False` returns at once)."""
+        self._ctl("stop", "-w" if wait else "-W", "-t", "60", "-m", mode)
+
+    def server_pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, ...)."""
+        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(postmaster)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        return [postmaster, *map(int, children)]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole server: connections stay open and nothing answers (a hung host).
+        Returns the stopped processes, for `thaw`."""
+        pids = self.server_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def is_running(self) -> bool:
         return (self.data_dir / "postmaster.pid").exists()
