@@ -16,6 +16,7 @@ from app.admin.dependencies import AdminSession
 from app.audit import repository as audit_repository
 from app.audit.schemas import AuditEventOut
 from app.core.dependencies import ClientDep, DbSession
+from app.core.text import PlainText
 from app.sessions.dependencies import SessionServiceDep
 from app.sessions.schemas import DeviceSessionOut
 from app.users import service as users
@@ -30,10 +31,12 @@ async def find_users(
     admin: AdminSession,
     uow: DbSession,
     email: Annotated[
-        str | None, Query(max_length=320, description="Only addresses containing this text.")
+        PlainText | None,
+        Query(max_length=320, description="Only addresses containing this text."),
     ] = None,
     after: Annotated[
-        str | None, Query(max_length=320, description="The `next_after` of the previous page.")
+        PlainText | None,
+        Query(max_length=320, description="The `next_after` of the previous page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> UserPageOut:

@@ -56,6 +56,9 @@ async def test_finding_users_is_for_admins_and_bounded(harness: Harness) -> None
     for limit in (0, 201):
         bad = await harness.client.get("/admin/users", params={"limit": limit}, headers=admin)
         assert bad.status_code == 422
+    for name in ("email", "after"):  # PostgreSQL refuses a NUL in text: a 500 before
+        bad = await harness.client.get("/admin/users", params={name: "a\x00b"}, headers=admin)
+        assert bad.status_code == 422
 
 
 async def test_roles_are_a_configured_set(harness: Harness, database_url: str) -> None:
