@@ -18,10 +18,13 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
 )
+# uvicorn attaches a copy of its message with ANSI colour escapes to every record; we print
+# the plain message, so the copy is noise (raw escapes in files and JSON).
+_DROPPED_ATTRS = _STANDARD_ATTRS | {"color_message"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+    return {k: v for k, v in vars(record).items() if k not in _DROPPED_ATTRS}
 
 
 class JsonFormatter(logging.Formatter):

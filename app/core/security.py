@@ -47,13 +47,27 @@ _ARGON2 = {
 }
 
 
+_HASHING_NICE_OFFSET = 10
+_LOWEST_PRIORITY = 19
+
+
 def _lower_thread_priority() -> None:
-    """Run this (hashing) thread at nice 10. Hashes take tens of milliseconds of CPU; at the
-    same priority, a burst of logins would take the cores from the event loops, and every
-    other request (refresh, verify) would wait behind them. The scheduler still gives hashing
-    every cycle nothing else wants, so login throughput is unchanged on an idle machine."""
+    """Run this (hashing) thread 10 nice levels below the process. Hashes take tens of
+    milliseconds of CPU; at the same priority, a burst of logins would take the cores from the
+    event loops, and every other request (refresh, verify) would wait behind them. The
+    scheduler still gives hashing every cycle nothing else wants, so login throughput is
+    unchanged on an idle machine. Relative, not absolute: a process started under `nice`
+    (already at 10 or more) keeps hashing below its event loop, and an unprivileged thread
+    is never asked to raise its priority (which fails)."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, hashing_niceness(current))
+
+
+def hashing_niceness(current: int) -> int:
+    """The hashing threads' nice value: 10 below the process's, at most 19 (the lowest)."""
+    return min(current + _HASHING_NICE_OFFSET, _LOWEST_PRIORITY)
 
 
 def default_hash_threads() -> int:

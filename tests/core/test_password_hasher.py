@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from app.core.security import PasswordHasher, default_hash_threads
+from app.core.security import PasswordHasher, default_hash_threads, hashing_niceness
 from app.core.settings import PasswordHashProfile
 
 PASSWORD = "correct horse battery staple"
@@ -32,6 +35,43 @@ async def test_hashes_run_on_their_own_lower_priority_threads() -> None:
         assert nice >= loop_nice + 10 or nice == 19
     finally:
         hasher.close()
+
+
+_NICE_OF_HASHING_THREAD = """
+import asyncio, os, threading
+from app.core.security import PasswordHasher
+
+async def main():
+    hasher = PasswordHasher(threads=1)
+    await hasher.hash("correct horse battery staple")
+    [t] = [t for t in threading.enumerate() if t.name.startswith("password-hash")]
+    print(os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, t.native_id))
+    hasher.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(shutil.which("nice") is None, reason="needs nice(1)")
+@pytest.mark.parametrize("started_at", [5, 12])
+def test_hashing_stays_below_a_process_started_under_nice(started_at: int) -> None:
+    # An absolute nice 10 put hashing above a process started at 5, and left it level with
+    # one started at 12 (lowering a thread to 10 from there is not permitted).
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    result = subprocess.run(
+        ["nice", "-n", str(started_at), sys.executable, "-c", _NICE_OF_HASHING_THREAD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    process_nice, thread_nice = map(int, result.stdout.split())
+    assert process_nice == min(base + started_at, 19)
+    assert thread_nice == hashing_niceness(process_nice) == min(process_nice + 10, 19)
+
+
+def test_hashing_niceness_is_relative_and_capped() -> None:
+    assert [hashing_niceness(n) for n in (-5, 0, 5, 9, 10, 19)] == [5, 10, 15, 19, 19, 19]
 
 
 async def test_the_event_loop_keeps_running_while_hashes_are_computed() -> None:
