@@ -27,7 +27,7 @@ class TokenGrant:
 
     @property
     def refresh_after(self) -> datetime:
-        return refresh_after(self.now, self.access.expires_at)
+        return refresh_after(self.now, self.access.expires_at, self.session.idle_expires_at)
 
 
 def grant_for(codec: AccessTokenCodec, issued: IssuedSession) -> TokenGrant:
@@ -42,10 +42,13 @@ def grant_for(codec: AccessTokenCodec, issued: IssuedSession) -> TokenGrant:
     return TokenGrant(access=access, refresh_token=issued.refresh_token, session=state, now=now)
 
 
-def refresh_after(issued_at: datetime, expires_at: datetime) -> datetime:
-    """Refresh once four fifths of the token's life have passed: early enough to absorb a slow
-    network, late enough not to rotate needlessly."""
-    return expires_at - (expires_at - issued_at) / 5
+def refresh_after(issued_at: datetime, expires_at: datetime, idle_expires_at: datetime) -> datetime:
+    """Refresh once four fifths of the way to the nearer of the token's expiry and the session's
+    idle deadline: early enough to absorb a slow network, late enough not to rotate needlessly.
+    The idle deadline counts because a token may outlive it (a 30 s token, a 10 s idle timeout):
+    a client waiting for the token's four fifths would find its session already expired."""
+    deadline = min(expires_at, idle_expires_at)
+    return min(deadline, deadline - (deadline - issued_at) / 5)
 
 
 def seconds_until(moment: datetime, now: datetime) -> int:

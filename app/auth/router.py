@@ -226,7 +226,7 @@ async def session_status(auth: CurrentSession, clock: ClockDep) -> SessionStatus
         ),
         token=TokenStatus(valid=True, expires_in=seconds_until(claims.expires_at, now)),
         server_time=now,
-        refresh_after=refresh_after(claims.issued_at, claims.expires_at),
+        refresh_after=refresh_after(claims.issued_at, claims.expires_at, session.idle_expires_at),
         message="Session and token are valid",
         success=True,
     )
