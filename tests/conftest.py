@@ -1,7 +1,9 @@
 """Fixtures: every test runs through the real app on SQLite and on PostgreSQL.
 
 PostgreSQL comes from TEST_POSTGRES_URL (default: the local server). Without it the PostgreSQL
-variants skip, unless REQUIRE_POSTGRES=1 (CI), where a skip becomes a failure.
+variants skip, unless REQUIRE_POSTGRES=1 (CI), where a skip becomes a failure. Each test's
+database is named TEST_DATABASE_PREFIX (default authsvc_test_) and a random suffix; the tests
+that share rate limits through Redis use TEST_REDIS_URL (default redis://127.0.0.1:6379/0).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+# Two checkouts (or CI jobs) sharing one server can keep their databases and keys apart.
+TEST_DATABASE_PREFIX = os.environ.get("TEST_DATABASE_PREFIX", "authsvc_test_")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PASSWORD = "correct horse battery staple"
 TEST_SECRET = "test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -177,7 +182,7 @@ async def _create_pg_database() -> str | None:
         admin = await asyncpg.connect(_raw_dsn(POSTGRES_URL), timeout=5)
     except (OSError, asyncpg.PostgresError):
         return None
-    name = f"authsvc_test_{uuid.uuid4().hex[:12]}"
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -258,6 +263,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "session_cache_ttl": 0,
         # Near-free argon2 (refused in production); tests of the real costs ask for "owasp".
         "password_hash_profile": "test",
+        # Race tests send hundreds of requests at once and expect each answered; admission
+        # control's own tests (tests/core/test_admission.py) set a small limit.
+        "admission_max_in_flight": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -18,6 +18,7 @@ from app.users import repository as user_repo
 from app.users.models import User
 from tests.conftest import (
     PASSWORD,
+    TEST_REDIS_URL,
     Harness,
     bearer,
     error_code,
@@ -188,7 +189,7 @@ async def test_rate_limits_are_shared_through_redis(postgres_url: str) -> None:
         email = await h.create_user()
     env = {
         "RATE_LIMITS_ENABLED": "true",
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_URL": TEST_REDIS_URL,
         "RATE_LIMIT_NAMESPACE": f"test-{uuid.uuid4().hex}",
         "RATE_LIMIT_LOGIN_IP": "4/hour",
     }
