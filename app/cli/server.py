@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import sys
 import tempfile
+
+from sqlalchemy.engine import make_url
 
 from app.context import build_context
 from app.core import migrate
 from app.core.clock import Clock
 from app.core.db import create_engine
-from app.core.settings import Settings
+from app.core.settings import Environment, Settings
 from app.keys.service import ensure_signing_key
 
 
 def run(args: argparse.Namespace, settings: Settings) -> str:
+    _log.info("service.database", extra={"database": database_location(settings.database_url)})
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return "database is at the latest schema"
     if args.command == "prune":
         return asyncio.run(_prune(settings))
     asyncio.run(_migrate(settings))
+    if settings.environment is Environment.development:
+        print(next_steps(args.host, args.port), file=sys.stderr, flush=True)
     _serve(args, settings)
     return ""
+
+
+_log = logging.getLogger("app.cli")
+
+
+def database_location(database_url: str) -> str:
+    """Where the data is, as an operator needs it: SQLite's absolute file path (a relative one
+    depends on the folder the command ran in), PostgreSQL's address without the password."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return f"sqlite {database or ':memory:'}"
+        return f"sqlite {os.path.abspath(database)}"
+    return url.render_as_string(hide_password=True)
+
+
+def next_steps(host: str, port: int) -> str:
+    base = f"http://{host}:{port}"
+    return (
+        f"\nauthsvc listens on {base}. Next:\n"
+        "  1. create a user:  python -m app users create EMAIL  (--role admin for /admin)\n"
+        f"  2. open {base}/docs, Authorize with that user, and try the routes\n"
+    )
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:

@@ -48,15 +48,24 @@ class ConsoleFormatter(logging.Formatter):
         fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         rid = request_id_var.get()
         prefix = f"{record.levelname:<7} {record.getMessage()}"
-        line = f"{prefix} {fields}" + (f" request_id={rid}" if rid else "")
+        line = f"{prefix} {fields}".rstrip() + (f" request_id={rid}" if rid else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
+def _only_alembic_upgrades(record: logging.LogRecord) -> bool:
+    """Alembic's INFO lines, but for the migrations it runs, describe its own set-up (plugins,
+    'Context impl SQLiteImpl.', 'Will assume non-transactional DDL.'): noise at every start."""
+    if not record.name.startswith("alembic") or record.levelno >= logging.WARNING:
+        return True
+    return record.getMessage().startswith(("Running upgrade", "Running downgrade"))
+
+
 def configure_logging(level: str = "INFO", *, json_output: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_output else ConsoleFormatter())
+    handler.addFilter(_only_alembic_upgrades)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -58,13 +59,28 @@ class PasswordHashProfile(StrEnum):
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
+# The project's folder (app/core/settings.py is two levels down): migrations live there too.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "auth.db"
+# The URL schemes DATABASE_URL accepts, and the SQLAlchemy driver each one means.
+_DATABASE_DRIVERS = {
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
     )
 
     environment: Environment = Environment.development
-    database_url: str = "sqlite+aiosqlite:///./data/auth.db"
+    # Anchored to the project, not the current folder: the CLI run from elsewhere finds the
+    # same database (a relative path opened ./data/auth.db wherever it was started).
+    database_url: str = f"sqlite+aiosqlite:///{DEFAULT_SQLITE_PATH}"
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     access_token_ttl: int = Field(default=300, ge=5, le=3600)
@@ -189,6 +205,22 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip():
             value = json.loads(value)
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_our_drivers(cls, value: str) -> str:
+        """postgresql:// and postgres:// (as providers print them) mean asyncpg, sqlite:// means
+        aiosqlite: the only drivers installed. Anything else is one clear line, not the
+        traceback of a driver SQLAlchemy cannot import."""
+        scheme, separator, rest = value.partition("://")
+        driver = _DATABASE_DRIVERS.get(scheme.lower())
+        if not separator or driver is None:
+            raise ValueError(
+                "DATABASE_URL must start with postgresql://, postgres:// or "
+                "postgresql+asyncpg:// (PostgreSQL), or sqlite+aiosqlite:/// or sqlite:/// "
+                f"(SQLite); got {scheme[:40]!r}"
+            )
+        return f"{driver}://{rest}"
 
     @model_validator(mode="after")
     def _refuse_insecure_or_inconsistent(self) -> Self:

@@ -1,0 +1,115 @@
+"""The first hour on a fresh clone (issue 16): DATABASE_URL in the forms providers print, the
+default database wherever the CLI runs, and what `python -m app serve` says at start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.settings import Settings
+from tests.conftest import TEST_SECRET
+from tests.support.cli import run_cli
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/auth", "postgresql+asyncpg://u:p@db:5432/auth"),
+        ("postgres://u:p@db/auth", "postgresql+asyncpg://u:p@db/auth"),
+        ("postgresql+asyncpg://u@db/auth", "postgresql+asyncpg://u@db/auth"),
+        ("sqlite:////var/lib/auth.db", "sqlite+aiosqlite:////var/lib/auth.db"),
+        ("sqlite+aiosqlite:///./auth.db", "sqlite+aiosqlite:///./auth.db"),
+    ],
+)
+def test_database_url_forms_use_the_installed_drivers(given: str, used: str) -> None:
+    assert _settings(database_url=given).database_url == used
+
+
+@pytest.mark.parametrize(
+    "given", ["mysql://u@db/auth", "postgresql+psycopg://u@db/auth", "auth.db", ""]
+)
+def test_other_database_urls_are_refused_naming_the_variable(given: str) -> None:
+    with pytest.raises(ValidationError, match="DATABASE_URL must start with postgresql://"):
+        _settings(database_url=given)
+
+
+def test_a_wrong_database_url_is_one_line_from_the_cli() -> None:
+    result = run_cli("postgresql+psycopg://u@127.0.0.1/auth", "migrate")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: DATABASE_URL:"), line
+    assert "postgres://" in line
+
+
+def test_postgres_scheme_works_end_to_end(postgres_url: str) -> None:
+    plain = postgres_url.replace("postgresql+asyncpg://", "postgres://", 1)
+    result = run_cli(plain, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert "database is at the latest schema" in result.stdout
+
+
+def test_default_database_is_anchored_to_the_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    url = _settings().database_url
+    assert url == f"sqlite+aiosqlite:///{ROOT / 'data' / 'auth.db'}"
+
+
+def test_serve_from_another_folder_says_where_its_data_is_and_what_next(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": "sqlite:///relative/auth.db",
+        "SECRET_KEY": TEST_SECRET,
+        "ENVIRONMENT": "development",
+        "LOG_FORMAT": "console",
+        "LOG_LEVEL": "INFO",
+        "PASSWORD_HASH_PROFILE": "test",
+        "PRUNE_INTERVAL": "0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if "Application startup complete" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    output = "\n".join(lines)
+    assert "Application startup complete" in output, output
+    assert f"database=sqlite {tmp_path / 'relative' / 'auth.db'}" in output
+    assert (tmp_path / "relative" / "auth.db").exists()
+    assert f"authsvc listens on http://127.0.0.1:{port}" in output
+    assert "python -m app users create EMAIL" in output
+    assert f"http://127.0.0.1:{port}/docs" in output
+    # No Alembic set-up chatter and no colour copies of uvicorn's messages.
+    assert "Context impl" not in output
+    assert "non-transactional DDL" not in output
+    assert "color_message" not in output
+    assert "\x1b" not in output
