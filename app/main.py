@@ -21,6 +21,7 @@ from app.admin.router import router as admin_router
 from app.auth.middleware import IdentityMiddleware
 from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
+from app.core.admission import AdmissionMiddleware, default_max_in_flight
 from app.core.clock import Clock
 from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
@@ -201,6 +202,14 @@ def add_middleware_stack(
     `clock`: the application's, which stamps each request's arrival."""
     # Outermost last: the request envelope wraps everything so every log line has an id.
     app.add_middleware(IdentityMiddleware, exposure=exposure)
+    # Outside the identity check (it may read the database), inside the envelope (a 503 is
+    # logged and counted like any answer).
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_in_flight=settings.admission_max_in_flight
+        or default_max_in_flight(settings.database_url, settings.db_pool_size),
+        max_wait=settings.admission_max_wait_ms / 1000,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

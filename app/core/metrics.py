@@ -57,6 +57,15 @@ RATELIMIT_REDIS_FAILURES = Counter(
     "Rate-limit calls to Redis that failed (error) or exceeded REDIS_TIMEOUT (timeout)",
     ["kind"],
 )
+# Admission control (app/core/admission.py): requests answered 503 overloaded at once because
+# every slot stayed busy for ADMISSION_MAX_WAIT_MS. Labelled (one reason today) because an
+# unlabelled counter writes its sample file at import, which would show every worker as having
+# served before it has.
+ADMISSION_SHED = Counter(
+    "authsvc_admission_shed_total",
+    "Requests shed with 503 overloaded, by reason (no_slot: none free within the wait)",
+    ["reason"],
+)
 RATELIMIT_LOCAL_FALLBACKS = Counter(
     "authsvc_ratelimit_local_fallbacks_total",
     "Rate-limit checks counted in this process because Redis was unavailable, by limit name",

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     # thousands of hashes `test` makes near free. Production refuses `test`.
     password_hash_profile: PasswordHashProfile = PasswordHashProfile.owasp
     db_pool_timeout: float = Field(default=5.0, gt=0)
+    # Admission control (app/core/admission.py): requests worked on at once per process; beyond
+    # it a request waits up to ADMISSION_MAX_WAIT_MS for a slot, then gets 503 overloaded.
+    # Unset: 4 on SQLite (one writer), DB_POOL_SIZE + 4 on PostgreSQL.
+    admission_max_in_flight: int | None = Field(default=None, ge=1)
+    admission_max_wait_ms: int = Field(default=100, ge=0, le=60_000)
     prune_interval: int = Field(default=3600, ge=0)
     # /metrics requires `Authorization: Bearer <it>` when set (Prometheus: `authorization:
     # {credentials: ...}`). Unset: /metrics is open in development and test, absent (404) in

@@ -1,0 +1,106 @@
+"""Admission control: a bound on the requests each process works on at once.
+
+Beyond the database's capacity extra concurrent requests only queue (on the pool, or on
+SQLite's one writer) and every request gets slower: 300 clients on SQLite waited up to 39 s.
+Here a request waits at most `max_wait` seconds for one of `max_in_flight` slots, in arrival
+order; otherwise it is answered at once with 503 `overloaded` and `Retry-After`, so the
+requests admitted keep a bounded latency and the rest can retry elsewhere or later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import error_body
+from app.core.metrics import ADMISSION_SHED
+
+# Orchestration must still see the process while it sheds: probes and scrapes are never queued.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# SQLite serialises writes on one connection: a few requests in flight keep it busy, more only
+# wait on its lock. PostgreSQL: the pool plus a margin for the requests that need no connection.
+SQLITE_MAX_IN_FLIGHT = 4
+POOL_MARGIN = 4
+
+_BODY = json.dumps(
+    error_body("overloaded", "The service is at capacity; retry after the delay given.")
+).encode()
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"retry-after", b"1"),
+]
+
+
+def default_max_in_flight(database_url: str, pool_size: int) -> int:
+    if database_url.startswith("sqlite"):
+        return SQLITE_MAX_IN_FLIGHT
+    return pool_size + POOL_MARGIN
+
+
+class AdmissionMiddleware:
+    """Admits at most `max_in_flight` HTTP requests at once; the others wait, first come first
+    served, up to `max_wait` seconds for a slot, then get 503 `overloaded` (Retry-After: 1)."""
+
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, max_wait: float) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.max_wait = max_wait
+        self.in_flight = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not await self._acquire():
+            ADMISSION_SHED.labels("no_slot").inc()
+            await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
+            await send({"type": "http.response.body", "body": _BODY})
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> bool:
+        if self.in_flight < self.max_in_flight and not self.waiters:
+            self.in_flight += 1
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await waiter  # _release hands its slot over: in_flight already counts it
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:  # the server shutting down: give back what we hold
+            self._abandon(waiter)
+            raise
+        if _granted(waiter):  # a slot handed over just as the wait ran out is still ours
+            return True
+        self._abandon(waiter)
+        return False
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+        if _granted(waiter):
+            self._release()
+        elif waiter in self.waiters:
+            self.waiters.remove(waiter)
+
+    def _release(self) -> None:
+        # Hand the slot straight to the oldest waiter still waiting, so a newcomer cannot
+        # overtake the queue; with nobody waiting, free it.
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+
+def _granted(waiter: asyncio.Future[None]) -> bool:
+    return waiter.done() and not waiter.cancelled()

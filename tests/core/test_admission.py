@@ -1,0 +1,105 @@
+"""Admission control (app/core/admission.py): beyond its slots the service sheds at once with
+503 overloaded and Retry-After, answers every request it admits, and never sheds the probes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from app.core.admission import AdmissionMiddleware
+from tests.conftest import PASSWORD, Harness, error_code, make_settings, start_harness
+
+
+@pytest.fixture
+async def tiny_admission(database_url: str) -> AsyncIterator[Harness]:
+    """Two slots, 50 ms of wait, and real (owasp) password hashes: logins are slow enough
+    that a burst of them overflows the slots."""
+    settings = make_settings(
+        database_url,
+        admission_max_in_flight=2,
+        admission_max_wait_ms=50,
+        password_hash_profile="owasp",
+    )
+    async for h in start_harness(settings):
+        yield h
+
+
+async def test_a_burst_beyond_capacity_is_shed_fast_and_every_admitted_request_answered(
+    tiny_admission: Harness,
+) -> None:
+    email = await tiny_admission.create_user()
+    client = tiny_admission.client
+
+    async def log_in() -> httpx.Response:
+        return await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+
+    responses = await asyncio.gather(*(log_in() for _ in range(16)))
+    probes = await asyncio.gather(
+        *(log_in() for _ in range(8)), *(client.get("/healthz") for _ in range(8))
+    )
+
+    statuses = [r.status_code for r in responses + list(probes[:8])]
+    assert set(statuses) <= {200, 503}, statuses  # every request answered, never a 500
+    assert statuses.count(200) >= 2, statuses
+    shed = [r for r in responses + list(probes[:8]) if r.status_code == 503]
+    assert shed, statuses
+    for response in shed:
+        assert error_code(response) == "overloaded"
+        assert response.headers["retry-after"] == "1"
+    assert [r.status_code for r in probes[8:]] == [200] * 8  # the probe is never shed
+
+
+async def test_a_request_waiting_for_a_slot_gets_the_one_freed_within_the_wait() -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        started.append(scope["path"])
+        if scope["path"] == "/first":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    admission = AdmissionMiddleware(slow_app, max_in_flight=1, max_wait=2.0)
+    transport = httpx.ASGITransport(app=admission)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        first = asyncio.create_task(client.get("/first"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(client.get("/second"))
+        await asyncio.sleep(0.05)
+        assert started == ["/first"]  # the second waits for the only slot
+        release.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+        assert started == ["/first", "/second"]
+        assert admission.in_flight == 0
+        assert not admission.waiters
+
+
+async def test_a_request_is_shed_when_no_slot_frees_within_the_wait() -> None:
+    release = asyncio.Event()
+
+    async def stuck_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/first":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    admission = AdmissionMiddleware(stuck_app, max_in_flight=1, max_wait=0.05)
+    transport = httpx.ASGITransport(app=admission)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        first = asyncio.create_task(client.get("/first"))
+        await asyncio.sleep(0.02)
+        shed = await client.get("/second")
+        assert shed.status_code == 503
+        assert error_code(shed) == "overloaded"
+        assert shed.headers["retry-after"] == "1"
+        assert (await client.get("/healthz")).status_code == 200  # exempt: not queued
+        release.set()
+        assert (await first).status_code == 200
+        assert admission.in_flight == 0
+        assert not admission.waiters
