@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response, status
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from app.auth.dependencies import (
     AuthServiceDep,
@@ -13,6 +13,7 @@ from app.auth.dependencies import (
     TransportsDep,
     current_session_or_none,
     guard_cookie_request,
+    oauth2_scheme,
 )
 from app.auth.devices import DeviceProof
 from app.auth.errors import InvalidCredentials, NotAuthenticated, OAuthError
@@ -174,7 +175,9 @@ async def token(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={401: _401, 403: _403},
-    dependencies=[CookieGuard],
+    # The bearer scheme declared (auto_error=False: it checks nothing) so that /docs sends the
+    # Authorize token; the cookie transport's refresh cookie and CSRF token still work.
+    dependencies=[CookieGuard, Depends(oauth2_scheme)],
 )
 async def logout(
     request: Request,

@@ -15,6 +15,8 @@ async def test_docs_authorize_flow_calls_protected_routes(harness: Harness) -> N
     (scheme,) = [s for s in schemes.values() if s["type"] == "oauth2"]
     assert scheme["flows"]["password"]["tokenUrl"] == "/auth/token"
     assert spec["paths"]["/auth/me"]["get"]["security"]
+    # Try it out on logout sends the Authorize token only if the operation declares the scheme.
+    assert spec["paths"]["/auth/logout"]["post"]["security"] == [{"OAuth2PasswordBearer": []}]
     docs = await harness.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
