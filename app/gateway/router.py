@@ -18,11 +18,18 @@ from app.gateway.schemas import IntrospectionResponse, VerifyResponse
 router = APIRouter(prefix="/auth", tags=["gateway"])
 # Every answer of these comes from the token check, CORS preflights included.
 FORWARD_AUTH_PATHS = frozenset({"/auth/verify"})
-basic = HTTPBasic(auto_error=False)
+# Named and described for the /docs Authorize dialog, which lists every scheme: these are a
+# gateway's introspection credentials, not a user's login (users take the OAuth2 password flow).
+basic = HTTPBasic(
+    auto_error=False,
+    scheme_name="IntrospectionClient",
+    description="Gateways only: an introspection client's id and secret (INTROSPECTION_CLIENTS)"
+    " for POST /auth/introspect. Not a user login: users authorize with OAuth2PasswordBearer.",
+)
 
 # Gateways forward the client's method to forward-auth (Traefik's ForwardAuth, nginx's
-# auth_request): every method gets the same answer, documented once, as GET (one OpenAPI
-# operation per method would repeat one operationId, which client generators refuse).
+# auth_request): every method gets the same answer. One route per method, so each operation
+# gets its own operationId (client generators refuse a repeated one).
 _OTHER_METHODS = ["HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no or bad token; the code is in `X-Auth-Error`"},
@@ -43,14 +50,14 @@ async def verify(auth: CurrentSession, response: Response) -> VerifyResponse:
     return VerifyResponse(sub=auth.session.user_id, sid=auth.session.id, role=auth.session.role)
 
 
-router.add_api_route(
-    "/verify",
-    verify,
-    methods=_OTHER_METHODS,
-    responses=_VERIFY_RESPONSES,
-    include_in_schema=False,
-    response_model=VerifyResponse,
-)
+for _method in _OTHER_METHODS:
+    router.add_api_route(
+        "/verify",
+        verify,
+        methods=[_method],
+        responses=_VERIFY_RESPONSES,
+        response_model=VerifyResponse,
+    )
 
 
 @router.post(

@@ -142,11 +142,22 @@ async def test_key_rotation_drill_with_a_caching_gateway(tmp_path: Path) -> None
 
 async def test_openapi_operation_ids_are_unique(harness: Harness) -> None:
     """Client generators refuse a document that repeats an operationId; /auth/verify answers
-    every method but is documented once."""
+    every method and documents each (the explorer showed GET only)."""
     spec = (await harness.client.get("/openapi.json")).json()
     ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
-    assert list(spec["paths"]["/auth/verify"]) == ["get"]
+    methods = {"get", "head", "post", "put", "patch", "delete", "options"}
+    assert set(spec["paths"]["/auth/verify"]) == methods
+
+
+async def test_introspection_basic_scheme_says_it_is_for_gateways(harness: Harness) -> None:
+    """The /docs Authorize dialog lists every scheme: the introspection clients' Basic one
+    must not read as a user's login, and the users' password flow comes first."""
+    spec = (await harness.client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert list(schemes) == ["OAuth2PasswordBearer", "IntrospectionClient"]
+    assert schemes["IntrospectionClient"]["description"].startswith("Gateways only")
+    assert spec["paths"]["/auth/introspect"]["post"]["security"] == [{"IntrospectionClient": []}]
 
 
 async def test_verify_forward_auth(harness: Harness) -> None:
