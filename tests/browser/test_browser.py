@@ -710,7 +710,8 @@ async def test_cross_origin_page_cannot_refresh_or_log_out(
 async def test_docs_authorize_then_try_session_status(
     context: BrowserContext, service: Service
 ) -> None:
-    """(g) /docs works offline: Authorize with the password flow, then Try it out."""
+    """(g) /docs works offline: Authorize with the password flow, then Try it out on a
+    protected route and on logout."""
     watch = PageWatch()
     email = await create_user(service.database_url)
     foreign: list[str] = []
@@ -749,9 +750,20 @@ async def test_docs_authorize_then_try_session_status(
     ).first
     await expect(body).to_contain_text(email)
 
+    # Logout declares the bearer scheme, so Try it out sends the Authorize token (it met 401).
+    logout = page.locator(".opblock").filter(
+        has=page.locator('.opblock-summary-path[data-path="/auth/logout"]')
+    )
+    await logout.locator(".opblock-summary").click()
+    await logout.locator("button.try-out__btn").click()
+    await logout.locator("button.execute").click()
+    logout_status = logout.locator(".live-responses-table tr.response td.response-col_status")
+    await expect(logout_status).to_have_text(re.compile(r"^\s*204"))
+
     assert foreign == [], "the docs page must not load anything from elsewhere"
     records = await records_of(service.database_url, email)
     assert records.event_names().count("login.succeeded") == 1
+    assert [s.revoke_reason for s in records.sessions] == ["logout"]
     assert watch.errors == []
 
 
