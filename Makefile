@@ -7,16 +7,22 @@ WORKERS ?= 1
 
 .PHONY: run test static lint typecheck unit unit-servers unit-rest install bench clean
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+# Two stamps: `make run` installs the service's runtime dependencies only; the development
+# tools (pytest, ruff, mypy, browsers' drivers...) come with the first `make test`.
+$(VENV)/.runtime: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
 ## Run the service on the embedded SQLite default (migrations and signing key on first start).
-run: install
+run: $(VENV)/.runtime
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
