@@ -26,6 +26,9 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
         return "database is at the latest schema"
     if args.command == "prune":
         return asyncio.run(_prune(settings))
+    for variable, why in settings.production_warnings:
+        _log.warning("settings.risky", extra={"setting": variable, "why": why})
+    _refuse_sqlite_workers(args, settings)
     asyncio.run(_migrate(settings))
     if settings.environment is Environment.development:
         print(next_steps(args.host, args.port), file=sys.stderr, flush=True)
@@ -34,6 +37,19 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
 
 
 _log = logging.getLogger("app.cli")
+
+
+def _refuse_sqlite_workers(args: argparse.Namespace, settings: Settings) -> None:
+    """Several processes on one SQLite file: each keeps its own session cache and rate-limit
+    counters, and writers queue on the file's one lock. Production refuses it."""
+    sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
+    if sqlite and args.workers > 1 and settings.environment is Environment.production:
+        print(
+            f"configuration error: --workers {args.workers} with SQLite (DATABASE_URL): "
+            "production runs one worker on SQLite; use PostgreSQL for more",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def database_location(database_url: str) -> str:

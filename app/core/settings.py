@@ -247,6 +247,13 @@ class Settings(BaseSettings):
                 problems.append(
                     "JWT_ISSUER must be set in production (e.g. https://auth.example.com)"
                 )
+            elif not self.jwt_issuer.startswith("https://"):
+                # Clients fetch the metadata and the signing keys from it: over http, anyone
+                # on the path could hand them other keys.
+                problems.append(
+                    "JWT_ISSUER must be an https:// URL in production (clients fetch the "
+                    "signing keys from it)"
+                )
             if self.password_hash_profile is PasswordHashProfile.test:
                 problems.append(
                     "PASSWORD_HASH_PROFILE=test (near-free argon2 costs) is for test suites "
@@ -292,6 +299,27 @@ class Settings(BaseSettings):
         if self.docs_enabled is not None:
             return self.docs_enabled
         return self.environment is not Environment.production
+
+    @property
+    def production_warnings(self) -> list[tuple[str, str]]:
+        """Settings production accepts, as a deployment may mean them, but that are risky when
+        they are a mistake: (variable, why), logged at start-up."""
+        if self.environment is not Environment.production:
+            return []
+        warnings = []
+        if not self.rate_limits_enabled:
+            warnings.append(
+                (
+                    "RATE_LIMITS_ENABLED",
+                    "false: logins, refreshes and registrations are not rate limited here; "
+                    "only right behind a gateway that limits them",
+                )
+            )
+        if self.metrics_token is None:
+            warnings.append(
+                ("METRICS_TOKEN", "unset: /metrics is not served (404); set it to scrape")
+            )
+        return warnings
 
     @property
     def serves_metrics(self) -> bool:

@@ -113,3 +113,42 @@ def test_serve_from_another_folder_says_where_its_data_is_and_what_next(tmp_path
     assert "non-transactional DDL" not in output
     assert "color_message" not in output
     assert "\x1b" not in output
+
+
+def _production_serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ENVIRONMENT": "production",
+            "SECRET_KEY": TEST_SECRET,
+            "JWT_ISSUER": "https://auth.test",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/auth.db",
+            "LOG_FORMAT": "console",
+            **env,
+        },
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_production_refuses_sqlite_with_several_workers(tmp_path: Path) -> None:
+    result = _production_serve(tmp_path, "--workers", "2", METRICS_TOKEN="m" * 32)
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if "error" in line]
+    assert line.startswith("configuration error: --workers 2 with SQLite"), line
+    assert not (tmp_path / "auth.db").exists()  # refused before migrating
+
+
+def test_production_serve_warns_of_each_risky_setting(tmp_path: Path) -> None:
+    # The warnings come first; several SQLite workers then stop it before any server starts.
+    warned = _production_serve(tmp_path, "--workers", "2", RATE_LIMITS_ENABLED="false")
+    assert warned.returncode == 2
+    lines = [line for line in warned.stderr.splitlines() if "settings.risky" in line]
+    assert [line.split()[2] for line in lines] == [
+        "setting=RATE_LIMITS_ENABLED",
+        "setting=METRICS_TOKEN",
+    ]

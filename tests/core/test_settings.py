@@ -109,3 +109,21 @@ def test_production_accepts_a_generated_secret_key() -> None:
     assert len(generated) == 64
     assert _production(secret_key=generated).secret_key.get_secret_value() == generated
     assert estimated_entropy_bits(generated) >= MIN_SECRET_BITS
+
+
+@pytest.mark.parametrize("issuer", ["http://auth.example.com", "auth.example.com"])
+def test_production_refuses_an_issuer_that_is_not_https(issuer: str) -> None:
+    with pytest.raises(ValidationError, match="JWT_ISSUER must be an https:// URL"):
+        _settings(environment="production", secret_key=STRONG, jwt_issuer=issuer)
+    assert _settings(jwt_issuer=issuer).issuer == issuer  # development: as given
+
+
+def test_production_names_each_risky_setting_it_accepts() -> None:
+    careful = _production(secret_key=STRONG, metrics_token="m" * 32)
+    assert careful.production_warnings == []
+    risky = _production(secret_key=STRONG, rate_limits_enabled=False)
+    assert [name for name, _ in risky.production_warnings] == [
+        "RATE_LIMITS_ENABLED",
+        "METRICS_TOKEN",
+    ]
+    assert _settings(rate_limits_enabled=False).production_warnings == []
