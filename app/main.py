@@ -23,6 +23,7 @@ from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
 from app.core.admission import AdmissionMiddleware, default_max_in_flight
 from app.core.clock import Clock
+from app.core.docs_page import install_docs_page
 from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
@@ -171,7 +172,7 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
             openapi_url=None,
         )
     # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs needs no CDN.
-    return FastAPIOffline(
+    app = FastAPIOffline(
         title=title,
         version=version,
         summary=summary,
@@ -182,6 +183,8 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
         swagger_ui_oauth2_redirect_url=OAUTH2_REDIRECT_URL,
         swagger_ui_parameters={"persistAuthorization": True},
     )
+    install_docs_page(app, DOCS_URL)
+    return app
 
 
 async def _sample_pool(ctx: AppContext) -> None:

@@ -767,6 +767,43 @@ async def test_docs_authorize_then_try_session_status(
     assert watch.errors == []
 
 
+async def test_docs_explorer_refreshes_an_expired_token_and_retries(
+    context: BrowserContext, service: Service
+) -> None:
+    """The explorer keeps its session: past the access token's lifetime, Try it out on
+    /auth/me meets token_expired, the plugin (app/static/docs-session.js) refreshes with the
+    password flow's refresh token, stores the new pair and retries once: 200, not 401."""
+    watch = PageWatch()
+    email = await create_user(service.database_url)
+    page = watch.attach(await context.new_page())
+    await page.goto(f"{service.base}/docs")
+    await page.click("button.btn.authorize")
+    dialog = page.locator(".modal-ux")
+    password_flow = dialog.locator(".auth-container").filter(has_text="(OAuth2, password)")
+    await password_flow.locator("#oauth_username").fill(email)
+    await password_flow.locator("#oauth_password").fill(PASSWORD)
+    await password_flow.locator("button.authorize").click()
+    await expect(password_flow.get_by_role("heading", name="Authorized")).to_be_visible()
+    await password_flow.locator("button.btn-done").click()
+    stored = "JSON.parse(localStorage.authorized).OAuth2PasswordBearer.token.access_token"
+    first_token = await page.evaluate(stored)
+
+    await asyncio.sleep(ACCESS_TTL + 1)
+    operation = page.locator(".opblock").filter(
+        has=page.locator('.opblock-summary-path[data-path="/auth/me"]')
+    )
+    await operation.locator(".opblock-summary").click()
+    await operation.locator("button.try-out__btn").click()
+    await operation.locator("button.execute").click()
+    status = operation.locator(".live-responses-table tr.response td.response-col_status")
+    await expect(status).to_have_text(re.compile(r"^\s*200"))
+    assert await page.evaluate(stored) != first_token, "the new token is stored"
+    records = await records_of(service.database_url, email)
+    assert records.event_names().count("login.succeeded") == 1
+    assert [s.revoke_reason for s in records.sessions] == [None]
+    assert watch.errors == []
+
+
 CSP_VIOLATIONS = """
 window.cspViolations = [];
 document.addEventListener("securitypolicyviolation",
