@@ -23,7 +23,7 @@ from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
 from app.core.admission import AdmissionMiddleware, default_max_in_flight
 from app.core.clock import Clock
-from app.core.docs_page import install_docs_page
+from app.core.docs_page import install_docs_page, install_redoc_page, redoc_bundle_path
 from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
@@ -55,7 +55,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # served when DOCS_ENABLED (by default outside production). They carry no exposure marker.
 DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL = "/docs", "/docs/oauth2-redirect", "/redoc"
 OPENAPI_URL = "/openapi.json"
-DOCS_PATHS = (DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL, OPENAPI_URL)
+DOCS_PATHS = (DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL, redoc_bundle_path(REDOC_URL), OPENAPI_URL)
 # The explorers' Content-Security-Policy: their assets from this origin (fastapi-offline), the
 # inline scripts and styles they are built with (the bootstrap script embeds per-request URLs,
 # so no fixed hash fits it, and Swagger UI styles elements inline), images as data: URLs,
@@ -184,6 +184,7 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True},
     )
     install_docs_page(app, DOCS_URL)
+    install_redoc_page(app, REDOC_URL)
     return app
 
 

@@ -19,6 +19,7 @@ PUBLIC = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/redoc/redoc.standalone.js",
     "/openapi.json",
     "/demo",
     "/auth/introspect",
