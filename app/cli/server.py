@@ -15,7 +15,7 @@ from app.context import build_context
 from app.core import migrate
 from app.core.clock import Clock
 from app.core.db import create_engine
-from app.core.settings import Environment, Settings
+from app.core.settings import Environment, Settings, get_settings
 from app.keys.service import ensure_signing_key
 
 
@@ -29,6 +29,12 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
     for variable, why in settings.production_warnings:
         _log.warning("settings.risky", extra={"setting": variable, "why": why})
     _refuse_sqlite_workers(args, settings)
+    if settings.environment is not Environment.production and not settings.jwt_issuer:
+        # Discovery, JWKS and the tokens' iss then name where this server really listens
+        # (`make run PORT=9000` kept advertising port 8000). Production requires JWT_ISSUER.
+        os.environ["JWT_ISSUER"] = development_issuer(args.host, args.port)
+        get_settings.cache_clear()
+        settings = get_settings()
     asyncio.run(_migrate(settings))
     if settings.environment is Environment.development:
         print(next_steps(args.host, args.port), file=sys.stderr, flush=True)
@@ -62,6 +68,16 @@ def database_location(database_url: str) -> str:
             return f"sqlite {database or ':memory:'}"
         return f"sqlite {os.path.abspath(database)}"
     return url.render_as_string(hide_password=True)
+
+
+def development_issuer(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server bound to `host`: a wildcard address is
+    reached as localhost, an IPv6 literal in brackets."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def next_steps(host: str, port: int) -> str:

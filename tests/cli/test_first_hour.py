@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.cli.server import development_issuer
 from app.core.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.support.cli import run_cli
@@ -79,6 +81,7 @@ def test_serve_from_another_folder_says_where_its_data_is_and_what_next(tmp_path
         "PASSWORD_HASH_PROFILE": "test",
         "PRUNE_INTERVAL": "0",
     }
+    env.pop("JWT_ISSUER", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp_path,
@@ -98,6 +101,11 @@ def test_serve_from_another_folder_says_where_its_data_is_and_what_next(tmp_path
             lines.append(line.rstrip("\n"))
             if "Application startup complete" in line:
                 break
+        # Without JWT_ISSUER, development advertises where it really listens (it said
+        # http://localhost:8000 whatever the port), and tokens name the same issuer.
+        doc = httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server").json()
+        assert doc["issuer"] == f"http://127.0.0.1:{port}"
+        assert doc["jwks_uri"] == f"http://127.0.0.1:{port}/.well-known/jwks.json"
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -152,3 +160,17 @@ def test_production_serve_warns_of_each_risky_setting(tmp_path: Path) -> None:
         "setting=RATE_LIMITS_ENABLED",
         "setting=METRICS_TOKEN",
     ]
+
+
+@pytest.mark.parametrize(
+    ("host", "issuer"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:9000"),
+        ("0.0.0.0", "http://localhost:9000"),  # noqa: S104 - the wildcard, as given to serve
+        ("::", "http://localhost:9000"),
+        ("::1", "http://[::1]:9000"),
+        ("auth.local", "http://auth.local:9000"),
+    ],
+)
+def test_the_development_issuer_is_where_the_server_listens(host: str, issuer: str) -> None:
+    assert development_issuer(host, 9000) == issuer
