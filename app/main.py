@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -159,24 +160,18 @@ def create_app(
 
 def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
     """The FastAPI application, with the API explorers and the schema if DOCS_ENABLED."""
-    title, version = "authsvc", "0.1.0"
-    summary = "Sessions that slide while users work: JWT access tokens, rotating refresh tokens."
+    described: dict[str, Any] = {
+        "title": "authsvc",
+        "version": "0.1.0",
+        "summary": "Sessions that slide while users work: JWT access tokens, rotating refresh "
+        "tokens.",
+        "lifespan": lifespan,
+    }
     if not settings.serves_docs:
-        return FastAPI(
-            title=title,
-            version=version,
-            summary=summary,
-            lifespan=lifespan,
-            docs_url=None,
-            redoc_url=None,
-            openapi_url=None,
-        )
+        return FastAPI(**described, docs_url=None, redoc_url=None, openapi_url=None)
     # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs needs no CDN.
     app = FastAPIOffline(
-        title=title,
-        version=version,
-        summary=summary,
-        lifespan=lifespan,
+        **described,
         docs_url=DOCS_URL,
         redoc_url=REDOC_URL,
         openapi_url=OPENAPI_URL,
