@@ -15,8 +15,9 @@ $(VENV)/.runtime: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.runtime
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+# The resource-server kit (clients/python, its own distribution) is tested with the service.
+$(VENV)/.installed: $(VENV)/.runtime clients/python/pyproject.toml
+	$(VENV)/bin/pip install --quiet -e '.[dev]' -e 'clients/python[fastapi,redis]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,15 +30,17 @@ run: $(VENV)/.runtime
 ## and every test on SQLite and PostgreSQL. The static checks and two pytest runs go side by
 ## side (two cores; the tests mostly wait on servers, browsers and databases): one run takes
 ## the areas that start real servers, the other everything else. Output is grouped per step.
-SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
+SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli tests/downstream
 test: install
 	@$(MAKE) --no-print-directory -j3 --output-sync=target static unit-servers unit-rest
 
 static: lint typecheck
 
+LINTED := app tests migrations bench clients/python examples
+
 lint: install
-	$(VENV)/bin/ruff check app tests migrations bench
-	$(VENV)/bin/ruff format --check app tests migrations bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install

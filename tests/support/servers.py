@@ -79,9 +79,10 @@ def uvicorn_server(
     env: dict[str, str] | None = None,
     is_factory: bool = True,
     serve: bool = False,  # `python -m app serve` (migrations, then our uvicorn configuration)
+    port: int | None = None,  # known beforehand, e.g. to name the server its own issuer
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start uvicorn on a free port, wait until /healthz answers, stop it afterwards."""
-    port = free_port()
+    port = port or free_port()
     where = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if serve:
         command = ["app", "serve", *where]

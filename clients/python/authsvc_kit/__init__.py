@@ -1,0 +1,53 @@
+"""authsvc-kit: accept authsvc access tokens in a Python service.
+
+from authsvc_kit import Kit
+from authsvc_kit.fastapi import Identity
+
+kit = Kit.from_env()                       # AUTHSVC_ISSUER, AUTHSVC_AUDIENCE, AUTHSVC_CLIENT_ID
+app = FastAPI(lifespan=kit.lifespan)
+kit.install(app)                           # middleware + POST /backchannel-logout
+"""
+
+from authsvc_kit.backchannel import BACKCHANNEL_EVENT, BackchannelReceiver
+from authsvc_kit.config import KitConfig
+from authsvc_kit.errors import (
+    AuthError,
+    InvalidToken,
+    IssuerUnavailable,
+    NotAuthenticated,
+    RevocationsUnavailable,
+    SessionRevoked,
+    TokenExpired,
+)
+from authsvc_kit.kit import Kit
+from authsvc_kit.middleware import AuthMiddleware
+from authsvc_kit.principal import Principal
+from authsvc_kit.revocation import MemoryRevocations, Revocation
+from authsvc_kit.websocket import (
+    AUTHENTICATION_REQUIRED,
+    PRINCIPAL_SCOPE_KEY,
+    SESSION_REVOKED,
+    TOKEN_EXPIRED,
+)
+
+__all__ = [
+    "AUTHENTICATION_REQUIRED",
+    "BACKCHANNEL_EVENT",
+    "PRINCIPAL_SCOPE_KEY",
+    "SESSION_REVOKED",
+    "TOKEN_EXPIRED",
+    "AuthError",
+    "AuthMiddleware",
+    "BackchannelReceiver",
+    "InvalidToken",
+    "IssuerUnavailable",
+    "Kit",
+    "KitConfig",
+    "MemoryRevocations",
+    "NotAuthenticated",
+    "Principal",
+    "Revocation",
+    "RevocationsUnavailable",
+    "SessionRevoked",
+    "TokenExpired",
+]

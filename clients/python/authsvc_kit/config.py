@@ -1,0 +1,113 @@
+"""The kit's configuration: one frozen object, built in code or from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+# The asymmetric algorithms the auth service can sign with (its JWT_ALGORITHM choices). A
+# symmetric one (HS256) is never accepted: with it the public key would become a MAC secret.
+DEFAULT_ALGORITHMS = ("ES256", "EdDSA", "RS256")
+_ASYMMETRIC = frozenset({"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256"})
+# The service's longest ACCESS_TOKEN_TTL: a revoked session cannot hold a token older than that.
+DEFAULT_MAX_TOKEN_LIFETIME = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class KitConfig:
+    issuer: str  # the auth service's base URL: discovery is fetched from there
+    audience: str  # the `aud` our access tokens must carry (the service's JWT_AUDIENCE)
+    # This service's client id at the auth service: the `aud` of the logout tokens it receives.
+    client_id: str | None = None
+    # The `iss` the tokens carry, when the service is reached at another address than the one
+    # it names itself with (an internal URL). Default: `issuer`.
+    expected_issuer: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway: int = 30  # seconds of clock skew allowed on exp, nbf and iat
+    http_timeout: float = 2.0  # every call to the auth service (discovery, JWKS, live check)
+    # At most one JWKS fetch per this many seconds: an unknown kid (or a down issuer) cannot
+    # make every request wait on the network.
+    min_refetch_interval: float = 10.0
+    default_jwks_max_age: int = 300  # when JWKS answers without Cache-Control max-age
+    required_claims: tuple[str, ...] = ("iss", "aud", "sub", "iat", "exp", "jti")
+    # Tokens living longer than this are refused, and revocations are kept this long.
+    max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    logout_token_max_age: int = 120  # a logout token older than this (by iat) is refused
+    live_check: bool = False  # ask the auth service (/auth/verify) on every request
+    live_check_ttl: float = 2.0  # how long one answer is reused (capped at 30 s)
+    live_check_cache_size: int = 10_000
+    redis_url: str | None = None  # share revocations between replicas
+    redis_namespace: str = "authsvc-kit"
+    redis_timeout: float = 0.25  # every Redis call (connect and command)
+    # Redis down: False checks tokens against the revocations this replica knows (it keeps a
+    # local copy of every one it saw); True refuses every token with 503 until Redis is back.
+    redis_fail_closed: bool = False
+    ws_auth_timeout: float = 5.0  # a browser must send its first `authenticate` message by then
+    ws_expiry_margin: float = 30.0  # `token_expiring` this long before exp (scaled down below)
+
+    def __post_init__(self) -> None:
+        unsafe = set(self.algorithms) - _ASYMMETRIC
+        if unsafe or not self.algorithms:
+            raise ValueError(f"only asymmetric algorithms may be pinned, not {sorted(unsafe)}")
+        if not self.issuer.startswith(("https://", "http://")):
+            raise ValueError("issuer must be the auth service's http(s) base URL")
+
+    @property
+    def token_issuer(self) -> str:
+        return self.expected_issuer or self.issuer
+
+    @property
+    def base_url(self) -> str:
+        return self.issuer.rstrip("/")
+
+    def with_(self, **changes: Any) -> KitConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> KitConfig:
+        """AUTHSVC_ISSUER, AUTHSVC_AUDIENCE and AUTHSVC_CLIENT_ID, plus the optional
+        AUTHSVC_EXPECTED_ISSUER, AUTHSVC_ALGORITHMS (comma-separated), AUTHSVC_LEEWAY,
+        AUTHSVC_MAX_TOKEN_LIFETIME, AUTHSVC_LIVE_CHECK, AUTHSVC_LIVE_CHECK_TTL,
+        AUTHSVC_REDIS_URL, AUTHSVC_REDIS_FAIL_CLOSED, AUTHSVC_WS_EXPIRY_MARGIN."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, convert in _ENV.items():
+            raw = source.get(f"AUTHSVC_{name.upper()}", "").strip()
+            if raw:
+                values[name] = convert(raw)
+        values.update(overrides)
+        for required in ("issuer", "audience"):
+            if not values.get(required):
+                raise ValueError(f"AUTHSVC_{required.upper()} is not set")
+        return cls(**values)
+
+
+def _flag(raw: str) -> bool:
+    return raw.lower() in {"1", "true", "yes", "on"}
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_ENV: dict[str, Any] = {
+    "issuer": str,
+    "audience": str,
+    "client_id": str,
+    "expected_issuer": str,
+    "algorithms": _names,
+    "leeway": int,
+    "http_timeout": float,
+    "max_token_lifetime": int,
+    "logout_token_max_age": int,
+    "live_check": _flag,
+    "live_check_ttl": float,
+    "redis_url": str,
+    "redis_namespace": str,
+    "redis_timeout": float,
+    "redis_fail_closed": _flag,
+    "ws_auth_timeout": float,
+    "ws_expiry_margin": float,
+}

@@ -1,0 +1,47 @@
+"""FastAPI integration: `Identity`, an Annotated alias for the verified caller."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from starlette.requests import HTTPConnection
+from starlette.routing import Route
+
+from authsvc_kit.errors import AuthError, NotAuthenticated
+from authsvc_kit.middleware import AuthMiddleware
+from authsvc_kit.principal import Principal
+from authsvc_kit.websocket import PRINCIPAL_SCOPE_KEY
+
+if TYPE_CHECKING:
+    from authsvc_kit.kit import Kit
+
+
+def current_principal(connection: HTTPConnection) -> Principal:
+    """The principal the middleware verified (for a WebSocket: as of the latest renewal)."""
+    principal = connection.scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise NotAuthenticated()
+    return principal
+
+
+Identity = Annotated[Principal, Depends(current_principal)]
+
+
+async def _auth_error(_request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, AuthError):  # registered for AuthError only
+        raise exc
+    return Response(
+        exc.body(), status_code=exc.status, headers=exc.headers(), media_type="application/json"
+    )
+
+
+def install(kit: Kit, app: FastAPI, *, backchannel_path: str | None) -> None:
+    excluded = [backchannel_path] if backchannel_path else []
+    app.add_middleware(AuthMiddleware, kit=kit, exclude_paths=excluded)
+    app.add_exception_handler(AuthError, _auth_error)
+    if backchannel_path:
+        # An ASGI endpoint (not a function): Starlette answers 405 to other methods itself.
+        route = Route(backchannel_path, kit.backchannel, methods=["POST"], include_in_schema=False)
+        app.router.routes.append(route)

@@ -1,0 +1,197 @@
+"""Revocations shared by every replica of a downstream service, through Redis.
+
+Each replica keeps a local copy of every revocation it has seen (its own receiver's and those
+published by the others), and also asks Redis on each check (one MGET, bounded by
+`redis_timeout`), so a replica that missed a message still refuses the token. WebSockets on
+other replicas are closed through Redis pub/sub (channel `<namespace>:revocations`): a message
+arrives in milliseconds, well within the 1 s promise; a poll would cost every replica a Redis
+call per interval even when nothing happens.
+
+Redis down (documented in docs/downstream.md): a check falls back to the local copy
+(`redis_fail_closed=False`, the default) or refuses with 503 (`True`); the receiver answers 503
+without recording the logout token's jti, so the auth service's outbox retries it until Redis
+is back (the local copy refuses the session on this replica at once all the same)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from authsvc_kit.errors import RevocationsUnavailable
+from authsvc_kit.principal import Principal
+from authsvc_kit.revocation import Listener, MemoryRevocations, Revocation
+
+logger = logging.getLogger("authsvc_kit.redis")
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class RedisRevocations:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "authsvc-kit",
+        timeout: float = 0.25,
+        fail_closed: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = url
+        self._ns = namespace
+        self._timeout = timeout
+        self._fail_closed = fail_closed
+        self._clock = clock
+        self.local = MemoryRevocations(clock)
+        self._redis = self._client(socket_timeout=timeout)
+        self._channel = f"{namespace}:revocations"
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._down = False
+
+    def _client(self, *, socket_timeout: float | None) -> Redis:
+        return Redis.from_url(
+            self._url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),  # one try: the caller's time is bounded
+        )
+
+    def add_listener(self, listener: Listener) -> None:
+        self.local.add_listener(listener)
+
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="authsvc-kit-revocations")
+            # Let the subscription settle so a revocation published right after start is heard;
+            # Redis being down must not hold the application's start-up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), timeout=1.0)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self._redis.aclose()
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Recorded here at once; then in Redis and published, or RevocationsUnavailable."""
+        self.local.remember(revocation)
+        ttl = max(1, int(revocation.expires_at - self._clock()))
+        key, value = self._entry(revocation)
+        message = json.dumps(
+            {"sid": revocation.sid, "sub": revocation.sub, "iat": revocation.issued_at, "ttl": ttl}
+        )
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, value, ex=ttl)
+                pipe.publish(self._channel, message)
+                await pipe.execute()
+
+        await self._call(write)
+
+    def _entry(self, revocation: Revocation) -> tuple[str, str]:
+        if revocation.sid is not None:
+            return f"{self._ns}:sid:{revocation.sid}", "1"
+        # A later sub-only logout carries a later iat: the cut-off only moves forward in practice.
+        return f"{self._ns}:sub:{revocation.sub}", str(revocation.issued_at)
+
+    async def is_revoked(self, principal: Principal) -> bool:
+        if self.local.knows(principal):
+            return True
+        keys = [f"{self._ns}:sub:{principal.user_id}"]
+        if principal.session_id is not None:
+            keys.append(f"{self._ns}:sid:{principal.session_id}")
+
+        async def read() -> list[Any]:
+            values: list[Any] = await self._redis.mget(keys)
+            return values
+
+        try:
+            values = await self._call(read)
+        except RevocationsUnavailable:
+            if self._fail_closed:
+                raise
+            return False  # fail open to what this replica knows (checked above)
+        cutoff = values[0]
+        if len(values) > 1 and values[1] is not None:
+            return True
+        return cutoff is not None and principal.issued_at <= int(cutoff)
+
+    async def claim_jti(self, jti: str, ttl: int) -> bool:
+        async def claim() -> bool:
+            return bool(await self._redis.set(f"{self._ns}:jti:{jti}", "1", ex=ttl, nx=True))
+
+        return bool(await self._call(claim))
+
+    async def release_jti(self, jti: str) -> None:
+        async def release() -> None:
+            await self._redis.delete(f"{self._ns}:jti:{jti}")
+
+        with contextlib.suppress(RevocationsUnavailable):
+            await self._call(release)
+
+    async def _call(self, operation: Callable[[], Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await operation()
+        except _FAILURES as exc:
+            if not self._down:
+                self._down = True
+                logger.warning("authsvc_kit.redis_unavailable", extra={"error": type(exc).__name__})
+            raise RevocationsUnavailable() from exc
+        if self._down:
+            self._down = False
+            logger.info("authsvc_kit.redis_available")
+        return result
+
+    async def _listen(self) -> None:
+        """Hear the other replicas' revocations (and our own, harmlessly twice); reconnect with
+        backoff when Redis goes away."""
+        delay = 0.2
+        while True:
+            client = self._client(socket_timeout=None)
+            try:
+                async with client.pubsub() as pubsub:
+                    async with asyncio.timeout(self._timeout * 4):
+                        await pubsub.subscribe(self._channel)
+                    self._subscribed.set()
+                    delay = 0.2
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None:
+                            self._heard(message.get("data"))
+            except _FAILURES as exc:
+                logger.warning("authsvc_kit.redis_pubsub_lost", extra={"error": type(exc).__name__})
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _heard(self, data: object) -> None:
+        try:
+            body = json.loads(data if isinstance(data, str | bytes) else "")
+            revocation = Revocation(
+                sid=body.get("sid"),
+                sub=body.get("sub"),
+                issued_at=int(body["iat"]),
+                expires_at=self._clock() + int(body["ttl"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("authsvc_kit.redis_message_ignored")
+            return
+        self.local.remember(revocation)

@@ -1,0 +1,100 @@
+"""Access-token verification (RFC 9068 profile, RFC 8725 practices) on PyJWT."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeGuard
+
+import jwt
+
+from authsvc_kit.config import KitConfig
+from authsvc_kit.errors import InvalidToken, TokenExpired
+from authsvc_kit.keys import JwksCache
+from authsvc_kit.principal import Principal
+
+MAX_TOKEN_LENGTH = 8192
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §4
+LOGOUT_TOKEN_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
+# Headers that would let a token pick its own key or demand extensions: refused outright.
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+
+
+def checked_header(
+    token: str, types: frozenset[str], algorithms: tuple[str, ...]
+) -> dict[str, Any]:
+    """The header of a token that may be verified at all: its type is the one expected here (no
+    cross-JWT confusion between access and logout tokens), its alg pinned, its kid named."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("The token is too long.")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidToken() from exc
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in types:
+        raise InvalidToken("The token is not of the expected type.")
+    if header.get("alg") not in algorithms or not isinstance(header.get("kid"), str):
+        raise InvalidToken("The token's algorithm or key is not accepted.")
+    if _FORBIDDEN_HEADERS & header.keys():
+        raise InvalidToken()
+    return header
+
+
+class AccessTokenVerifier:
+    def __init__(
+        self, config: KitConfig, keys: JwksCache, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._config = config
+        self._keys = keys
+        self._clock = clock
+
+    async def verify(self, token: str) -> Principal:
+        header = checked_header(token, ACCESS_TOKEN_TYPES, self._config.algorithms)
+        key = await self._keys.key(header["kid"])
+        if key.algorithm_name != header["alg"]:
+            raise InvalidToken("The token's algorithm is not its key's.")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                audience=self._config.audience,
+                issuer=self._config.token_issuer,
+                leeway=self._config.leeway,
+                options={"require": list(self._config.required_claims)},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired() from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not _timestamp(iat) or not _timestamp(exp):
+            raise InvalidToken()
+        # The service never signs a token living longer than its longest TTL: a longer one
+        # was minted by someone else holding a key, and would outlive our revocation entries.
+        if exp - iat > self._config.max_token_lifetime + self._config.leeway:
+            raise InvalidToken("The access token lives longer than this issuer allows.")
+        sub, sid, jti = claims.get("sub"), claims.get("sid"), claims.get("jti")
+        role, client_id = claims.get("role"), claims.get("client_id")
+        if not isinstance(sub, str) or not sub or not isinstance(jti, str):
+            raise InvalidToken()
+        if sid is not None and not isinstance(sid, str):
+            raise InvalidToken()
+        return Principal(
+            user_id=sub,
+            session_id=sid,
+            role=role if isinstance(role, str) else None,
+            client_id=client_id if isinstance(client_id, str) else None,
+            issued_at=iat,
+            expires_at=exp,
+            jti=jti,
+            claims=claims,
+        )
+
+
+def _timestamp(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**10

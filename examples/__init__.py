@@ -1,0 +1,1 @@
+"""Example services built on this repository's client kits."""

@@ -1,0 +1,1 @@
+"""A downstream service that trusts authsvc tokens through authsvc-kit only."""
