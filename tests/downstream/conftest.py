@@ -36,15 +36,18 @@ def notes_service(issuer: str, audience: str = AUDIENCE, **env: str) -> Iterator
         yield url
 
 
-@pytest.fixture
+# One stand-in issuer and one notes process per module: each test uses its own users and
+# sessions; tests that break the issuer start their own.
+@pytest.fixture(scope="module")
 def issuer() -> Iterator[FakeIssuer]:
     with fake_issuer() as running:
         yield running
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def notes(issuer: FakeIssuer) -> Iterator[str]:
-    with notes_service(issuer.url) as url:
+    # A browser's first message is awaited 1 s here (5 s by default), to keep the tests short.
+    with notes_service(issuer.url, AUTHSVC_WS_AUTH_TIMEOUT="1") as url:
         yield url
 
 
