@@ -123,16 +123,23 @@ class BackchannelReceiver:
             raise InvalidLogoutToken("jti is not a short string")
 
     async def _apply(self, claims: dict[str, Any]) -> None:
-        # Kept past the iat window, after which the token is refused as too old anyway.
-        jti_ttl = self._config.logout_token_max_age + 2 * self._config.leeway
-        if not await self._revocations.claim_jti(claims["jti"], jti_ttl):
-            raise InvalidLogoutToken("this logout token was already received (jti replay)")
         revocation = Revocation(
             sid=claims.get("sid"),
             sub=None if "sid" in claims else claims.get("sub"),
             issued_at=claims["iat"],
             expires_at=self._clock() + self._config.max_token_lifetime + self._config.leeway,
         )
+        # Kept past the iat window, after which the token is refused as too old anyway.
+        jti_ttl = self._config.logout_token_max_age + 2 * self._config.leeway
+        try:
+            fresh = await self._revocations.claim_jti(claims["jti"], jti_ttl)
+        except Unavailable:
+            # The shared store is down: this replica still ends the session at once (revoke
+            # records it here before failing), and the 503 makes the sender retry later.
+            await self._revocations.revoke(revocation)
+            raise
+        if not fresh:
+            raise InvalidLogoutToken("this logout token was already received (jti replay)")
         try:
             await self._revocations.revoke(revocation)
         except Unavailable:
