@@ -1,0 +1,110 @@
+"""The back-channel logout receiver in the notes service (a real process), fed logout tokens
+signed by the stand-in issuer whose keys the notes service trusts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.downstream.issuer import FakeIssuer, new_key
+from tests.downstream.wsclient import next_message, open_socket, until_closed
+
+pytestmark = pytest.mark.slow
+
+
+async def _post_logout(notes: str, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=notes, timeout=5) as client:
+        return await client.post("/backchannel-logout", data={"logout_token": token})
+
+
+async def _get_notes(notes: str, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=notes, timeout=5) as client:
+        return await client.get("/notes", headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_logout_refuses_the_session_at_once_and_closes_its_socket(
+    issuer: FakeIssuer, notes: str
+) -> None:
+    sub, sid = str(uuid.uuid4()), str(uuid.uuid4())
+    token = issuer.access_token(sub=sub, sid=sid)
+    other = issuer.access_token(sub=sub)  # the same user's other session
+    assert (await _get_notes(notes, token)).status_code == 200
+    socket = await open_socket(notes, token)
+    assert (await next_message(socket))["type"] == "hello"
+
+    sent = time.monotonic()
+    response = await _post_logout(notes, issuer.logout_token(sub=sub, sid=sid))
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    closed = await until_closed(socket, within=2)
+    assert (closed.code, closed.reason) == (4403, "session_revoked")
+    assert closed.at - sent < 1.0
+    refused = await _get_notes(notes, token)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "session_revoked"
+    assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert (await _get_notes(notes, other)).status_code == 200  # only that session ended
+
+
+async def test_sub_only_logout_ends_tokens_issued_up_to_its_iat(
+    issuer: FakeIssuer, notes: str
+) -> None:
+    sub = str(uuid.uuid4())
+    now = int(time.time())
+    before = issuer.access_token(sub=sub, iat=now - 5)
+    response = await _post_logout(notes, issuer.logout_token(sub=sub, iat=now))
+    assert response.status_code == 200, response.text
+    after = issuer.access_token(sub=sub, iat=now + 1)
+    assert (await _get_notes(notes, before)).status_code == 401
+    assert (await _get_notes(notes, after)).status_code == 200
+
+
+def _bad_tokens(issuer: FakeIssuer, sub: str, sid: str) -> dict[str, tuple[str, str]]:
+    forger = new_key()
+    forger.kid = issuer.keys[0].kid  # the issuer's kid, someone else's key
+    claims: dict[str, Any] = {"sub": sub, "sid": sid}
+    replayed = issuer.logout_token(**claims)
+    return {
+        "forged signature": (issuer.logout_token(key=forger, **claims), ""),
+        "wrong aud": (issuer.logout_token(aud="another-client", **claims), ""),
+        "nonce present": (issuer.logout_token(nonce="n-0S6_WzA2Mj", **claims), ""),
+        "events missing": (issuer.logout_token(events=None, **claims), ""),
+        "wrong event": (issuer.logout_token(events={"urn:other": {}}, **claims), ""),
+        "typ JWT": (issuer.logout_token(headers={"typ": "JWT"}, **claims), ""),
+        "an access token": (issuer.access_token(**claims), ""),
+        "wrong iss": (issuer.logout_token(iss="https://evil.example", **claims), ""),
+        "too old": (issuer.logout_token(iat=int(time.time()) - 3600, exp=None, **claims), ""),
+        "neither sid nor sub": (issuer.logout_token(), ""),
+        "replayed jti": (replayed, replayed),
+    }
+
+
+async def test_bad_logout_tokens_are_refused_and_change_nothing(
+    issuer: FakeIssuer, notes: str
+) -> None:
+    sub, sid = str(uuid.uuid4()), str(uuid.uuid4())
+    access = issuer.access_token(sub=sub, sid=sid)
+    socket = await open_socket(notes, access)
+    assert (await next_message(socket))["type"] == "hello"
+    for name, (token, first) in _bad_tokens(issuer, sub, sid).items():
+        if first:  # a replay: the first delivery is for another session, so nothing we watch
+            other = issuer.logout_token(sid=str(uuid.uuid4()), jti="replay-" + name)
+            assert (await _post_logout(notes, other)).status_code == 200
+            token = other
+        response = await _post_logout(notes, token)
+        assert response.status_code == 400, (name, response.text)
+        assert response.json()["error"] == "invalid_request", name
+        assert response.headers["cache-control"] == "no-store"
+    async with httpx.AsyncClient(base_url=notes, timeout=5) as client:
+        no_token = await client.post("/backchannel-logout", data={})
+        wrong_method = await client.get("/backchannel-logout")
+    assert no_token.status_code == 400
+    assert wrong_method.status_code == 405
+    assert (await _get_notes(notes, access)).status_code == 200
+    await socket.send('{"type": "ping"}')
+    assert (await next_message(socket))["type"] == "echo"  # still open
+    await socket.close()

@@ -1,0 +1,67 @@
+"""A real WebSocket client (the `websockets` package) for the notes service's /ws."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+# The client's own logger, above DEBUG: at DEBUG it logs the handshake's Authorization header.
+_QUIET = logging.getLogger("tests.downstream.wsclient")
+_QUIET.setLevel(logging.INFO)
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://", 1) + "/ws"
+
+
+async def open_socket(
+    base: str, token: str | None = None, *, header: bool = True
+) -> ClientConnection:
+    """Authenticated by the handshake header, or (header=False) by the first message."""
+    headers = {"Authorization": f"Bearer {token}"} if token and header else None
+    socket = await connect(ws_url(base), additional_headers=headers, open_timeout=5, logger=_QUIET)
+    if token and not header:
+        await socket.send(json.dumps({"type": "authenticate", "token": token}))
+    return socket
+
+
+async def next_message(socket: ClientConnection, within: float = 5) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), within))
+    return message
+
+
+async def until_type(socket: ClientConnection, kind: str, within: float = 5) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        message = await next_message(socket, max(deadline - time.monotonic(), 0.01))
+        if message.get("type") == kind:
+            return message
+
+
+@dataclass
+class Closed:
+    code: int
+    reason: str
+    at: float  # time.monotonic() when the close arrived
+    messages: list[dict[str, Any]]
+
+
+async def until_closed(socket: ClientConnection, within: float = 10) -> Closed:
+    """Read until the server closes; what it sent before, and its close code and reason."""
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            messages.append(json.loads(await asyncio.wait_for(socket.recv(), max(remaining, 0.01))))
+    except ConnectionClosed as closed:
+        frame = closed.rcvd
+        assert frame is not None, "the connection dropped without a close frame"
+        return Closed(frame.code, frame.reason, time.monotonic(), messages)
