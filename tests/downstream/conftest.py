@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @contextlib.contextmanager
-def notes_service(issuer: str, audience: str = AUDIENCE, **env: str) -> Iterator[str]:
+def notes_service(
+    issuer: str, audience: str = AUDIENCE, port: int | None = None, **env: str
+) -> Iterator[str]:
     """examples/notes as `uvicorn examples.notes.app:app`, configured by environment only."""
     with uvicorn_server(
         "sqlite+aiosqlite:///:memory:",  # unused: the notes service has no database
@@ -32,6 +34,7 @@ def notes_service(issuer: str, audience: str = AUDIENCE, **env: str) -> Iterator
             "NOTES_CLIENT_ID": CLIENT_ID,
             **env,
         },
+        port=port,
     ) as (url, _):
         yield url
 
