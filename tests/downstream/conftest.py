@@ -21,7 +21,11 @@ pytestmark = pytest.mark.slow
 
 @contextlib.contextmanager
 def notes_service(
-    issuer: str, audience: str = AUDIENCE, port: int | None = None, **env: str
+    issuer: str,
+    audience: str = AUDIENCE,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """examples/notes as `uvicorn examples.notes.app:app`, configured by environment only."""
     with uvicorn_server(
@@ -32,7 +36,7 @@ def notes_service(
             "AUTHSVC_ISSUER": issuer,
             "AUTHSVC_AUDIENCE": audience,
             "NOTES_CLIENT_ID": CLIENT_ID,
-            **env,
+            **(env or {}),
         },
         port=port,
     ) as (url, _):
@@ -50,7 +54,7 @@ def issuer() -> Iterator[FakeIssuer]:
 @pytest.fixture(scope="module")
 def notes(issuer: FakeIssuer) -> Iterator[str]:
     # A browser's first message is awaited 1 s here (5 s by default), to keep the tests short.
-    with notes_service(issuer.url, AUTHSVC_WS_AUTH_TIMEOUT="1") as url:
+    with notes_service(issuer.url, env={"AUTHSVC_WS_AUTH_TIMEOUT": "1"}) as url:
         yield url
 
 

@@ -39,7 +39,7 @@ async def test_two_replicas_share_the_revocation_and_close_sockets(issuer: FakeI
     sub, sid = str(uuid.uuid4()), str(uuid.uuid4())
     token = issuer.access_token(sub=sub, sid=sid)
     bearer = {"Authorization": f"Bearer {token}"}
-    with notes_service(issuer.url, **env) as a, notes_service(issuer.url, **env) as b:
+    with notes_service(issuer.url, env=env) as a, notes_service(issuer.url, env=env) as b:
         socket = await open_socket(b, token)
         assert (await next_message(socket))["type"] == "hello"
         async with httpx.AsyncClient(timeout=5) as client:
