@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.account.router import router as account_router
@@ -166,6 +167,10 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
         "summary": "Sessions that slide while users work: JWT access tokens, rotating refresh "
         "tokens.",
         "lifespan": lifespan,
+        # FastAPI's native OpenTelemetry hooks look up the environment on every request (5 %
+        # of a worker's time under overload, docs/performance.md); this service exports
+        # Prometheus metrics and structured logs of its own.
+        "telemetry": {"tracing": False, "metrics": False, "logs": False},
     }
     if not settings.serves_docs:
         return FastAPI(**described, docs_url=None, redoc_url=None, openapi_url=None)
@@ -187,6 +192,24 @@ async def _sample_pool(ctx: AppContext) -> None:
     record_pool(ctx.engine.pool)
 
 
+def shed_outermost(app: FastAPI, settings: Settings) -> None:
+    """Admission control (app.core.admission) around the whole application, FastAPI's own
+    layers and ours included: under overload every request it sheds takes event-loop time from
+    the ones it admits, so a shed request runs no more code than it must. Starlette builds the
+    layers on the first request; this wraps what it builds."""
+    build = app.build_middleware_stack
+    max_in_flight = settings.admission_max_in_flight or default_max_in_flight(
+        settings.database_url, settings.db_pool_size
+    )
+
+    def build_with_admission() -> ASGIApp:
+        return AdmissionMiddleware(
+            build(), max_in_flight=max_in_flight, max_wait=settings.admission_max_wait_ms / 1000
+        )
+
+    app.build_middleware_stack = build_with_admission  # type: ignore[method-assign]
+
+
 def add_middleware_stack(
     app: FastAPI,
     settings: Settings,
@@ -201,14 +224,7 @@ def add_middleware_stack(
     `clock`: the application's, which stamps each request's arrival."""
     # Outermost last: the request envelope wraps everything so every log line has an id.
     app.add_middleware(IdentityMiddleware, exposure=exposure)
-    # Outside the identity check (it may read the database), inside the envelope (a 503 is
-    # logged and counted like any answer).
-    app.add_middleware(
-        AdmissionMiddleware,
-        max_in_flight=settings.admission_max_in_flight
-        or default_max_in_flight(settings.database_url, settings.db_pool_size),
-        max_wait=settings.admission_max_wait_ms / 1000,
-    )
+    shed_outermost(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

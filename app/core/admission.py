@@ -3,8 +3,12 @@
 Beyond the database's capacity extra concurrent requests only queue (on the pool, or on
 SQLite's one writer) and every request gets slower: 300 clients on SQLite waited up to 39 s.
 Here a request waits at most `max_wait` seconds for one of `max_in_flight` slots, in arrival
-order; otherwise it is answered at once with 503 `overloaded` and `Retry-After`, so the
-requests admitted keep a bounded latency and the rest can retry elsewhere or later.
+order; otherwise it is answered at once with 503 `overloaded` and `Retry-After`, so the requests
+admitted keep a bounded latency and the rest can retry elsewhere or later.
+
+The middleware wraps the whole application, outside FastAPI's and our own layers (see
+`shed_outermost` in app.main): a shed request costs the event loop as little as it can, since
+under overload every shed request takes time from the admitted ones.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,7 +37,13 @@ _HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(_BODY)).encode()),
     (b"retry-after", b"1"),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
 ]
+# A sane X-Request-ID is echoed, as every other answer does (app.core.middleware), so that a
+# client can match the 503 to the request it refused.
+_X_REQUEST_ID = b"x-request-id"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}")
 
 
 def default_max_in_flight(database_url: str, pool_size: int) -> int:
@@ -58,7 +69,7 @@ class AdmissionMiddleware:
             return
         if not await self._acquire():
             ADMISSION_SHED.labels("no_slot").inc()
-            await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
+            await send({"type": "http.response.start", "status": 503, "headers": _shed(scope)})
             await send({"type": "http.response.body", "body": _BODY})
             return
         try:
@@ -100,6 +111,13 @@ class AdmissionMiddleware:
                 waiter.set_result(None)
                 return
         self.in_flight -= 1
+
+
+def _shed(scope: Scope) -> list[tuple[bytes, bytes]]:
+    for key, value in scope["headers"]:
+        if key == _X_REQUEST_ID and _REQUEST_ID.fullmatch(value):
+            return [*_HEADERS, (_X_REQUEST_ID, value)]
+    return _HEADERS
 
 
 def _granted(waiter: asyncio.Future[None]) -> bool:

@@ -103,3 +103,34 @@ async def test_a_request_is_shed_when_no_slot_frees_within_the_wait() -> None:
         assert (await first).status_code == 200
         assert admission.in_flight == 0
         assert not admission.waiters
+
+
+async def test_a_shed_answer_echoes_the_request_id_and_is_not_cached() -> None:
+    release = asyncio.Event()
+
+    async def stuck_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    admission = AdmissionMiddleware(stuck_app, max_in_flight=1, max_wait=0.01)
+    transport = httpx.ASGITransport(app=admission)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        holder = asyncio.create_task(client.get("/holder"))
+        await asyncio.sleep(0.01)
+        sane = await client.get("/a", headers={"X-Request-ID": "req-42"})
+        insane = await client.get("/b", headers={"X-Request-ID": "req 42;x"})
+        release.set()
+        assert (await holder).status_code == 200
+    assert sane.status_code == insane.status_code == 503
+    assert sane.headers["x-request-id"] == "req-42"  # a client can match the 503 to its request
+    assert "x-request-id" not in insane.headers
+    assert sane.headers["cache-control"] == "no-store"
+    assert sane.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_admission_wraps_the_whole_application(tiny_admission: Harness) -> None:
+    """A shed request runs none of FastAPI's or our other layers: admission is outermost."""
+    stack = tiny_admission.app.build_middleware_stack()
+    assert isinstance(stack, AdmissionMiddleware)
+    assert stack.max_in_flight == 2
