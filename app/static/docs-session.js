@@ -70,4 +70,27 @@
     return ui;
   }
   window.SwaggerUIBundle = Object.assign(wrapped, original);
+
+  // Swagger UI autofocuses the Basic scheme's Username field (IntrospectionClient, for
+  // gateways), so the Authorize dialog opened scrolled down to it and a user typed their login
+  // there. When the dialog opens, bring the user's own login (the password flow) into view and
+  // focus it instead.
+  function focusUserLogin(dialog) {
+    requestAnimationFrame(function () {
+      const username = dialog.querySelector("#oauth_username");
+      const content = dialog.querySelector(".modal-ux-content");
+      if (!username) return;
+      if (content) content.scrollTop = 0;
+      username.focus({ preventScroll: true });
+    });
+  }
+  new MutationObserver(function (mutations) {
+    for (const mutation of mutations) {
+      for (const node of mutation.addedNodes) {
+        if (node.nodeType !== 1) continue;
+        const dialog = node.matches(".modal-ux") ? node : node.querySelector(".modal-ux");
+        if (dialog) focusUserLogin(dialog);
+      }
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true });
 })();

@@ -728,8 +728,13 @@ async def test_docs_authorize_then_try_session_status(
     await page.goto(f"{service.base}/docs")
     await page.click("button.btn.authorize")
     dialog = page.locator(".modal-ux")
-    # The OAuth2 password flow's block (the dialog may list other schemes too).
+    # The OAuth2 password flow's block (the dialog may list other schemes too). It opens in
+    # view, first: a user's login must not land in the introspection clients' Basic fields.
     password_flow = dialog.locator(".auth-container").filter(has_text="(OAuth2, password)")
+    await expect(dialog.locator(".auth-container").first).to_contain_text("(OAuth2, password)")
+    await expect(password_flow.locator("#oauth_username")).to_be_in_viewport()
+    await expect(dialog.locator(".modal-ux-content")).to_have_js_property("scrollTop", 0)
+    await expect(password_flow.locator("#oauth_username")).to_be_focused()
     await password_flow.locator("#oauth_username").fill(email)
     await password_flow.locator("#oauth_password").fill(PASSWORD)
     await password_flow.locator("button.authorize").click()
