@@ -129,6 +129,42 @@ async def test_a_shed_answer_echoes_the_request_id_and_is_not_cached() -> None:
     assert sane.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_a_request_that_could_not_be_served_within_the_wait_is_shed_at_once() -> None:
+    """The queue drains one request per recent request duration per slot: a newcomer that
+    would wait longer than max_wait is answered now, not at the end of a wait it cannot win."""
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/holder":
+            await release.wait()
+        else:
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    admission = AdmissionMiddleware(app, max_in_flight=1, max_wait=1.0)
+    transport = httpx.ASGITransport(app=admission)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/warm")).status_code == 200  # about 50 ms a request
+        assert 0.04 < admission.duration < 0.5
+        holder = asyncio.create_task(client.get("/holder"))
+        await asyncio.sleep(0.01)
+        queue_room = int(admission.max_wait / admission.duration)  # waiters it can serve
+        waiting = [asyncio.create_task(client.get(f"/w{i}")) for i in range(queue_room)]
+        await asyncio.sleep(0.01)
+        assert len(admission.waiters) == queue_room
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        beyond = await client.get("/beyond")
+        assert beyond.status_code == 503
+        assert loop.time() - started < 0.1  # at once, not after max_wait (1 s)
+        release.set()
+        assert (await holder).status_code == 200
+        statuses = [(await w).status_code for w in waiting]
+    assert statuses.count(200) >= queue_room - 1, statuses  # the queue it kept is served
+    assert admission.in_flight == 0
+
+
 async def test_admission_wraps_the_whole_application(tiny_admission: Harness) -> None:
     """A shed request runs none of FastAPI's or our other layers: admission is outermost."""
     stack = tiny_admission.app.build_middleware_stack()
