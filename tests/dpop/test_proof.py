@@ -1,0 +1,199 @@
+"""DPoP proof checks (app/dpop/proof.py), against proofs made by an independent JOSE library
+(joserfc): each RFC 9449 §4.3 check refuses what it must and nothing else."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+
+from app.dpop.errors import InvalidDPoPProof, UseDPoPNonce
+from app.dpop.nonce import NonceIssuer
+from app.dpop.proof import access_token_hash, normalize_htu, thumbprint, verify_proof
+
+ALGS = frozenset({"ES256", "EdDSA", "RS256"})
+URL = "https://auth.example/auth/refresh"
+NOW = 1_800_000_000.0
+
+
+def ec_key() -> ECKey:
+    return ECKey.generate_key("P-256")
+
+
+def make_proof(
+    key: Any,
+    *,
+    alg: str = "ES256",
+    htm: str = "POST",
+    htu: str = URL,
+    iat: float = NOW,
+    header: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    head = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
+    head.update(header or {})
+    body = {"jti": str(uuid.uuid4()), "htm": htm, "htu": htu, "iat": int(iat), **claims}
+    return jose_jwt.encode(head, body, key, algorithms=[alg])
+
+
+def check(proof: str, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "method": "POST",
+        "url": URL,
+        "now": NOW,
+        "window": 60,
+        "algorithms": ALGS,
+    }
+    args.update(kw)
+    return verify_proof(proof, **args)
+
+
+@pytest.mark.parametrize(
+    ("key", "alg"),
+    [
+        (ECKey.generate_key("P-256"), "ES256"),
+        (OKPKey.generate_key("Ed25519"), "EdDSA"),
+        (RSAKey.generate_key(2048), "RS256"),
+    ],
+)
+def test_a_valid_proof_gives_the_keys_rfc7638_thumbprint(key: Any, alg: str) -> None:
+    proof = check(make_proof(key, alg=alg))
+    assert proof.jkt == key.thumbprint()  # joserfc's own RFC 7638 thumbprint
+    assert proof.iat == int(NOW)
+    assert proof.nonce is None
+
+
+def test_thumbprint_matches_rfc7638s_example() -> None:
+    # RFC 7638 §3.1
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6"
+        "tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YG"
+        "jQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-b"
+        "FTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_ath_binds_the_proof_to_the_access_token() -> None:
+    key = ec_key()
+    token = "eyJhbGciOiJFUzI1NiJ9.e30.sig"
+    proof = make_proof(key, ath=access_token_hash(token))
+    assert check(proof, access_token=token).jkt == key.thumbprint()
+    with pytest.raises(InvalidDPoPProof, match="ath"):
+        check(proof, access_token=token + "x")
+    with pytest.raises(InvalidDPoPProof, match="ath"):
+        check(make_proof(key), access_token=token)  # no ath at all
+
+
+def test_htu_ignores_query_fragment_case_and_default_port() -> None:
+    key = ec_key()
+    assert check(make_proof(key, htu="HTTPS://Auth.Example:443/auth/refresh?x=1#f"))
+    assert normalize_htu("http://h:80/p") == "http://h/p"
+    assert normalize_htu("http://h:8080/p?q") == "http://h:8080/p"
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"htm": "GET"}, "htm"),
+        ({"htu": "https://auth.example/auth/logout"}, "htu"),
+        ({"htu": "https://evil.example/auth/refresh"}, "htu"),
+        ({"htu": "http://auth.example/auth/refresh"}, "htu"),
+        ({"iat": NOW - 61}, "iat"),
+        ({"iat": NOW + 61}, "iat"),
+    ],
+)
+def test_a_proof_for_another_request_or_time_is_refused(
+    claims: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidDPoPProof, match=reason):
+        check(make_proof(ec_key(), **claims))
+
+
+def test_headers_that_make_a_proof_invalid() -> None:
+    key = ec_key()
+    with pytest.raises(InvalidDPoPProof, match="typ"):
+        check(make_proof(key, header={"typ": "JWT"}))
+    with pytest.raises(InvalidDPoPProof, match="public key"):
+        check(make_proof(key, header={"jwk": key.as_dict(private=True)}))
+    no_jwk = pyjwt.encode(
+        {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)},
+        ec.generate_private_key(ec.SECP256R1()),
+        algorithm="ES256",
+        headers={"typ": "dpop+jwt"},
+    )
+    with pytest.raises(InvalidDPoPProof, match="jwk"):
+        check(no_jwk)
+    with pytest.raises(InvalidDPoPProof, match="alg"):
+        check(make_proof(key), algorithms=frozenset({"EdDSA"}))  # not allowed here
+
+
+def test_a_proof_signed_by_another_key_than_its_jwk_is_refused() -> None:
+    signer, claimed = ec_key(), ec_key()
+    proof = make_proof(signer, header={"jwk": claimed.as_dict(private=False)})
+    with pytest.raises(InvalidDPoPProof, match="signature"):
+        check(proof)
+
+
+def test_symmetric_and_none_algorithms_are_refused() -> None:
+    secret = OctKey.generate_key(256)
+    hs = jose_jwt.encode(
+        {"typ": "dpop+jwt", "alg": "HS256", "jwk": secret.as_dict(private=False)},
+        {"jti": "a", "htm": "POST", "htu": URL, "iat": int(NOW)},
+        secret,
+        algorithms=["HS256"],
+    )
+    with pytest.raises(InvalidDPoPProof):
+        check(hs)
+    with pytest.raises(InvalidDPoPProof):  # even if a deployment lists HS256, the jwk has k
+        check(hs, algorithms=frozenset({"HS256"}))
+    header = jose_jwt.encode(
+        {"typ": "dpop+jwt", "alg": "ES256", "jwk": ec_key().as_dict(private=False)},
+        {"jti": "a", "htm": "POST", "htu": URL, "iat": int(NOW)},
+        ec_key(),
+    ).split(".")[0]
+    none_alg = f"{header}.eyJqdGkiOiJhIn0."
+    with pytest.raises(InvalidDPoPProof):
+        check(none_alg)
+
+
+@pytest.mark.parametrize("garbage", ["", "a.b.c", "x" * 5000, "e30.e30.", "..."])
+def test_garbage_is_an_invalid_proof_not_a_crash(garbage: str) -> None:
+    with pytest.raises(InvalidDPoPProof):
+        check(garbage)
+
+
+def test_claims_a_proof_must_carry() -> None:
+    key = ec_key()
+    for missing in ("jti", "htm", "htu", "iat"):
+        head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+        body = {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)}
+        del body[missing]
+        with pytest.raises(InvalidDPoPProof):
+            check(jose_jwt.encode(head, body, key))
+
+
+def test_nonces_are_valid_on_every_replica_for_one_to_two_steps() -> None:
+    replica_a, replica_b = NonceIssuer(b"shared-secret"), NonceIssuer(b"shared-secret")
+    now = time.time()
+    nonce = replica_a.current(now)
+    replica_b.check(nonce, now)  # issued by A, accepted by B
+    replica_b.check(nonce, now + replica_b.step_seconds)  # still in the next step
+    with pytest.raises(UseDPoPNonce) as stale:
+        replica_b.check(nonce, now + 2 * replica_b.step_seconds)
+    assert stale.value.nonce == replica_b.current(now + 2 * replica_b.step_seconds)
+    with pytest.raises(UseDPoPNonce) as missing:
+        replica_b.check(None, now)
+    assert missing.value.headers() == {"DPoP-Nonce": nonce}
+    with pytest.raises(UseDPoPNonce):
+        NonceIssuer(b"another-secret").check(nonce, now)  # forged elsewhere
