@@ -14,6 +14,7 @@ from app.auth.devices import DeviceTokenCodec
 from app.auth.service import AuthService
 from app.auth.tokens import AccessTokenCodec
 from app.auth.transport import CsrfTokenCodec, Transports
+from app.backchannel.service import BackchannelLogoutSender, LogoutTokenSigner
 from app.core.clock import Clock
 from app.core.components import Components
 from app.core.db import create_engine
@@ -23,6 +24,7 @@ from app.core.security import PasswordHasher
 from app.core.settings import Settings
 from app.gateway.service import IntrospectionService
 from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
+from app.outbox.service import OutboxWorker, RetryPolicy
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.policy import SessionPolicy
@@ -49,6 +51,8 @@ class AppContext:
     sessions: SessionService
     auth: AuthService
     accounts: AccountService
+    backchannel: BackchannelLogoutSender
+    outbox: OutboxWorker
 
     @property
     def policy(self) -> SessionPolicy:
@@ -125,7 +129,11 @@ async def build_context(
     )
     store = open_store(engine)
     cache = SessionStateCache(settings.session_cache_ttl)
-    sessions = build_session_service(settings, store, cache=cache, limiter=limiter, clock=clock)
+    backchannel = build_backchannel_sender(settings, keys)
+    outbox = build_outbox_worker(settings, engine, clock, backchannel)
+    sessions = build_session_service(
+        settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
+    )
     return AppContext(
         settings=settings,
         engine=engine,
@@ -150,6 +158,32 @@ async def build_context(
         accounts=build_account_service(
             settings, passwords=passwords, sessions=sessions, clock=clock
         ),
+        backchannel=backchannel,
+        outbox=outbox,
+    )
+
+
+def build_backchannel_sender(settings: Settings, keys: KeySet) -> BackchannelLogoutSender:
+    return BackchannelLogoutSender(
+        LogoutTokenSigner(keys, issuer=settings.issuer),
+        {client.client_id: client.uri for client in settings.backchannel_logout_clients},
+        timeout=settings.backchannel_logout_timeout,
+        give_up_after=settings.backchannel_logout_give_up_after,
+    )
+
+
+def build_outbox_worker(
+    settings: Settings, engine: AsyncEngine, clock: Clock, backchannel: BackchannelLogoutSender
+) -> OutboxWorker:
+    return OutboxWorker(
+        engine,
+        [backchannel],
+        clock=clock,
+        poll_interval=settings.outbox_poll_interval,
+        retry=RetryPolicy(base=settings.outbox_retry_base, cap=settings.outbox_retry_max),
+        # Longer than any attempt (each is bounded by the timeout): a worker's claim is not
+        # taken over while it is still waiting for the receiver.
+        lease=2 * settings.backchannel_logout_timeout + 5,
     )
 
 

@@ -101,9 +101,13 @@ def create_app(
                 every(settings.key_reload_interval, lambda: reload_keys(ctx), name="keys.reload")
             ),
             asyncio.create_task(every(2.0, lambda: _sample_pool(ctx), name="metrics.pool")),
+            # Back-channel logouts (and any other outbox message): every replica delivers.
+            asyncio.create_task(ctx.outbox.run(), name="outbox"),
         ]
         if ctx.engine.dialect.name == "postgresql":  # SQLite is one node: nothing to push
-            listener = RevocationListener(ctx.engine.url, ctx.session_cache)
+            listener = RevocationListener(
+                ctx.engine.url, ctx.session_cache, on_revoked=ctx.outbox.wake
+            )
             jobs.append(asyncio.create_task(listener.run(), name="revocation_push"))
         if settings.prune_interval:
             jobs.append(
@@ -124,6 +128,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
             ctx.passwords.close()
+            await ctx.backchannel.aclose()
             if engine is None:
                 await ctx.engine.dispose()
 

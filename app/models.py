@@ -3,7 +3,16 @@
 from app.audit.models import AuditEvent
 from app.core.db import Base
 from app.keys.models import SigningKey
+from app.outbox.models import OutboxMessage
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
 
-__all__ = ["AuditEvent", "Base", "RefreshToken", "Session", "SigningKey", "User"]
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "OutboxMessage",
+    "RefreshToken",
+    "Session",
+    "SigningKey",
+    "User",
+]

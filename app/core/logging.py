@@ -77,3 +77,7 @@ def configure_logging(level: str = "INFO", *, json_output: bool = True) -> None:
     # Driver debug logs print SQL parameters (password hashes, token hashes): never below INFO.
     for name in ("aiosqlite", "asyncpg"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    # The back-channel logout client (httpx) logs each POST at INFO, its transport at DEBUG:
+    # the outbox's own events (outbox.*) say what matters, without the bodies.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -106,3 +106,31 @@ def record_pool(pool: Any) -> None:
     multiprocess gauge writes per request were a measurable share of a bare request)."""
     POOL_CHECKED_OUT.set(pool.checkedout())
     POOL_SIZE.set(pool.size())
+
+
+# The outbox (app/outbox/): messages to other systems (back-channel logout), delivered by a
+# worker in every replica. Pending: written and neither delivered nor given up (sampled from
+# the table, the same figure in every replica). Latency: from the commit that wrote a message
+# (its `created_at`) to the receiver's acknowledgement.
+OUTBOX_PENDING = Gauge(
+    "authsvc_outbox_pending",
+    "Outbox messages neither delivered nor given up, by kind (sampled)",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_DELIVERY_SECONDS = Histogram(
+    "authsvc_outbox_delivery_seconds",
+    "From writing an outbox message to its delivery, by kind",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0),
+)
+OUTBOX_ATTEMPT_FAILURES = Counter(
+    "authsvc_outbox_attempt_failures_total",
+    "Failed delivery attempts by kind and reason (timeout, connect_error, status_NNN, ...)",
+    ["kind", "reason"],
+)
+OUTBOX_GAVE_UP = Counter(
+    "authsvc_outbox_gave_up_total",
+    "Outbox messages given up, by kind and reason (expired, status_400, client_unknown)",
+    ["kind", "reason"],
+)

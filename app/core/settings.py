@@ -11,8 +11,9 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789abcdef"  # noqa: S105 - refused outside dev
@@ -57,6 +58,16 @@ class PasswordHashProfile(StrEnum):
 
 
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+class BackchannelLogoutClient(BaseModel):
+    """A downstream service told of every end of a session (OpenID Connect Back-Channel
+    Logout 1.0): its `client_id` is the logout token's `aud`, its `uri` where it is POSTed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: str = Field(min_length=1, max_length=128)
+    uri: str = Field(min_length=1, max_length=2048)
 
 
 # The project's folder (app/core/settings.py is two levels down): migrations live there too.
@@ -119,6 +130,24 @@ class Settings(BaseSettings):
     # Gateways allowed to call POST /auth/introspect (HTTP Basic): a JSON object of client id
     # to secret, e.g. {"nginx": "a-long-random-secret"}. Empty: introspection is closed.
     introspection_clients: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    # OpenID Connect Back-Channel Logout 1.0 (docs/downstream.md): a JSON list of
+    # {"client_id": ..., "uri": ...}; every end of a session (not its expiry) is POSTed to each
+    # uri as a logout token whose `aud` is the client_id. https:// in production.
+    backchannel_logout_clients: Annotated[list[BackchannelLogoutClient], NoDecode] = Field(
+        default_factory=list
+    )
+    # Bound on each POST to a receiver (connect, send, wait for the answer), in seconds.
+    backchannel_logout_timeout: float = Field(default=5.0, gt=0, le=60)
+    # How long a notification is retried before it is given up (audited as
+    # backchannel.failed), in seconds from the end of the session. Default: one day.
+    backchannel_logout_give_up_after: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
+    # The outbox worker (every replica) looks for due messages at least this often (seconds);
+    # a commit that writes one wakes this replica's worker at once, and on PostgreSQL the
+    # others too. Retries wait OUTBOX_RETRY_BASE seconds, doubling per attempt up to
+    # OUTBOX_RETRY_MAX, with jitter.
+    outbox_poll_interval: float = Field(default=5.0, gt=0, le=300)
+    outbox_retry_base: float = Field(default=1.0, gt=0, le=3600)
+    outbox_retry_max: float = Field(default=300.0, gt=0, le=24 * 3600)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
@@ -203,6 +232,7 @@ class Settings(BaseSettings):
         "introspection_clients",
         "jwt_public_key_files",
         "roles",
+        "backchannel_logout_clients",
         mode="before",
     )
     @classmethod
@@ -282,11 +312,32 @@ class Settings(BaseSettings):
             )
         if "*" in self.cors_origins:
             problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
+        problems.extend(self._backchannel_problems())
         if self.session_touch_interval >= self.idle_timeout:
             problems.append("SESSION_TOUCH_INTERVAL must be shorter than the idle timeout")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _backchannel_problems(self) -> list[str]:
+        problems = []
+        ids = [client.client_id for client in self.backchannel_logout_clients]
+        if len(ids) != len(set(ids)):
+            problems.append("BACKCHANNEL_LOGOUT_CLIENTS must name each client_id once")
+        schemes = ("https",) if self.environment is Environment.production else ("https", "http")
+        for client in self.backchannel_logout_clients:
+            parts = urlsplit(client.uri)
+            if parts.scheme not in schemes or not parts.hostname or parts.fragment:
+                problems.append(
+                    f"BACKCHANNEL_LOGOUT_CLIENTS: the uri of {client.client_id!r} must be an "
+                    + (
+                        "https:// URL in production (the logout token is a bearer credential "
+                        "of the session's end)"
+                        if parts.scheme == "http"
+                        else "absolute http(s):// URL without a fragment"
+                    )
+                )
+        return problems
 
     @property
     def idle_timeout(self) -> int:

@@ -55,4 +55,8 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
         # RFC 8414 requires the member; with no authorization endpoint the true list is empty.
         "response_types_supported": [],
+        # OpenID Connect Back-Channel Logout 1.0 §2.1: logout tokens are sent to the clients of
+        # BACKCHANNEL_LOGOUT_CLIENTS, and carry `sid` (the access tokens' own).
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from app.core.clock import Clock
@@ -30,6 +31,7 @@ def build_session_service(
     cache: SessionStateCache,
     limiter: RateLimiter,
     clock: Clock,
+    on_logout_enqueued: Callable[[], None] | None = None,
 ) -> SessionService:
     return SessionService(
         store,
@@ -38,4 +40,6 @@ def build_session_service(
         codec=RefreshTokenCodec(settings.secret_key.get_secret_value()),
         limiter=limiter,
         clock=clock,
+        logout_clients=tuple(c.client_id for c in settings.backchannel_logout_clients),
+        on_logout_enqueued=on_logout_enqueued,
     )

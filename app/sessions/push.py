@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -62,9 +63,13 @@ class RevocationListener:
         *,
         ping_interval: float = 5.0,
         max_backoff: float = 5.0,
+        on_revoked: Callable[[], None] | None = None,
     ) -> None:
+        """`on_revoked`: called on every notification (it wakes the outbox worker, which
+        may have a back-channel logout to send for a revocation made on another replica)."""
         self._connect_args = url.translate_connect_args(username="user")
         self._cache = cache
+        self._on_revoked = on_revoked
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
 
@@ -115,3 +120,5 @@ class RevocationListener:
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         apply_payload(self._cache, payload)
+        if self._on_revoked is not None:
+            self._on_revoked()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +11,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
+from app.backchannel import repository as backchannel
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
 from app.sessions.policy import SessionState, TokenLink
@@ -100,9 +102,11 @@ async def revoke_sessions(
     session_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
     except_session: uuid.UUID | None = None,
+    logout_clients: Sequence[str] = (),
 ) -> list[uuid.UUID]:
     """Revoke one session or all of a user's live sessions (optionally but one); returns the
-    ids newly revoked, announced to every replica when the transaction commits."""
+    ids newly revoked, announced to every replica when the transaction commits, and to each
+    of `logout_clients` (back-channel logout) through the outbox, in this same transaction."""
     conditions: list[ColumnElement[bool]] = [_sessions.c.revoked_at.is_(None)]
     if session_id is not None:
         conditions.append(_sessions.c.id == session_id)
@@ -114,9 +118,10 @@ async def revoke_sessions(
         update(_sessions)
         .where(*conditions)
         .values(revoked_at=now, revoke_reason=reason)
-        .returning(_sessions.c.id)
+        .returning(_sessions.c.id, _sessions.c.user_id)
     )
-    revoked = [row[0] for row in rows]
+    ended = [(row[0], row[1]) for row in rows]
+    revoked = [session_id for session_id, _ in ended]
     if revoked:
         await conn.execute(
             update(_tokens)
@@ -124,6 +129,7 @@ async def revoke_sessions(
             .values(revoked_at=now)
         )
         await notify_revoked(conn, revoked)
+        await backchannel.enqueue_logouts(conn, ended, logout_clients, now=now)
     return revoked
 
 

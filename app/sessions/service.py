@@ -61,8 +61,15 @@ class SessionService:
         codec: RefreshTokenCodec,
         limiter: RateLimiter,
         clock: Clock,
+        logout_clients: tuple[str, ...] = (),
+        on_logout_enqueued: Callable[[], None] | None = None,
     ) -> None:
+        """`logout_clients`: the back-channel logout clients every end of a session is told
+        to (through the outbox, in the revoking transaction); `on_logout_enqueued`: called
+        once such a transaction has committed (it wakes this process's outbox worker)."""
         self._store = store
+        self._logout_clients = logout_clients
+        self._on_logout_enqueued = on_logout_enqueued
         self.policy = policy
         self._cache = cache
         self._codec = codec
@@ -223,6 +230,7 @@ class SessionService:
                 user_agent=client.stored_user_agent,
                 arrived_at=self.policy.credited_arrival(client.arrived_at, now),
                 may_rotate=may_rotate,
+                logout_clients=self._logout_clients,
             )
         )
         state = await self._after_rotation(result, client, now)
@@ -250,6 +258,7 @@ class SessionService:
             raise RefreshTokenSuperseded()
         if result.outcome == "reused":
             self._cache.clear()  # the revocation is committed already
+            self._logouts_committed()
             _announce(
                 "refresh.reuse_detected",
                 state,
@@ -308,9 +317,16 @@ class SessionService:
             session_id=session_id,
             user_id=user_id,
             except_session=except_session,
+            logout_clients=self._logout_clients,
         )
         uow.after_commit(self._cache.clear)
+        if revoked:
+            uow.after_commit(self._logouts_committed)
         return revoked
+
+    def _logouts_committed(self) -> None:
+        if self._logout_clients and self._on_logout_enqueued is not None:
+            self._on_logout_enqueued()
 
     async def revoke_own(
         self, uow: UnitOfWork, user_id: uuid.UUID, session_id: uuid.UUID, *, now: datetime

@@ -19,7 +19,11 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh(
     -- during a rolling upgrade: it gets the previous rules, measured from p_now.
     p_arrived_at timestamptz DEFAULT NULL,
     -- Whether the session's refresh limit has room for a rotation.
-    p_may_rotate boolean DEFAULT true
+    p_may_rotate boolean DEFAULT true,
+    -- The back-channel logout clients told of a theft revocation (outbox rows written in this
+    -- transaction, as app/backchannel/repository.py writes them). NULL: a caller of a version
+    -- before migration 0010, which tells no one.
+    p_logout_clients text[] DEFAULT NULL
 ) RETURNS TABLE (
     outcome text,
     generation integer,
@@ -142,6 +146,15 @@ BEGIN
         -- Every replica drops the session from its cache (app/sessions/push.py); PostgreSQL
         -- delivers this at commit, so never before the revocation is visible.
         PERFORM pg_notify('authsvc_sessions_revoked', p_session_id::text);
+        -- One back-channel logout per client, delivered by the outbox worker once this commits.
+        INSERT INTO outbox_messages (kind, idempotency_key, payload, created_at, next_attempt_at,
+                                     attempts)
+        SELECT 'backchannel_logout', 'backchannel_logout:' || p_session_id::text || ':' || c,
+               json_build_object('sid', p_session_id::text, 'sub', user_id::text,
+                                 'client_id', c),
+               p_now, p_now, 0
+          FROM unnest(COALESCE(p_logout_clients, '{}'::text[])) AS c
+        ON CONFLICT (idempotency_key) DO NOTHING;
         INSERT INTO audit_events (event, user_id, session_id, ip, user_agent, details, created_at)
         VALUES ('refresh.reuse_detected', user_id, p_session_id, p_ip, p_user_agent,
                 json_build_object('reuse_class', reuse_class, 'generation', generation), p_now);

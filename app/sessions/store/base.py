@@ -40,6 +40,9 @@ class RotationRequest:
     # is refused ("limited", nothing written); retries and replays are answered as ever (a
     # retry's rotation was counted already, and theft is caught whatever the limit).
     may_rotate: bool = True
+    # The back-channel logout clients told (through the outbox, in the same transaction)
+    # when a replayed token revokes the session.
+    logout_clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

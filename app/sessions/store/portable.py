@@ -180,7 +180,11 @@ async def _refuse_superseded(
 async def _revoke_for_reuse(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> Rotation:
     reuse_class = "stale_replay" if link.is_newest_parent else "ancestor_replay"
     await repository.revoke_sessions(
-        conn, now=r.now, reason="refresh_token_reused", session_id=r.session_id
+        conn,
+        now=r.now,
+        reason="refresh_token_reused",
+        session_id=r.session_id,
+        logout_clients=r.logout_clients,
     )
     details = {"reuse_class": reuse_class, "generation": link.generation}
     await _audit_rotation(conn, r, "refresh.reuse_detected", link.session.user_id, details)

@@ -3,8 +3,8 @@ one call each on the pooled connection's own asyncpg driver, outside any transac
 call is its own transaction and one round trip. SQLAlchemy's execution path costs more CPU
 than these statements (docs/performance.md). Everything else is the portable store's.
 
-The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0009 (0004 and 0007
-installed the earlier rotation functions).
+The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0010 (0004, 0007
+and 0009 installed the earlier rotation functions).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from app.sessions.store.portable import PortableSessionStore
 from app.users import repository as users
 from app.users.repository import UserRecord
 
-_ROTATE = "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_ROTATE = (
+    "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+)
 _START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -51,6 +53,7 @@ class PostgresSessionStore(PortableSessionStore):
                 r.user_agent,
                 r.arrived_at,
                 r.may_rotate,
+                list(r.logout_clients),
             )
         outcome: Outcome = row["outcome"]
         if outcome == "invalid":
