@@ -46,12 +46,17 @@ def _require_nginx() -> None:
         pytest.skip("nginx is not installed")
 
 
-def _render(conf: str, *, listen: int, auth: str, upstream: str) -> str:
-    return (
+def _render(conf: str, *, listen: int, auth: str, upstream: str, notes: str | None) -> str:
+    rendered = (
         conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{listen};")
         .replace("server 127.0.0.1:8000;", f"server {auth.removeprefix('http://')};")
         .replace("server 127.0.0.1:9000;", f"server {upstream.removeprefix('http://')};")
     )
+    if notes is not None:
+        rendered = rendered.replace(
+            "server 127.0.0.1:9100;", f"server {notes.removeprefix('http://')};"
+        )
+    return rendered
 
 
 def _main_conf(prefix: Path, include: Path) -> str:
@@ -73,13 +78,16 @@ http {{
 
 
 @contextlib.contextmanager
-def run_nginx(tmp_path: Path, *, auth: str, upstream: str) -> Iterator[str]:
-    """Real nginx with the shipped config, pointed at `auth` and `upstream`; yields its URL."""
+def run_nginx(
+    tmp_path: Path, *, auth: str, upstream: str, notes: str | None = None
+) -> Iterator[str]:
+    """Real nginx with the shipped config, pointed at `auth`, `upstream` and (when given) the
+    notes service; yields its URL."""
     _require_nginx()
     listen = free_port()
     site = tmp_path / "authsvc.conf"
     shipped = (ROOT / "deploy/nginx/authsvc.conf").read_text()
-    site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream))
+    site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream, notes=notes))
     conf = tmp_path / "nginx.conf"
     conf.write_text(_main_conf(tmp_path, site))
     check = subprocess.run(
