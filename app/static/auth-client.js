@@ -36,7 +36,11 @@
  *   session()        -> the last token response's `session` ({id, idle_expires_at,
  *                    absolute_expires_at}) plus `refresh_after` and `expires_at` of the
  *                    access token (ISO 8601, server time), or null.
- *   close()          -> stop timers and cross-tab messages (for tests and single-page apps).
+ *   socket(url, {onOpen, onMessage, onClose})  -> a WebSocket to a service built with
+ *                    authsvc-kit (see "WebSockets" below). Returns {send(data) -> boolean,
+ *                    close(), state, connections, renewals}.
+ *   close()          -> stop timers, cross-tab messages and sockets (for tests and single-page
+ *                    apps).
  *
  * Session-end reasons (onSessionEnd is called exactly once per session, per tab):
  *   "session_expired"        idle timeout or absolute lifetime passed
@@ -80,6 +84,36 @@
  *     `iat`, biased late for deadline checks and early for token expiry, so a skewed client
  *     clock neither logs users out nor sends expired tokens.
  *
+ * WebSockets (`socket()`, for services behind authsvc-kit, e.g. examples/notes `/ws`)
+ *     const feed = auth.socket("/notes/ws", {
+ *       onOpen: () => {},                     // connected and authenticated (again)
+ *       onMessage: (message, event) => {},    // JSON text frames parsed; others as received
+ *       onClose: ({ code, reason, final }) => {},  // final: no reconnect follows
+ *     });
+ *     feed.send({ type: "note", text: "hi" });   // objects as JSON; false when not connected
+ *     feed.close();
+ *   * The token never goes in the URL: the first message is {"type": "authenticate", "token"}
+ *     (a browser's WebSocket cannot set headers). Relative URLs resolve against the page;
+ *     http(s) becomes ws(s).
+ *   * In-band renewal: every new access token (a silent refresh here or in another tab) is
+ *     sent on each open socket as another `authenticate` message (when its exp is later than
+ *     the one the socket holds); the server answers `token_renewed` and the connection goes
+ *     on. On the server's `token_expiring` the client sends a newer token it holds, or
+ *     refreshes to get one. So an open socket keeps the session in use: its idle deadline
+ *     slides while the socket is open (the absolute lifetime still ends it).
+ *   * Reconnects, with backoff (0.25 s doubling to 30 s, jittered; sooner when the browser
+ *     comes back online), after a network error or any close by the server except 4403; after
+ *     4401 `token_expired` or 4400 `authentication_required` it refreshes the token first.
+ *   * Never reconnects after 4403 `session_revoked` (a back-channel logout reached the
+ *     service): the socket ends (final) and the client asks authsvc whether the session is over
+ *     (session-status, which does not slide it); if it is, onSessionEnd reports it as any
+ *     other end ("session_revoked", or "logged_out" when this tab or another logged out).
+ *     Never reconnects after close() or once the session ends (logout here or in another tab,
+ *     expiry): every socket is closed (code 1000), final, with the session-end reason.
+ *   * Protocol messages (token_expiring, token_renewed, token_rejected) are handled here and
+ *     not passed to onMessage; `renewals` counts token_renewed, `connections` the connections
+ *     opened so far (1 while no reconnect happened).
+ *
  * Limitations: the CSRF cookie must be readable by the page, so the page and the service must
  * share an origin (or the service must return `csrf_token` in the token response body, which
  * this client uses when present).
@@ -103,6 +137,13 @@ const PEER_REFRESH_WAIT_MS = 5000;
 const MAX_TIMER_MS = 6 * 3600 * 1000; // setTimeout overflows past 2^31 ms; re-arm instead
 const DEADLINE_GRACE_MS = 250;
 const COOKIE_SLACK_MS = 2500; // cookie Max-Age is whole seconds and our deadlines map late
+// authsvc-kit's WebSocket close codes (docs/downstream.md).
+const WS_AUTHENTICATION_REQUIRED = 4400;
+const WS_TOKEN_EXPIRED = 4401;
+const WS_SESSION_REVOKED = 4403;
+const WS_STABLE_MS = 10000; // a connection that lived this long resets the reconnect backoff
+const WS_RENEW_RETRY_MS = 1000; // after token_rejected (the service could not check it yet)
+const WS_KIT_MESSAGES = new Set(["token_expiring", "token_renewed", "token_rejected"]);
 
 /** An error answered by the service: `code` is its stable error code. */
 export class AuthError extends Error {
@@ -132,6 +173,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
   const endedSessions = new Set(); // onSessionEnd fired for these ids (exactly once each)
   const sleepers = new Set(); // backoff waits, woken early when the browser comes online
   const messageWaiters = new Set(); // fallback lock: waiting for a peer's result
+  const sockets = new Set(); // live socket() helpers: renewed on new tokens, closed at the end
 
   // ---------------------------------------------------------------- helpers
 
@@ -302,7 +344,10 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     active = false;
     schedule();
     if (broadcast) post({ type: "token", body, age: now() - receivedAt });
-    if (!previous || previous.access !== state.access) call(onChange, sessionView());
+    if (!previous || previous.access !== state.access) {
+      for (const live of [...sockets]) live.renew();
+      call(onChange, sessionView());
+    }
   }
 
   function sessionView() {
@@ -340,6 +385,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     }
     epoch += 1;
     clearState();
+    for (const live of [...sockets]) live.end(reason);
     const key = id || "no-session";
     if (!fromPeer && id) post({ type: "end", reason, sessionId: id });
     if (!endedSessions.has(key)) {
@@ -726,6 +772,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
   }
 
   function close() {
+    for (const live of [...sockets]) live.end("closed");
     closed = true;
     epoch += 1;
     clearTimeout(refreshTimer);
@@ -746,6 +793,218 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     // Timers are throttled in background tabs: catch up on what fell due meanwhile.
     if (now() >= Math.min(state.idleLocal, state.absoluteLocal)) checkDeadline();
     else if (now() >= state.refreshLocal && active) refresh().catch(() => {});
+  }
+
+  // ---------------------------------------------------------------- WebSockets
+
+  function socketUrl(target) {
+    const where = new URL(String(target), typeof location !== "undefined" ? location.href : undefined);
+    if (where.protocol === "http:") where.protocol = "ws:";
+    else if (where.protocol === "https:") where.protocol = "wss:";
+    if (where.protocol !== "ws:" && where.protocol !== "wss:") {
+      throw new TypeError(`not a WebSocket URL: ${target}`);
+    }
+    return where.href;
+  }
+
+  function tokenExp(token) {
+    const exp = token ? (decodeJwt(token) || {}).exp : null;
+    return typeof exp === "number" ? exp : null;
+  }
+
+  /** A usable access token for a (re)connection, refreshing when `stale` is still ours. */
+  async function socketToken(stale) {
+    await ready;
+    if (state && (!tokenUsable() || (stale && state.access === stale))) {
+      await withTimeout(refresh(), FETCH_REFRESH_TIMEOUT_MS);
+    }
+    return state && tokenUsable() ? state.access : null;
+  }
+
+  /** After a 4403: ask authsvc (without sliding the session) whether the session is over. */
+  async function confirmRevoked() {
+    if (!state) return;
+    if (tokenUsable()) await status(); // a 401 session_revoked ends the session in there
+    else await refresh().catch(() => {});
+  }
+
+  function openSocket(target, { onOpen, onMessage, onClose } = {}) {
+    const address = socketUrl(target);
+    let ws = null; // the current connection
+    let phase = "connecting"; // connecting | open | reconnecting | closed
+    let attempt = 0; // reconnects since the last connection that proved itself
+    let sent = null; // the token the current connection was last given
+    let sentExp = null; // and its exp: a renewal must be later (the server demands it)
+    let proven = false; // the current connection received a message (so it authenticated)
+    let openedAt = 0;
+    let connections = 0;
+    let renewals = 0;
+
+    function sendToken(token) {
+      if (!ws || ws.readyState !== WebSocket.OPEN) return;
+      ws.send(JSON.stringify({ type: "authenticate", token }));
+      sent = token;
+      sentExp = tokenExp(token);
+    }
+
+    /** A newer token than the connection holds is sent in-band (no reconnect). */
+    function renew() {
+      if (phase !== "open" || !state || !tokenUsable()) return false;
+      const exp = state.exp;
+      if (exp === null || (sentExp !== null && exp <= sentExp)) return false;
+      sendToken(state.access);
+      return true;
+    }
+
+    async function onExpiring() {
+      if (renew()) return;
+      // Nothing newer here yet: refresh (accept() then renews every socket).
+      await refresh().catch(() => {});
+      renew();
+    }
+
+    function finish(code, reason) {
+      if (phase === "closed") return;
+      phase = "closed";
+      sockets.delete(handle);
+      call(onClose, { code, reason, final: true });
+    }
+
+    /** The session ended, or close(): close for good. */
+    function end(reason) {
+      const current = ws;
+      ws = null;
+      if (current && current.readyState <= WebSocket.OPEN) {
+        try {
+          current.close(1000, reason === "closed" ? "" : String(reason).slice(0, 100));
+        } catch {
+          // already closing
+        }
+      }
+      finish(1000, reason);
+    }
+
+    async function connect(stale) {
+      let token = null;
+      try {
+        token = await socketToken(stale);
+      } catch {
+        // authsvc unreachable for now: try again later, the session is not over
+        if (phase !== "closed") reconnect(null);
+        return;
+      }
+      if (phase === "closed") return;
+      if (!token) {
+        finish(1000, "not_authenticated"); // no session, or it ended meanwhile
+        return;
+      }
+      const current = new WebSocket(address);
+      ws = current;
+      connections += 1;
+      sent = sentExp = null;
+      proven = false;
+      current.addEventListener("open", () => {
+        if (ws !== current) return;
+        if (!state) return end("not_authenticated");
+        sendToken(state.access); // the newest token: it may have changed while connecting
+        phase = "open";
+        openedAt = now();
+        call(onOpen);
+      });
+      current.addEventListener("message", (event) => {
+        if (ws === current) received(event);
+      });
+      // "error" is always followed by "close": reconnecting is decided there.
+      current.addEventListener("close", (event) => {
+        if (ws === current) lost(event);
+      });
+    }
+
+    function received(event) {
+      proven = true;
+      attempt = 0;
+      let message = event.data;
+      if (typeof message === "string") {
+        try {
+          message = JSON.parse(message);
+        } catch {
+          // not JSON: the application gets the text
+        }
+      }
+      const kind = message && typeof message === "object" ? message.type : null;
+      if (WS_KIT_MESSAGES.has(kind)) {
+        if (kind === "token_expiring") onExpiring();
+        else if (kind === "token_renewed") renewals += 1;
+        else {
+          // The service could not check the renewal (its keys unavailable): resend later.
+          const token = sent;
+          setTimeout(() => {
+            if (phase === "open" && sent === token && state && state.access === token) {
+              sendToken(token);
+            }
+          }, WS_RENEW_RETRY_MS);
+        }
+        return;
+      }
+      call(onMessage, message, event);
+    }
+
+    function lost(event) {
+      ws = null;
+      const token = sent;
+      if (proven || (openedAt && now() - openedAt >= WS_STABLE_MS)) attempt = 0;
+      if (phase === "closed") return;
+      if (event.code === WS_SESSION_REVOKED) {
+        // The session was logged out (back-channel logout): never reconnect.
+        finish(event.code, event.reason || "session_revoked");
+        confirmRevoked();
+        return;
+      }
+      phase = "reconnecting";
+      call(onClose, { code: event.code, reason: event.reason, final: false });
+      const refused = event.code === WS_TOKEN_EXPIRED || event.code === WS_AUTHENTICATION_REQUIRED;
+      reconnect(refused ? token : null);
+    }
+
+    async function reconnect(stale) {
+      openedAt = 0;
+      const wait = backoff(attempt);
+      attempt += 1;
+      if (stale && state && state.access === stale) await refresh().catch(() => {});
+      await sleep(wait);
+      if (phase !== "closed") connect(stale);
+    }
+
+    const handle = {
+      renew,
+      end,
+      send(data) {
+        if (phase !== "open" || !ws || ws.readyState !== WebSocket.OPEN) return false;
+        const raw = typeof data === "string" || data instanceof Blob || data instanceof ArrayBuffer;
+        ws.send(raw || ArrayBuffer.isView(data) ? data : JSON.stringify(data));
+        return true;
+      },
+    };
+    const api = {
+      send: handle.send,
+      close: () => end("closed"),
+      get state() {
+        return phase;
+      },
+      get connections() {
+        return connections;
+      },
+      get renewals() {
+        return renewals;
+      },
+    };
+    if (closed) {
+      finish(1000, "closed");
+      return api;
+    }
+    sockets.add(handle);
+    connect(null);
+    return api;
   }
 
   // ---------------------------------------------------------------- start
@@ -780,6 +1039,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     refresh: () => refresh(),
     accessToken: () => (state ? state.access : null),
     session: sessionView,
+    socket: openSocket,
     close,
   };
 }
