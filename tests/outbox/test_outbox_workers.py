@@ -1,21 +1,26 @@
 """The outbox worker on PostgreSQL runs in every replica: several of them share the table
-with `FOR UPDATE SKIP LOCKED`, and each message is delivered exactly once."""
+with `FOR UPDATE SKIP LOCKED`, and each message is delivered exactly once; a database outage
+is logged and retried, never the end of the worker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from typing import Any
 
 import jwt
+import pytest
 
 from app.backchannel import repository as backchannel
 from app.context import build_backchannel_sender
+from app.core import migrate
 from app.core.db import create_engine
 from app.outbox.service import OutboxWorker, RetryPolicy
-from tests.conftest import start_harness
+from tests.conftest import bearer, start_harness
 from tests.outbox.conftest import CLIENTS, backchannel_settings, outbox_rows
+from tests.support.pgcluster import PgCluster
 from tests.support.receiver import Receiver, eventually
 
 SESSIONS = 150
@@ -85,3 +90,34 @@ async def test_workers_of_three_replicas_deliver_each_message_once(
         for engine in engines:
             await engine.dispose()
         await runner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_worker_survives_a_database_outage(
+    pg_cluster: PgCluster, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that goes away is logged (outbox.db_unavailable) and retried: the worker
+    task lives on and delivers once the database is back."""
+    await asyncio.to_thread(migrate.upgrade, pg_cluster.url)
+    settings = backchannel_settings(
+        pg_cluster.url, receiver, db_pool_timeout=1, outbox_poll_interval=0.1
+    )
+    async with contextlib.asynccontextmanager(start_harness)(settings) as h:
+        a = await h.login(await h.create_user())
+        await asyncio.to_thread(pg_cluster.stop)
+        await eventually(
+            lambda: any(r.getMessage() == "outbox.db_unavailable" for r in caplog.records),
+            what="the worker to meet the outage",
+        )
+        [worker] = [t for t in asyncio.all_tasks() if t.get_name() == "outbox"]
+        await asyncio.sleep(0.3)  # several failed rounds
+        assert not worker.done()
+
+        await asyncio.to_thread(pg_cluster.start)
+
+        async def logged_out() -> bool:  # the first requests may meet the pool's dead sockets
+            response = await h.client.post("/auth/logout", headers=bearer(a["access_token"]))
+            return response.status_code == 204
+
+        await eventually(logged_out, within=15, what="a logout after the restart")
+        await eventually(lambda: len(receiver.received) == len(CLIENTS), what="the delivery")
+        assert not worker.done()
