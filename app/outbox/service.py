@@ -123,6 +123,8 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._sampled_at = float("-inf")
         self._pruned_at = time.monotonic()
+        # The last claim filled every free slot: a finished delivery looks for more at once.
+        self._saturated = False
 
     def wake(self) -> None:
         """Look for due messages now (called after a transaction that wrote some commits, and
@@ -130,41 +132,76 @@ class OutboxWorker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until cancelled. A failure of the database (or anything else) is logged
-        and retried with backoff; it never ends the task."""
+        """Deliver until cancelled. Up to `batch_size` deliveries are in flight at once, and
+        a free slot is refilled as soon as more is due: a receiver that hangs until the
+        timeout holds its own slot, never the other messages. A failure of the database (or
+        anything else) is logged and retried with backoff; it never ends the task."""
+        in_flight: set[asyncio.Task[None]] = set()
         failures = 0
-        while True:
-            self._wake.clear()
-            try:
-                full = await self.run_once()
-                failures = 0
-                wait = 0.0 if full else self._poll_interval
-            except Exception as exc:
-                failures += 1
-                wait = min(self._poll_interval, 0.1 * 2 ** min(failures, 10))
-                _log_failure(exc, wait)
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+        try:
+            while True:
+                self._wake.clear()
+                room = self._batch_size - len(in_flight)
+                try:
+                    claimed = await self._claim(room) if room > 0 else []
+                    await self._sample_pending()
+                    await self._prune()
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    wait = min(self._poll_interval, 0.1 * 2 ** min(failures, 10))
+                    _log_failure(exc, wait)
+                    await self._sleep(wait)
+                    continue
+                for message in claimed:
+                    task = asyncio.create_task(self._deliver_logged(message))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                # Every slot taken, or as many as there was room for: more may be due, claimed
+                # as soon as a delivery ends (its end wakes this loop).
+                self._saturated = len(claimed) == room
+                if self._saturated and len(in_flight) < self._batch_size:
+                    continue
+                await self._sleep(self._poll_interval)
+        finally:
+            for task in in_flight:
+                task.cancel()  # its lease ends, and a worker takes the message again
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until woken (a commit, a notification, a freed slot while saturated) or `seconds`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def run_once(self) -> bool:
-        """Deliver one batch of due messages; whether the batch was full (more may be due)."""
+        """Deliver one batch of due messages and wait for all of them (tests, tools); whether
+        the batch was full (more may be due)."""
+        claimed = await self._claim(self._batch_size)
+        results = await asyncio.gather(
+            *(self._deliver(message) for message in claimed), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                _log_failure(result, self._lease.total_seconds())
+        await self._sample_pending()
+        return len(claimed) >= self._batch_size
+
+    async def _claim(self, limit: int) -> list[ClaimedMessage]:
         now = self._clock.now()
         async with autocommit_connection(self._engine) as conn:
-            claimed = await repository.claim_due(
-                conn, now=now, lease_until=now + self._lease, limit=self._batch_size
+            return await repository.claim_due(
+                conn, now=now, lease_until=now + self._lease, limit=limit
             )
-        if claimed:
-            results = await asyncio.gather(
-                *(self._deliver(message) for message in claimed), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, Exception):
-                    # The outcome was not recorded: the lease ends and the message is retried.
-                    _log_failure(result, self._lease.total_seconds())
-        await self._sample_pending()
-        await self._prune()
-        return len(claimed) >= self._batch_size
+
+    async def _deliver_logged(self, message: ClaimedMessage) -> None:
+        try:
+            await self._deliver(message)
+        except Exception as exc:
+            # The outcome was not recorded: the lease ends and the message is tried again.
+            _log_failure(exc, self._lease.total_seconds())
+        finally:
+            if self._saturated:
+                self._wake.set()  # a slot is free and more may be due
 
     async def _deliver(self, message: ClaimedMessage) -> None:
         sender = self._senders.get(message.kind)

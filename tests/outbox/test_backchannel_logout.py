@@ -292,6 +292,29 @@ async def test_a_hanging_receiver_is_bounded_by_the_timeout(
     await eventually(delivered, what="the delivery after the hang")
 
 
+async def test_a_hanging_receiver_does_not_hold_up_the_others(
+    services: Services, receiver: Receiver
+) -> None:
+    """While one client's receiver holds a delivery until the timeout, later notifications
+    to the other client are not held up: each delivery has its own slot in the worker."""
+    h = await services.start(backchannel_logout_timeout=4.0)
+    email = await h.create_user()
+    first, second = await h.login(email), await h.login(email)
+    receiver.hang, receiver.hang_only = True, "/billing"
+    _ok(await h.client.post("/auth/logout", headers=bearer(first["access_token"])))
+    await eventually(lambda: receiver.hanging == 1, what="billing's receiver to hang")
+
+    started = time.monotonic()
+    _ok(await h.client.post("/auth/logout", headers=bearer(second["access_token"])))
+    await eventually(lambda: receiver.hanging == 2, what="the second billing delivery")
+    await eventually(
+        lambda: sum(r.path.endswith("/notes") for r in receiver.received) == 2,
+        what="both notes deliveries",
+    )
+    assert time.monotonic() - started < 2.0  # well before the first billing attempt times out
+    receiver.release()
+
+
 async def test_metrics_count_deliveries_and_pending(services: Services, receiver: Receiver) -> None:
     h = await services.start()
     a = await h.login(await h.create_user())

@@ -29,6 +29,9 @@ class Receiver:
     port: int = field(default_factory=free_port)
     status: int = 200
     hang: bool = False
+    # Only requests whose path ends with this hang (with `hang`); None: every request.
+    hang_only: str | None = None
+    hanging: int = 0  # requests being held now
     received: list[Received] = field(default_factory=list)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
@@ -47,8 +50,12 @@ class Receiver:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if self.hang:
-            await self._released.wait()
+        if self.hang and (self.hang_only is None or scope["path"].endswith(self.hang_only)):
+            self.hanging += 1
+            try:
+                await self._released.wait()
+            finally:
+                self.hanging -= 1
         headers = dict(scope["headers"])
         self.received.append(
             Received(
