@@ -95,11 +95,25 @@ async def _password_guessing(h: Harness, email: str) -> Ended:
     return [a]
 
 
+async def _operator_deactivation(h: Harness, email: str) -> Ended:
+    a, b = await h.login(email), await h.login(email)
+    assert await h.set_active(email, active=False) == 2  # as `users deactivate` does
+    return [a, b]
+
+
+async def _operator_password_reset(h: Harness, email: str) -> Ended:
+    a = await h.login(email)
+    assert await h.set_password(email, "an operator's new passphrase") == 1
+    return [a]
+
+
 ENDS: dict[str, Callable[[Harness, str], Awaitable[Ended]]] = {
     "logout": _logout,
     "logout_all": _logout_all,
     "delete_session": _delete_session,
     "admin_deactivation": _deactivation,
+    "operator_deactivation": _operator_deactivation,
+    "operator_password_reset": _operator_password_reset,
     "password_change": _password_change,
     "theft": _theft,
     "password_guessing": _password_guessing,
