@@ -13,7 +13,9 @@ outbox), which nginx does not see. What this proves:
 - a session ended elsewhere (another device revokes it): the socket's 4403 is the page's first
   news; the client confirms it with the auth service and reports `session_revoked`, no reconnect;
 - the notes service never called the auth service per request (its metrics: no /auth/verify, no
-  introspection; the keys fetched at most twice).
+  introspection; the keys fetched at most twice);
+- the client reconnects, on the same session, after a 4401 (the page could not refresh in time;
+  once it can) and after a network error (the notes service killed, then back).
 The notes service down during a logout (outbox retry) is tests/downstream/test_end_to_end.py;
 forged, replayed, wrong-audience and nonce logout tokens are tests/downstream/test_backchannel.py.
 """
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -52,7 +55,6 @@ from tests.browser.test_browser import (
     session_id,
 )
 from tests.conftest import PASSWORD
-from tests.downstream.conftest import notes_service
 from tests.downstream.issuer import CLIENT_ID
 from tests.downstream.wsclient import next_message, open_socket, until_closed
 from tests.gateway.test_nginx import run_nginx
@@ -91,10 +93,52 @@ async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
         await chromium.close()
 
 
+class NotesProcess:
+    """`uvicorn examples.notes.app:app` on a fixed port, configured by environment only (as
+    tests/downstream's notes_service), which a test may kill and start again."""
+
+    def __init__(self, auth: str, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._port = port
+        self._env = {
+            "AUTHSVC_ISSUER": auth,
+            "AUTHSVC_AUDIENCE": AUDIENCE,
+            "NOTES_CLIENT_ID": CLIENT_ID,
+            "AUTHSVC_LEEWAY": "0",  # an expired token is refused at once, as by the auth service
+        }
+        self._server: contextlib.AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        self._server = uvicorn_server(
+            "sqlite+aiosqlite:///:memory:",  # unused: the notes service has no database
+            factory="examples.notes.app:app",
+            is_factory=False,
+            env=self._env,
+            port=self._port,
+        )
+        _, self._process = self._server.__enter__()
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(None, None, None)
+
+    def kill(self) -> None:
+        """SIGKILL: its connections drop without a close frame, as in a network failure."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait()
+
+    def restart(self) -> None:
+        self.__exit__()
+        self.__enter__()
+
+
 @dataclass(frozen=True)
 class Stack:
     gateway: str  # nginx, as the browser reaches it: http://localhost:<port>
     auth: str  # the auth service itself (the notes service's issuer)
+    notes: NotesProcess
     database_url: str
 
     @property
@@ -115,16 +159,12 @@ def notes_stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
         "JWT_LEEWAY": "0",
         "BACKCHANNEL_LOGOUT_CLIENTS": json.dumps([{"client_id": CLIENT_ID, "uri": receiver}]),
     }
-    # No leeway at the notes service either: an expired token is refused there at once.
-    notes_env = {"AUTHSVC_LEEWAY": "0"}
+    process = NotesProcess(auth, notes_port)
     with (
-        started_together(
-            uvicorn_server(database_url, env=auth_env, port=auth_port),
-            notes_service(auth, audience=AUDIENCE, port=notes_port, env=notes_env),
-        ),
+        started_together(uvicorn_server(database_url, env=auth_env, port=auth_port), process),
         run_nginx(tmp_path, auth=auth, upstream=notes, notes=notes) as gateway,
     ):
-        yield Stack(gateway.replace("127.0.0.1", "localhost"), auth, database_url)
+        yield Stack(gateway.replace("127.0.0.1", "localhost"), auth, process, database_url)
 
 
 @pytest.fixture
@@ -270,7 +310,10 @@ async def test_browser_notes_through_nginx_renewal_and_logouts(
     email = await create_user_in(stack.database_url, prefix="notes-e2e")
     # Another user's browser, whose session another device revokes, runs meanwhile: most of
     # this test waits for tokens to expire.
-    elsewhere = asyncio.create_task(_revoked_elsewhere(browser, stack, watch))
+    others = asyncio.gather(
+        _revoked_elsewhere(browser, stack, watch),
+        _reconnects_after_token_expired(browser, stack, watch),
+    )
     context = await new_context(browser)
     try:
         page = await open_demo(context, stack.service, watch)
@@ -354,17 +397,20 @@ async def test_browser_notes_through_nginx_renewal_and_logouts(
         assert await session_ends(page) == ["logged_out"]
     finally:
         await context.close()
-        await asyncio.wait([elsewhere], timeout=15)
-        elsewhere.cancel()  # a no-op once it is done
-    await elsewhere
-
-    # The notes service verified every request locally: the auth service saw no verify or
-    # introspection call, and its keys were fetched at most twice (discovery, JWKS).
+        await asyncio.wait([others], timeout=15)
+        others.cancel()  # a no-op once they are done
+    await others
+    # The notes service verified every request locally: dozens of valid tokens (REST, socket
+    # authentications and renewals, echoes) and the auth service saw no verify or
+    # introspection call, and its keys were fetched once or twice, not per request.
     async with httpx.AsyncClient(base_url=stack.auth, timeout=5) as client:
         counts = requests_per_route((await client.get("/metrics")).text)
     assert counts.get("/auth/verify", 0) == 0, counts
     assert counts.get("/auth/introspect", 0) == 0, counts
     assert counts.get("/.well-known/jwks.json", 0) <= 2, counts
+
+    # Last: it stops the notes service for a moment.
+    await _reconnects_after_network_error(browser, stack, watch)
     assert watch.errors == []
 
 
@@ -400,5 +446,56 @@ async def _revoked_elsewhere(browser: Browser, stack: Stack, watch: PageWatch) -
         assert (close["code"], close["reason"], close["final"]) == (4403, "session_revoked", True)
         assert (state["connections"], len(sockets.opened)) == (1, 1), state
         assert await session_ends(page) == ["session_revoked"]
+    finally:
+        await context.close()
+
+
+async def _reconnects_after_token_expired(browser: Browser, stack: Stack, watch: PageWatch) -> None:
+    """The page cannot refresh (the auth service unreachable from it): the socket's token
+    expires unrenewed and the notes service closes it 4401. Not the session's end: once a
+    refresh succeeds, the client reconnects with the new token."""
+    email = await create_user_in(stack.database_url, prefix="notes-e2e-expired")
+    context = await new_context(browser)
+    try:
+        page = await open_demo(context, stack.service, watch)
+        await login(page, email)
+        hello = await open_feed(page)
+        await page.route("**/auth/refresh", lambda route: route.abort())
+        closed = await until(
+            page, "() => window.feed.closes.find((c) => c.code === 4401)", within=ACCESS_TTL + 2
+        )
+        assert (closed["reason"], closed["final"]) == ("token_expired", False)
+        assert (await feed_state(page))["state"] == "reconnecting"
+        await page.unroute("**/auth/refresh")
+        await page.evaluate("window.dispatchEvent(new Event('online'))")  # retry now
+        await until(page, "() => window.feed.opens === 2")
+        answer = await echo(page, 1)
+        assert answer["expires_at"] > hello["identity"]["expires_at"]  # on a new token
+        state = await feed_state(page)
+        assert (state["state"], state["connections"], len(state["closes"])) == ("open", 2, 1)
+        assert await session_ends(page) == []
+    finally:
+        await context.close()
+
+
+async def _reconnects_after_network_error(browser: Browser, stack: Stack, watch: PageWatch) -> None:
+    """The notes service dies (its connections drop without a close frame): the client
+    reconnects with backoff once it is back, on the same session."""
+    email = await create_user_in(stack.database_url, prefix="notes-e2e-network")
+    context = await new_context(browser)
+    try:
+        page = await open_demo(context, stack.service, watch)
+        await login(page, email)
+        await open_feed(page)
+        await asyncio.to_thread(stack.notes.kill)
+        closed = await until(page, "() => window.feed.closes[0]")
+        assert (closed["code"], closed["final"]) == (1006, False), closed
+        await asyncio.to_thread(stack.notes.restart)
+        await until(page, "() => window.feed.opens === 2")
+        state = await feed_state(page)
+        assert state["state"] == "open", state
+        assert all(close["final"] is False for close in state["closes"]), state
+        assert (await echo(page, 1))["type"] == "echo"
+        assert await session_ends(page) == []
     finally:
         await context.close()
