@@ -104,15 +104,15 @@
  *   * Reconnects, with backoff (0.25 s doubling to 30 s, jittered; sooner when the browser
  *     comes back online), after a network error or any close by the server except 4403; after
  *     4401 `token_expired` or 4400 `authentication_required` it refreshes the token first.
- *   * Never reconnects after 4403 `session_revoked` (a back-channel logout reached the
- *     service): the socket ends (final) and the client asks authsvc whether the session is over
+ *   * Never reconnects after a 4403 (`session_revoked`: a back-channel logout reached the
+ *     service; any 4403 refuses this session for good): the socket ends (final) and the client asks authsvc whether the session is over
  *     (session-status, which does not slide it); if it is, onSessionEnd reports it as any
  *     other end ("session_revoked", or "logged_out" when this tab or another logged out).
  *     Never reconnects after close() or once the session ends (logout here or in another tab,
  *     expiry): every socket is closed (code 1000), final, with the session-end reason.
  *   * Protocol messages (token_expiring, token_renewed, token_rejected) are handled here and
- *     not passed to onMessage; `renewals` counts token_renewed, `connections` the connections
- *     opened so far (1 while no reconnect happened).
+ *     not passed to onMessage; `renewals` counts token_renewed, `connections` the connection
+ *     attempts so far (1 while no reconnect happened).
  *
  * Limitations: the CSRF cookie must be readable by the page, so the page and the service must
  * share an origin (or the service must return `csrf_token` in the token response body, which
@@ -837,7 +837,7 @@ export function createAuthClient({ baseUrl = "", onSessionEnd, onChange } = {}) 
     let sentExp = null; // and its exp: a renewal must be later (the server demands it)
     let proven = false; // the current connection received a message (so it authenticated)
     let openedAt = 0;
-    let connections = 0;
+    let connections = 0; // attempts, failed ones included
     let renewals = 0;
 
     function sendToken(token) {
