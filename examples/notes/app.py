@@ -1,7 +1,10 @@
 """The notes service: a real downstream of authsvc, built on authsvc-kit only.
 
     AUTHSVC_ISSUER=http://localhost:8000 AUTHSVC_AUDIENCE=authsvc NOTES_CLIENT_ID=notes \\
-        uvicorn examples.notes.app:app --port 9000
+        uvicorn examples.notes.app:app --port 9000 --ws-max-size 65536
+
+(--ws-max-size: uvicorn takes WebSocket messages of up to 16 MiB by default, which any client
+can make the worker receive and hold; this service's messages are a few kB.)
 
 `GET /notes` (your identity and your notes), `POST /notes`, the WebSocket `/ws` (a live feed of
 your notes; send `{"type": "note", "text": ...}` to add one, anything else is echoed) and the
@@ -12,6 +15,7 @@ authsvc_kit.KitConfig.from_env applies, e.g. AUTHSVC_REDIS_URL for several repli
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -24,6 +28,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
 MAX_NOTES_PER_USER = 1000
+MAX_MESSAGE = 8192  # characters: a note of 2,000 and its JSON, with room to spare
 
 
 class NewNote(BaseModel):
@@ -84,7 +89,10 @@ def create_app(kit: Kit | None = None) -> FastAPI:
         try:
             await websocket.send_json({"type": "hello", "identity": _identity(who)})
             while True:
-                message = await websocket.receive_json()
+                received = await websocket.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
+                message = _message(received.get("text") or "")  # a binary frame: not JSON
                 if isinstance(message, dict) and message.get("type") == "note":
                     await add(who.user_id, str(message.get("text", ""))[:2000])
                 else:
@@ -99,6 +107,17 @@ def create_app(kit: Kit | None = None) -> FastAPI:
             feeds[who.user_id].discard(websocket)
 
     return app
+
+
+def _message(text: str) -> object:
+    """A client's JSON message; None for one too large or not JSON (deep nesting included:
+    json.loads raises RecursionError for it, not a ValueError)."""
+    if len(text) > MAX_MESSAGE:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 # Configured by the environment at import (uvicorn examples.notes.app:app): a missing

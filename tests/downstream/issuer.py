@@ -5,6 +5,7 @@ down and come back on the same port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -158,4 +159,36 @@ def fake_issuer(**options: Any) -> Iterator[FakeIssuer]:
     try:
         yield issuer
     finally:
+        issuer.stop()
+
+
+class SlowIssuer(FakeIssuer):
+    """The stand-in issuer, plus: a JWKS endpoint that can be frozen (it holds the request
+    until thawed, as an overloaded or partitioned issuer would), and a /auth/verify answering
+    200 after `verify_delay` seconds (a live check in flight)."""
+
+    frozen: bool = False
+    verify_delay: float = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/.well-known/jwks.json":
+            # `frozen` is set from the test's thread, not this server's loop: polled.
+            while self.frozen:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        if scope["type"] == "http" and scope["path"] == "/auth/verify":
+            await asyncio.sleep(self.verify_delay)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await super().__call__(scope, receive, send)
+
+
+@contextlib.contextmanager
+def slow_issuer(**options: Any) -> Iterator[SlowIssuer]:
+    issuer = SlowIssuer(**options)
+    issuer.start()
+    try:
+        yield issuer
+    finally:
+        issuer.frozen = False
         issuer.stop()

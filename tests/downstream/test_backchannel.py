@@ -1,16 +1,21 @@
 """The back-channel logout receiver in the notes service (a real process), fed logout tokens
-signed by the stand-in issuer whose keys the notes service trusts."""
+signed by the stand-in issuer whose keys the notes service trusts; and how long a revocation
+is kept (in process)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from authsvc_kit import Kit, KitConfig, SessionRevoked
 
-from tests.downstream.issuer import FakeIssuer, new_key
+from tests.downstream.issuer import AUDIENCE, CLIENT_ID, FakeIssuer, new_key, slow_issuer
 from tests.downstream.wsclient import next_message, open_socket, until_closed
 
 pytestmark = pytest.mark.slow
@@ -77,7 +82,9 @@ def _bad_tokens(issuer: FakeIssuer, sub: str, sid: str) -> dict[str, tuple[str, 
         "typ JWT": (issuer.logout_token(headers={"typ": "JWT"}, **claims), ""),
         "an access token": (issuer.access_token(**claims), ""),
         "wrong iss": (issuer.logout_token(iss="https://evil.example", **claims), ""),
-        "too old": (issuer.logout_token(iat=int(time.time()) - 3600, exp=None, **claims), ""),
+        "too old": (issuer.logout_token(iat=int(time.time()) - 3600, **claims), ""),
+        # Back-Channel Logout 1.0 (errata set 1) §2.4: exp is REQUIRED.
+        "exp missing": (issuer.logout_token(exp=None, **claims), ""),
         "neither sid nor sub": (issuer.logout_token(), ""),
         "replayed jti": (replayed, replayed),
     }
@@ -90,6 +97,7 @@ async def test_bad_logout_tokens_are_refused_and_change_nothing(
     access = issuer.access_token(sub=sub, sid=sid)
     socket = await open_socket(notes, access)
     assert (await next_message(socket))["type"] == "hello"
+    descriptions = set()
     for name, (token, first) in _bad_tokens(issuer, sub, sid).items():
         if first:  # a replay: the first delivery is for another session, so nothing we watch
             other = issuer.logout_token(sid=str(uuid.uuid4()), jti="replay-" + name)
@@ -99,6 +107,9 @@ async def test_bad_logout_tokens_are_refused_and_change_nothing(
         assert response.status_code == 400, (name, response.text)
         assert response.json()["error"] == "invalid_request", name
         assert response.headers["cache-control"] == "no-store"
+        descriptions.add(response.json()["error_description"])
+    # An unauthenticated caller is not told which check failed (the log says).
+    assert descriptions == {"the logout token is missing or invalid"}
     async with httpx.AsyncClient(base_url=notes, timeout=5) as client:
         no_token = await client.post("/backchannel-logout", data={})
         wrong_method = await client.get("/backchannel-logout")
@@ -108,3 +119,43 @@ async def test_bad_logout_tokens_are_refused_and_change_nothing(
     await socket.send('{"type": "ping"}')
     assert (await next_message(socket))["type"] == "echo"  # still open
     await socket.close()
+
+
+def _nested_header_token() -> str:
+    """A token whose JOSE header is 1,100 nested JSON arrays: 1.5 kB, under the kit's
+    header-segment limit (2,048 characters), deeper than Python's recursion limit."""
+    header = '{"typ":"at+jwt","alg":"ES256","kid":"k","x":' + "[" * 1100
+    segment = base64.urlsafe_b64encode(header.encode()).rstrip(b"=").decode()
+    return f"{segment}.e30.c2ln"
+
+
+async def test_a_revocation_outlives_the_token_under_allowed_clock_skew() -> None:
+    """The issuer's clock 1 s ahead with leeway 1 s (30 s with the defaults): the token is
+    accepted until exp + leeway; the revocation is kept max_token_lifetime + 2 x leeway after
+    its receipt, so the revoked session's token never works again meanwhile."""
+    with slow_issuer() as issuer:
+        kit = Kit(
+            KitConfig(
+                issuer=issuer.url,
+                audience=AUDIENCE,
+                client_id=CLIENT_ID,
+                max_token_lifetime=2,
+                leeway=1,
+            )
+        )
+        if time.time() % 1 > 0.3:  # start early in a second: integer-second arithmetic
+            await asyncio.sleep(1.01 - time.time() % 1)
+        now = int(time.time())
+        sub, sid = str(uuid.uuid4()), str(uuid.uuid4())
+        token = issuer.access_token(sub=sub, sid=sid, iat=now + 1, ttl=2)  # issuer 1 s ahead
+        logout = urlencode({"logout_token": issuer.logout_token(sub=sub, sid=sid)}).encode()
+        async with kit.lifespan():
+            assert (await kit.authenticate(token)).session_id == sid
+            status, _ = await kit.backchannel.handle(logout)
+            assert status == 200
+            with pytest.raises(SessionRevoked):
+                await kit.authenticate(token)
+            await asyncio.sleep(max(0.0, now + 3.5 - time.time()))
+            assert time.time() < now + 4  # exp (now + 3) + leeway: the token is still valid
+            with pytest.raises(SessionRevoked):
+                await kit.authenticate(token)

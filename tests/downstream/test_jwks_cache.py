@@ -1,19 +1,22 @@
 """The kit's key cache against a stand-in issuer that the tests stop, freeze and re-key:
-Cache-Control honoured, cached keys kept through an outage, 503 (never 500) without them, and
-every call bounded by a timeout."""
+Cache-Control honoured, stale keys served while one background fetch revalidates them, cached
+keys kept through an outage, 503 (never 500) without them, every call bounded by a timeout;
+and where keys may come from (https, the issuer's host)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
 import httpx
 import pytest
 from authsvc_kit import IssuerUnavailable, Kit, KitConfig
+from starlette.types import Receive, Scope, Send
 
 from tests.downstream.conftest import notes_service
-from tests.downstream.issuer import AUDIENCE, CLIENT_ID, FakeIssuer, fake_issuer
+from tests.downstream.issuer import AUDIENCE, CLIENT_ID, FakeIssuer, fake_issuer, slow_issuer
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -31,6 +34,11 @@ async def test_jwks_cached_for_its_max_age_then_refetched() -> None:
             await kit.authenticate(issuer.access_token())
             assert (kit.keys.fetches, issuer.jwks_hits) == (1, 1)
             await asyncio.sleep(1.1)
+            await kit.authenticate(issuer.access_token())  # stale: served, revalidated behind
+            deadline = time.monotonic() + 2
+            while kit.keys.fetches < 2:
+                assert time.monotonic() < deadline, "the stale keys were never refetched"
+                await asyncio.sleep(0.01)
             await kit.authenticate(issuer.access_token())
             assert (kit.keys.fetches, issuer.jwks_hits) == (2, 2)
 
@@ -77,3 +85,83 @@ async def test_a_frozen_issuer_costs_at_most_the_timeout() -> None:
             with pytest.raises(IssuerUnavailable):
                 await kit.authenticate(issuer.access_token())
             assert time.monotonic() - started < 1.0
+
+
+async def test_stale_keys_do_not_make_requests_wait_on_a_slow_issuer() -> None:
+    with slow_issuer(max_age=1) as issuer:
+        # The defaults scaled down: a fetch bounded by http_timeout, shorter than the interval.
+        kit = _kit(issuer.url, http_timeout=0.8, min_refetch_interval=1.0)
+        token = issuer.access_token()
+        async with kit.lifespan():
+            await kit.authenticate(token)
+            issuer.frozen = True  # the issuer accepts the request and does not answer
+            await asyncio.sleep(1.2)  # past max-age and the interval: the key is stale
+            started = time.monotonic()
+            results = await asyncio.gather(*(kit.authenticate(token) for _ in range(20)))
+            waited = time.monotonic() - started
+            issuer.frozen = False
+        assert all(r.user_id for r in results)
+        assert waited < 0.3, f"requests with a known kid waited {waited:.2f} s"
+
+
+def test_the_issuer_must_be_https_unless_loopback_or_allowed() -> None:
+    for url in (
+        "https://auth.example.com",
+        "http://127.0.0.1:8000",
+        "http://localhost",
+        "http://[::1]:1",
+    ):
+        assert KitConfig(issuer=url, audience=AUDIENCE).issuer == url
+    for url in (
+        "http://auth.example.com",
+        "http://10.0.0.5:8000",
+        "ftp://auth.example.com",
+        "auth",
+    ):
+        with pytest.raises(ValueError, match="https"):
+            KitConfig(issuer=url, audience=AUDIENCE)
+    allowed = KitConfig.from_env(
+        {
+            "AUTHSVC_ISSUER": "http://authsvc:8000",
+            "AUTHSVC_AUDIENCE": AUDIENCE,
+            "AUTHSVC_ALLOW_HTTP": "true",
+        }
+    )
+    assert allowed.issuer == "http://authsvc:8000"
+
+
+class ElsewhereIssuer(FakeIssuer):
+    """Discovery naming a `jwks_uri` that the kit must not use."""
+
+    jwks_uri: str = ""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/.well-known/openid-configuration":
+            body = json.dumps({"issuer": self.url, "jwks_uri": self.jwks_uri}).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await super().__call__(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "http://{other}/.well-known/jwks.json",  # another host, serving the same keys
+        "https://keys.example.com/jwks.json",  # another host (https)
+        "file:///etc/jwks.json",
+    ],
+)
+async def test_keys_are_only_fetched_from_the_issuers_host(where: str) -> None:
+    issuer = ElsewhereIssuer()
+    issuer.start()
+    try:
+        # The issuer is 127.0.0.1; `localhost` reaches the same server under another name.
+        issuer.jwks_uri = where.format(other=f"localhost:{issuer.port}")
+        kit = _kit(issuer.url)
+        async with kit.lifespan():
+            with pytest.raises(IssuerUnavailable):
+                await kit.authenticate(issuer.access_token())
+        assert issuer.jwks_hits == 0
+    finally:
+        issuer.stop()

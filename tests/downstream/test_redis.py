@@ -13,7 +13,9 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from authsvc_kit import Kit, KitConfig, RevocationsUnavailable, SessionRevoked
+from authsvc_kit import Kit, KitConfig, Revocation, RevocationsUnavailable, SessionRevoked
+from authsvc_kit.redis_store import RedisRevocations
+from redis.asyncio import Redis
 
 from tests.conftest import TEST_REDIS_URL
 from tests.downstream.conftest import notes_service
@@ -106,3 +108,24 @@ async def test_redis_down(issuer: FakeIssuer, redis: PrivateRedis) -> None:
         with pytest.raises(SessionRevoked):
             await b.authenticate(during)  # read from Redis, whether or not b heard it
         assert (await closed_kit.authenticate(fine)).user_id
+
+
+async def test_a_users_cut_off_only_moves_forward() -> None:
+    """Two sub-only logouts written out of order (two replicas, or a retry): Redis keeps the
+    later cut-off and the longer life, as each replica's local copy does."""
+    namespace = uuid.uuid4().hex
+    store = RedisRevocations(TEST_REDIS_URL, namespace=namespace)
+    sub, now = str(uuid.uuid4()), time.time()
+    later = Revocation(sid=None, sub=sub, issued_at=int(now), expires_at=now + 600)
+    earlier = Revocation(sid=None, sub=sub, issued_at=int(now) - 100, expires_at=now + 60)
+    reader = Redis.from_url(TEST_REDIS_URL, socket_timeout=2)
+    try:
+        await store.revoke(later)
+        await store.revoke(earlier)
+        key = f"{namespace}:sub:{sub}"
+        assert await reader.get(key) == str(int(now)).encode()
+        assert 590 <= await reader.ttl(key) <= 600
+    finally:
+        await reader.delete(f"{namespace}:sub:{sub}")
+        await reader.aclose()
+        await store.aclose()

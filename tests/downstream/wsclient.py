@@ -1,4 +1,5 @@
-"""A real WebSocket client (the `websockets` package) for the notes service's /ws."""
+"""A real WebSocket client (the `websockets` package) for the notes service's /ws, and the
+server side of one ASGI WebSocket connection for tests that drive the kit in process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.types import Message, Scope
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -65,3 +67,39 @@ async def until_closed(socket: ClientConnection, within: float = 10) -> Closed:
         frame = closed.rcvd
         assert frame is not None, "the connection dropped without a close frame"
         return Closed(frame.code, frame.reason, time.monotonic(), messages)
+
+
+class AsgiClient:
+    """The server side of one ASGI WebSocket connection, driven by the test (in process)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self.from_app: asyncio.Queue[Message] = asyncio.Queue()
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self.scope: Scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "query_string": b"",
+            "headers": headers,
+            "scheme": "ws",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 5000),
+            "subprotocols": [],
+        }
+
+    async def receive(self) -> Message:
+        return await self.to_app.get()
+
+    async def send(self, message: Message) -> None:
+        await self.from_app.put(message)
+
+    async def next_sent(self, kind: str, within: float) -> Message:
+        deadline = time.monotonic() + within
+        while True:
+            message = await asyncio.wait_for(
+                self.from_app.get(), max(deadline - time.monotonic(), 0.01)
+            )
+            if message["type"] == kind:
+                return message

@@ -3,11 +3,18 @@
 The auth service POSTs `logout_token=<JWT>` (form-encoded) when a session ends. The token is
 validated as §2.6 says: signature by a key of the issuer's JWKS (the same cache the access
 tokens use), `typ: logout+jwt` (no access token can pass for one, nor the reverse), `iss`,
-`aud` = this service's client id, `iat` within a window, `exp` if present, the back-channel
-`events` member, no `nonce`, a `sid` and/or `sub`, and a `jti` never seen before. Then the
-session (or, with no sid, every token of that user issued up to `iat`) is refused from this
-moment and its WebSockets are closed. 200 on success, 400 `invalid_request` otherwise; 503 when
-the keys or the shared revocation list cannot be reached, so the sender retries."""
+`aud` = this service's client id, `iat` within a window, `exp` (required since errata set 1,
+§2.4), the back-channel `events` member, no `nonce`, a `sid` and/or `sub`, and a `jti` never
+seen before. Then the session (or, with no sid, every token of that user issued up to `iat`) is
+refused from this moment and its WebSockets are closed. 200 on success; 400 `invalid_request`
+otherwise, with one fixed description whatever failed (the caller is not authenticated yet: the
+reason is logged, not told); 503 when the keys or the shared revocation list cannot be reached,
+so the sender retries.
+
+A sub-only logout's cut-off is the logout token's `iat`, the time it was signed: an issuer that
+re-signs each delivery attempt (ours does, but always names a `sid`) moves it to the attempt
+that got through, which may also refuse tokens issued between the logout and that attempt
+(the user signs in again; never the reverse)."""
 
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from authsvc_kit.verifier import LOGOUT_TOKEN_TYPES, checked_header
 logger = logging.getLogger("authsvc_kit.backchannel")
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 MAX_BODY = 16 * 1024
+REFUSED = "the logout token is missing or invalid"
 
 
 class InvalidLogoutToken(Exception):
@@ -69,7 +77,7 @@ class BackchannelReceiver:
             await self._apply(claims)
         except InvalidLogoutToken as exc:
             logger.info("authsvc_kit.backchannel_refused", extra={"reason": str(exc)})
-            return 400, {"error": "invalid_request", "error_description": str(exc)}
+            return 400, {"error": "invalid_request", "error_description": REFUSED}
         except Unavailable as exc:
             logger.warning("authsvc_kit.backchannel_unavailable", extra={"code": exc.code})
             return 503, {"error": "temporarily_unavailable", "error_description": exc.detail}
@@ -94,7 +102,7 @@ class BackchannelReceiver:
                 audience=self._client_id,
                 issuer=self._config.token_issuer,
                 leeway=self._config.leeway,
-                options={"require": ["iss", "aud", "iat", "jti", "events"]},
+                options={"require": ["iss", "aud", "iat", "exp", "jti", "events"]},
             )
         except jwt.PyJWTError as exc:
             raise InvalidLogoutToken(f"the logout token does not verify: {exc}") from exc
@@ -123,11 +131,14 @@ class BackchannelReceiver:
             raise InvalidLogoutToken("jti is not a short string")
 
     async def _apply(self, claims: dict[str, Any]) -> None:
+        # Until no token it refuses can be accepted: one issued up to now by an issuer whose
+        # clock runs `leeway` ahead, for max_token_lifetime, accepted `leeway` past its exp.
+        keep = self._config.max_token_lifetime + 2 * self._config.leeway
         revocation = Revocation(
             sid=claims.get("sid"),
             sub=None if "sid" in claims else claims.get("sub"),
             issued_at=claims["iat"],
-            expires_at=self._clock() + self._config.max_token_lifetime + self._config.leeway,
+            expires_at=self._clock() + keep,
         )
         # Kept past the iat window, after which the token is refused as too old anyway.
         jti_ttl = self._config.logout_token_max_age + 2 * self._config.leeway

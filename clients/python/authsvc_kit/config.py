@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 # The asymmetric algorithms the auth service can sign with (its JWT_ALGORITHM choices). A
 # symmetric one (HS256) is never accepted: with it the public key would become a MAC secret.
@@ -46,13 +48,24 @@ class KitConfig:
     redis_fail_closed: bool = False
     ws_auth_timeout: float = 5.0  # a browser must send its first `authenticate` message by then
     ws_expiry_margin: float = 30.0  # `token_expiring` this long before exp (scaled down below)
+    # WebSockets per session (a user's tabs share one), and per process: sockets still
+    # authenticating, and all of them. Beyond these a connection is closed at once.
+    ws_max_per_session: int = 32
+    ws_max_pending: int = 1_000
+    ws_max_connections: int = 10_000
+    # Plain http:// to the auth service (keys, live checks) for a non-loopback host: only for
+    # development (a compose network); anyone on the path could serve their own keys.
+    allow_http: bool = False
 
     def __post_init__(self) -> None:
         unsafe = set(self.algorithms) - _ASYMMETRIC
         if unsafe or not self.algorithms:
             raise ValueError(f"only asymmetric algorithms may be pinned, not {sorted(unsafe)}")
-        if not self.issuer.startswith(("https://", "http://")):
-            raise ValueError("issuer must be the auth service's http(s) base URL")
+        if not self.transport_allowed(self.issuer):
+            raise ValueError(
+                "issuer must be the auth service's https:// base URL (http:// only for a loopback"
+                " host, or with allow_http / AUTHSVC_ALLOW_HTTP=true in development)"
+            )
 
     @property
     def token_issuer(self) -> str:
@@ -62,6 +75,19 @@ class KitConfig:
     def base_url(self) -> str:
         return self.issuer.rstrip("/")
 
+    def transport_allowed(self, url: str) -> bool:
+        """https://, or http:// to a loopback host (or any host with `allow_http`)."""
+        parts = urlsplit(url)
+        if not parts.hostname or parts.scheme not in ("https", "http"):
+            return False
+        return parts.scheme == "https" or self.allow_http or is_loopback(parts.hostname)
+
+    def key_source_allowed(self, url: str) -> bool:
+        """A jwks_uri the discovery document may name: an allowed transport, on the host of
+        the issuer we fetch from or of the one the tokens name (no third-party key source)."""
+        hosts = {urlsplit(self.issuer).hostname, urlsplit(self.token_issuer).hostname}
+        return self.transport_allowed(url) and urlsplit(url).hostname in hosts
+
     def with_(self, **changes: Any) -> KitConfig:
         return replace(self, **changes)
 
@@ -70,7 +96,9 @@ class KitConfig:
         """AUTHSVC_ISSUER, AUTHSVC_AUDIENCE and AUTHSVC_CLIENT_ID, plus the optional
         AUTHSVC_EXPECTED_ISSUER, AUTHSVC_ALGORITHMS (comma-separated), AUTHSVC_LEEWAY,
         AUTHSVC_MAX_TOKEN_LIFETIME, AUTHSVC_LIVE_CHECK, AUTHSVC_LIVE_CHECK_TTL,
-        AUTHSVC_REDIS_URL, AUTHSVC_REDIS_FAIL_CLOSED, AUTHSVC_WS_EXPIRY_MARGIN."""
+        AUTHSVC_REDIS_URL, AUTHSVC_REDIS_FAIL_CLOSED, AUTHSVC_WS_EXPIRY_MARGIN,
+        AUTHSVC_WS_MAX_PER_SESSION, AUTHSVC_WS_MAX_PENDING, AUTHSVC_WS_MAX_CONNECTIONS,
+        AUTHSVC_ALLOW_HTTP (and the others of the table in docs/downstream.md)."""
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for name, convert in _ENV.items():
@@ -82,6 +110,15 @@ class KitConfig:
             if not values.get(required):
                 raise ValueError(f"AUTHSVC_{required.upper()} is not set")
         return cls(**values)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _flag(raw: str) -> bool:
@@ -110,4 +147,8 @@ _ENV: dict[str, Any] = {
     "redis_fail_closed": _flag,
     "ws_auth_timeout": float,
     "ws_expiry_margin": float,
+    "ws_max_per_session": int,
+    "ws_max_pending": int,
+    "ws_max_connections": int,
+    "allow_http": _flag,
 }

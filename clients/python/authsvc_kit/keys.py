@@ -1,13 +1,21 @@
 """The issuer's signing keys: discovery, then JWKS, cached as its Cache-Control says.
 
-One fetch at a time, and at most one per `min_refetch_interval`: a token naming an unknown kid
-(a key rotated in early, or a forgery) triggers a refetch, but a stream of them cannot turn
-every request into a call to the auth service. When a fetch fails the keys already known keep
-verifying; with none known the caller gets `IssuerUnavailable` (503)."""
+Stale keys are served at once while one background fetch revalidates them
+(stale-while-revalidate): a slow or partitioned issuer never makes a request with a known kid
+wait. Only a token naming an unknown kid (a key rotated in early, or a forgery) waits for a
+fetch, bounded by the HTTP timeouts. At most one fetch runs at a time, and a new one starts at
+least `min_refetch_interval` after the previous one ended, so a stream of unknown kids (or a
+down issuer) cannot turn every request into a call to the auth service. When a fetch fails the
+keys already known keep verifying; with none known the caller gets `IssuerUnavailable` (503).
+
+Discovery's `jwks_uri` must be https on the issuer's host (http only where the issuer itself
+may be http: loopback, or `allow_http`): a discovery answer cannot send us to a key server of
+someone else's."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -50,8 +58,8 @@ class JwksCache:
         self._jwks_uri: str | None = None
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fresh_until = float("-inf")
-        self._last_attempt = float("-inf")
-        self._lock = asyncio.Lock()
+        self._last_fetch_end = float("-inf")
+        self._fetching: asyncio.Task[None] | None = None
         self.fetches = 0  # JWKS requests made, for tests and metrics
 
     @property
@@ -59,11 +67,18 @@ class JwksCache:
         return frozenset(self._keys)
 
     async def key(self, kid: str) -> jwt.PyJWK:
-        """The key for `kid`; refetches when the cache is stale or the kid unknown."""
+        """The key for `kid`: a known one at once (revalidated in the background when stale);
+        an unknown one after a fetch, if the rate allows one."""
         key = self._keys.get(kid)
-        if key is not None and self._clock() < self._fresh_until:
+        if key is not None:
+            if self._clock() >= self._fresh_until:
+                self._start_fetch()
             return key
-        await self._refresh(force=key is None)
+        fetch = self._start_fetch()
+        if fetch is not None:
+            # Shared by every waiter and never cancelled by one: asyncio.wait only waits.
+            # The fetch bounds itself (two calls with a timeout each); this is a backstop.
+            await asyncio.wait({fetch}, timeout=3 * self._config.http_timeout)
         key = self._keys.get(kid)
         if key is not None:
             return key
@@ -71,25 +86,39 @@ class JwksCache:
             raise IssuerUnavailable()
         raise InvalidToken("The access token was signed by a key this issuer does not publish.")
 
-    async def _refresh(self, *, force: bool) -> None:
-        async with self._lock:
-            now = self._clock()
-            if not force and now < self._fresh_until:
-                return  # another request refreshed while this one waited
-            if now - self._last_attempt < self._config.min_refetch_interval:
-                return  # bounded rate: the answer stays what the cache holds
-            self._last_attempt = now
-            try:
-                keys, max_age = await self._fetch()
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                # Stale keys keep working; an unknown kid stays unknown until the next try.
-                logger.warning(
-                    "authsvc_kit.jwks_fetch_failed",
-                    extra={"error": type(exc).__name__, "cached_keys": len(self._keys)},
-                )
-                return
-            self._keys = keys
-            self._fresh_until = now + max_age
+    async def aclose(self) -> None:
+        if self._fetching is not None and not self._fetching.done():
+            self._fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetching
+        self._fetching = None
+
+    def _start_fetch(self) -> asyncio.Task[None] | None:
+        """The fetch in flight, a new one if the rate allows, or None."""
+        if self._fetching is not None and not self._fetching.done():
+            return self._fetching
+        if self._clock() - self._last_fetch_end < self._config.min_refetch_interval:
+            return None  # bounded rate: the answer stays what the cache holds
+        self._fetching = asyncio.get_running_loop().create_task(
+            self._refresh(), name="authsvc-kit-jwks"
+        )
+        return self._fetching
+
+    async def _refresh(self) -> None:
+        try:
+            keys, max_age = await self._fetch()
+        except Exception as exc:  # whatever the issuer sent (or did not): keep what we have
+            # Stale keys keep working; an unknown kid stays unknown until the next try.
+            logger.warning(
+                "authsvc_kit.jwks_fetch_failed",
+                extra={"error": type(exc).__name__, "cached_keys": len(self._keys)},
+            )
+            return
+        finally:
+            # Measured from the end: a slow issuer is not asked again as soon as it answers.
+            self._last_fetch_end = self._clock()
+        self._keys = keys
+        self._fresh_until = self._clock() + max_age
 
     async def _fetch(self) -> tuple[dict[str, jwt.PyJWK], int]:
         client = self._http()
@@ -104,7 +133,11 @@ class JwksCache:
             # its keys are someone else's.
             if document.get("issuer") != self._config.token_issuer:
                 raise ValueError("discovery names another issuer")
-            self._jwks_uri = str(document["jwks_uri"])
+            jwks_uri = str(document["jwks_uri"])
+            if not self._config.key_source_allowed(jwks_uri):
+                logger.error("authsvc_kit.jwks_uri_refused", extra={"jwks_uri": jwks_uri[:200]})
+                raise ValueError("jwks_uri is not https on the issuer's host")
+            self._jwks_uri = jwks_uri
         response = await client.get(self._jwks_uri, timeout=timeout)
         response.raise_for_status()
         self.fetches += 1

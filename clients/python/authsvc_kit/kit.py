@@ -30,7 +30,12 @@ class Kit:
         self.keys = JwksCache(config, self.http)
         self.verifier = AccessTokenVerifier(config, self.keys)
         self.revocations = revocations or _store(config)
-        self.sockets = SocketRegistry()
+        self.sockets = SocketRegistry(
+            max_per_session=config.ws_max_per_session,
+            max_pending=config.ws_max_pending,
+            max_connections=config.ws_max_connections,
+            revoked=self.revocations.knows,
+        )
         self.revocations.add_listener(self.sockets.on_revocation)
         self.live = LiveChecker(config, self.http) if config.live_check else None
         self._receiver: BackchannelReceiver | None = None
@@ -53,6 +58,7 @@ class Kit:
             await self.revocations.start()
 
     async def aclose(self) -> None:
+        await self.keys.aclose()
         await self.revocations.aclose()
         if self._http is not None:
             await self._http.aclose()

@@ -10,7 +10,11 @@ call per interval even when nothing happens.
 Redis down (documented in docs/downstream.md): a check falls back to the local copy
 (`redis_fail_closed=False`, the default) or refuses with 503 (`True`); the receiver answers 503
 without recording the logout token's jti, so the auth service's outbox retries it until Redis
-is back (the local copy refuses the session on this replica at once all the same)."""
+is back (the local copy refuses the session on this replica at once all the same).
+
+Redis is a trust boundary: whoever can write to it can end sessions (or forget their ends), and
+whoever can publish on the channel can close sockets. It must be private to the service's
+replicas (docs/downstream.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +37,18 @@ from authsvc_kit.revocation import Listener, MemoryRevocations, Revocation
 
 logger = logging.getLogger("authsvc_kit.redis")
 _FAILURES = (RedisError, OSError, TimeoutError)
+# A user's cut-off only moves forward, and its entry lives as long as the longest TTL given:
+# two replicas (or a retried logout) writing out of order must not lower either.
+_RAISE_CUTOFF = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then
+    redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+end
+if tonumber(ARGV[2]) > redis.call('TTL', KEYS[1]) then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
 
 
 class RedisRevocations:
@@ -95,16 +111,21 @@ class RedisRevocations:
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, value, ex=ttl)
+                if revocation.sid is not None:
+                    pipe.set(key, value, ex=ttl)
+                else:
+                    pipe.eval(_RAISE_CUTOFF, 1, key, value, ttl)
                 pipe.publish(self._channel, message)
                 await pipe.execute()
 
         await self._call(write)
 
+    def knows(self, principal: Principal) -> bool:
+        return self.local.knows(principal)
+
     def _entry(self, revocation: Revocation) -> tuple[str, str]:
         if revocation.sid is not None:
             return f"{self._ns}:sid:{revocation.sid}", "1"
-        # A later sub-only logout carries a later iat: the cut-off only moves forward in practice.
         return f"{self._ns}:sub:{revocation.sub}", str(revocation.issued_at)
 
     async def is_revoked(self, principal: Principal) -> bool:
@@ -127,7 +148,11 @@ class RedisRevocations:
         cutoff = values[0]
         if len(values) > 1 and values[1] is not None:
             return True
-        return cutoff is not None and principal.issued_at <= int(cutoff)
+        try:
+            return cutoff is not None and principal.issued_at <= int(cutoff)
+        except ValueError:  # not written by the kit: never a 500 for it
+            logger.warning("authsvc_kit.redis_value_ignored")
+            return False
 
     async def claim_jti(self, jti: str, ttl: int) -> bool:
         async def claim() -> bool:
@@ -191,7 +216,7 @@ class RedisRevocations:
                 issued_at=int(body["iat"]),
                 expires_at=self._clock() + int(body["ttl"]),
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             logger.warning("authsvc_kit.redis_message_ignored")
             return
         self.local.remember(revocation)

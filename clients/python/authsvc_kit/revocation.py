@@ -1,9 +1,10 @@
 """Ended sessions, as back-channel logout reported them: in this process by default.
 
 A revocation names a session (`sid`: every token of it is refused) or, with no sid, a user
-(`sub`: every token of that user issued at or before the logout's `iat`). Entries are kept as
-long as the longest access token can live, after which no token they would refuse is valid
-anyway. Listeners (the WebSocket registry) hear every revocation, local or from another
+(`sub`: every token of that user issued at or before the logout's `iat`). Entries are kept for
+the longest access token's life plus twice the leeway (the issuer's clock may run `leeway`
+ahead, and a token is accepted `leeway` past its exp), after which no token they would refuse
+is valid anyway. Listeners (the WebSocket registry) hear every revocation, local or from another
 replica, so they can close what belongs to it."""
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class RevocationStore(Protocol):
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
     async def revoke(self, revocation: Revocation) -> None: ...
+    def knows(self, principal: Principal) -> bool:
+        """What this process has heard, without I/O (every revocation reaches the listeners
+        only after it is recorded here)."""
+        ...
+
     async def is_revoked(self, principal: Principal) -> bool: ...
     async def claim_jti(self, jti: str, ttl: int) -> bool: ...
     async def release_jti(self, jti: str) -> None: ...

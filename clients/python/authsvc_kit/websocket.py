@@ -12,12 +12,23 @@ Messages from the kit: `{"type": "token_expiring", "expires_at": <unix>}` shortl
 token expires (`ws_expiry_margin`, at most a third of the token's life);
 `{"type": "token_renewed", "expires_at": <unix>}` after the client sent
 `{"type": "authenticate", "token": "<newer token>"}` on the same connection (same sid and sub,
-later exp). The kit consumes `authenticate` messages: the application never sees them.
+later exp). The kit consumes `authenticate` messages: the application never sees them. Only a
+text frame of at most MAX_AUTHENTICATE_MESSAGE characters that looks like a JSON object naming
+"authenticate" is parsed: a client cannot make the kit parse megabytes (nor anything before it
+has authenticated), and a larger first message closes the connection.
 
 Close codes: 4400 `authentication_required` (no, invalid or mismatched token at the start or in
 a renewal), 4401 `token_expired` (no fresh token in time: refresh and reconnect), 4403
-`session_revoked` (back-channel logout: do not reconnect), 1013 `issuer_unavailable` (keys
-cannot be fetched: try again later)."""
+`session_revoked` (back-channel logout, or a revoked session's token at the start or in a
+renewal: do not reconnect), 4403 `user_token_required` (a service client's token where a user
+is needed), 4429 `too_many_connections` (this session already holds `ws_max_per_session`
+sockets), 1013 `issuer_unavailable` (keys or revocations cannot be checked: try again later),
+1013 `try_again_later` (this process holds `ws_max_pending` unauthenticated or
+`ws_max_connections` sockets).
+
+Once the kit has closed a connection the application's next receive is a
+`websocket.disconnect` (ahead of any message still queued, which is dropped): nothing the client
+sent reaches the application after a revocation."""
 
 from __future__ import annotations
 
@@ -26,48 +37,129 @@ import contextlib
 import json
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from authsvc_kit.errors import AuthError, Unavailable
+from authsvc_kit.errors import AuthError, SessionRevoked, Unavailable
 from authsvc_kit.principal import Principal
 from authsvc_kit.revocation import Revocation
+from authsvc_kit.verifier import MAX_TOKEN_LENGTH
 
 logger = logging.getLogger("authsvc_kit.websocket")
 PRINCIPAL_SCOPE_KEY = "authsvc.principal"
 AUTHENTICATION_REQUIRED = (4400, "authentication_required")
 TOKEN_EXPIRED = (4401, "token_expired")
 SESSION_REVOKED = (4403, "session_revoked")
+USER_TOKEN_REQUIRED = (4403, "user_token_required")
+TOO_MANY_CONNECTIONS = (4429, "too_many_connections")
 ISSUER_UNAVAILABLE = (1013, "issuer_unavailable")
+TRY_AGAIN_LATER = (1013, "try_again_later")
 _QUEUE_SIZE = 256  # messages the application has not read yet; beyond it reading pauses
+# The largest text frame that may be an `authenticate` message: a token of the longest length
+# the verifier takes, plus room for the JSON around it.
+MAX_AUTHENTICATE_MESSAGE = MAX_TOKEN_LENGTH + 1024
 
 Authenticate = Callable[[str], Awaitable[Principal]]
+CloseCode = tuple[int, str]
+
+
+def close_code(error: AuthError) -> CloseCode:
+    """The close code and reason for a refused token (what the HTTP status says there)."""
+    if isinstance(error, Unavailable):
+        return ISSUER_UNAVAILABLE
+    if isinstance(error, SessionRevoked):
+        return SESSION_REVOKED
+    if error.status == 403:
+        return (4403, error.code)
+    return AUTHENTICATION_REQUIRED
 
 
 class SocketRegistry:
-    """The open connections by session and by user, to close them on a revocation."""
+    """The open connections, indexed by session and by user to close them on a revocation
+    without a scan, and the caps on how many there may be."""
 
-    def __init__(self) -> None:
-        self._sockets: weakref.WeakSet[WebSocketSession] = weakref.WeakSet()
+    def __init__(
+        self,
+        *,
+        max_per_session: int = 32,
+        max_pending: int = 1_000,
+        max_connections: int = 10_000,
+        revoked: Callable[[Principal], bool] = lambda _principal: False,
+    ) -> None:
+        self._max_per_session = max_per_session
+        self._max_pending = max_pending
+        self._max_connections = max_connections
+        self._revoked = revoked
+        self._pending: set[WebSocketSession] = set()
+        self._by_sid: dict[str, set[WebSocketSession]] = {}
+        self._by_sub: dict[str, set[WebSocketSession]] = {}
+        self._open = 0
 
-    def add(self, session: WebSocketSession) -> None:
-        self._sockets.add(session)
+    def admit(self, session: WebSocketSession) -> CloseCode | None:
+        """Before authentication: the refusal, or None (the session then counts as pending)."""
+        pending = len(self._pending)
+        if pending >= self._max_pending or pending + self._open >= self._max_connections:
+            return TRY_AGAIN_LATER
+        self._pending.add(session)
+        return None
+
+    def add(self, session: WebSocketSession, principal: Principal) -> CloseCode | None:
+        """Authenticated: the refusal, or None (the session is then open and indexed)."""
+        self._pending.discard(session)
+        # A revocation heard while authenticate() was awaiting (a Redis read, a live check)
+        # found no socket to close: it is in the local store by now. From here on the
+        # registry hears every revocation (no await between this check and the insertion).
+        if self._revoked(principal):
+            return SESSION_REVOKED
+        peers = self._by_sid.get(principal.session_id or "", set())
+        if principal.session_id is not None and len(peers) >= self._max_per_session:
+            return TOO_MANY_CONNECTIONS
+        if self._open >= self._max_connections:
+            return TRY_AGAIN_LATER
+        if principal.session_id is not None:
+            self._by_sid.setdefault(principal.session_id, set()).add(session)
+        self._by_sub.setdefault(principal.user_id, set()).add(session)
+        session.indexed = principal
+        self._open += 1
+        return None
 
     def discard(self, session: WebSocketSession) -> None:
-        self._sockets.discard(session)
+        self._pending.discard(session)
+        indexed, session.indexed = session.indexed, None
+        if indexed is None:
+            return
+        self._open -= 1
+        if indexed.session_id is not None:
+            _remove(self._by_sid, indexed.session_id, session)
+        _remove(self._by_sub, indexed.user_id, session)
 
     def __len__(self) -> int:
-        return len(self._sockets)
+        return self._open
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def on_revocation(self, revocation: Revocation) -> None:
         # Called from the receiver or the Redis listener, in the event loop: closing is
         # scheduled at once, so the socket is closed within milliseconds.
-        for session in list(self._sockets):
+        if revocation.sid is not None:
+            sessions = self._by_sid.get(revocation.sid, set())
+        else:
+            sessions = self._by_sub.get(revocation.sub or "", set())
+        for session in list(sessions):
             if session.principal is not None and revocation.covers(session.principal):
                 session.close_soon(*SESSION_REVOKED)
+
+
+def _remove(index: dict[str, set[WebSocketSession]], key: str, session: WebSocketSession) -> None:
+    sessions = index.get(key)
+    if sessions is not None:
+        sessions.discard(session)
+        if not sessions:
+            del index[key]
 
 
 def expiry_margin(principal: Principal, configured: float) -> float:
@@ -97,8 +189,10 @@ class WebSocketSession:
         self._auth_timeout = auth_timeout
         self._margin = expiry_margin
         self.principal: Principal | None = None
+        self.indexed: Principal | None = None  # as the registry indexed it (sid and sub)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(_QUEUE_SIZE)
-        self._closed = False
+        self._closed = False  # no more sends: the kit or the application closed
+        self._ended: Message | None = None  # the kit closed: the application's last message
         self._connect: Message | None = None
         self._renewed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,26 +203,37 @@ class WebSocketSession:
             return
         await self._send({"type": "websocket.accept"})
         try:
-            self.principal = await self._first_principal()
-        except Unavailable:
-            await self._close(*ISSUER_UNAVAILABLE)
-            return
-        except (AuthError, TimeoutError):
-            await self._close(*AUTHENTICATION_REQUIRED)
-            return
-        self.scope[PRINCIPAL_SCOPE_KEY] = self.principal
-        self._registry.add(self)
-        self._tasks = [
-            asyncio.create_task(self._read(), name="authsvc-kit-ws-read"),
-            asyncio.create_task(self._watch_expiry(), name="authsvc-kit-ws-expiry"),
-        ]
-        try:
-            await app(self.scope, self._app_receive, self._app_send)
+            await self._serve(app)
         finally:
             self._registry.discard(self)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, app: ASGIApp) -> None:
+        refusal = self._registry.admit(self)
+        if refusal is not None:
+            await self._close(*refusal)
+            return
+        try:
+            principal = await self._first_principal()
+        except AuthError as exc:
+            await self._close(*close_code(exc))
+            return
+        except TimeoutError:
+            await self._close(*AUTHENTICATION_REQUIRED)
+            return
+        refusal = self._registry.add(self, principal)
+        if refusal is not None:
+            await self._close(*refusal)
+            return
+        self.principal = principal
+        self.scope[PRINCIPAL_SCOPE_KEY] = principal
+        self._tasks += [
+            asyncio.create_task(self._read(), name="authsvc-kit-ws-read"),
+            asyncio.create_task(self._watch_expiry(), name="authsvc-kit-ws-expiry"),
+        ]
+        await app(self.scope, self._app_receive, self._app_send)
 
     async def _first_principal(self) -> Principal:
         token = bearer_token(self.scope)
@@ -146,7 +251,11 @@ class WebSocketSession:
         if self._connect is not None:
             message, self._connect = self._connect, None
             return message
-        return await self._inbox.get()
+        if self._ended is not None:
+            return self._ended
+        message = await self._inbox.get()
+        # Woken by the close (or by a message the reader queued just before it): the close wins.
+        return self._ended if self._ended is not None else message
 
     async def _app_send(self, message: Message) -> None:
         if message["type"] == "websocket.accept":
@@ -162,6 +271,11 @@ class WebSocketSession:
     async def _read(self) -> None:
         while True:
             message = await self._receive()
+            if self._ended is not None:
+                # Closed by the kit: nothing more for the application, whatever arrives.
+                if message["type"] == "websocket.disconnect":
+                    return
+                continue
             token = _authenticate_token(message)
             if token is not None:
                 await self._renew(token)
@@ -181,8 +295,8 @@ class WebSocketSession:
             # Not the client's fault: it may try again before expiry.
             await self._send_json({"type": "token_rejected", "error": "issuer_unavailable"})
             return
-        except AuthError:
-            self.close_soon(*AUTHENTICATION_REQUIRED)
+        except AuthError as exc:
+            self.close_soon(*close_code(exc))
             return
         same_session = (fresh.session_id, fresh.user_id) == (current.session_id, current.user_id)
         if not same_session or fresh.expires_at <= current.expires_at:
@@ -223,12 +337,15 @@ class WebSocketSession:
         if self._closed:
             return
         self._closed = True
+        # The application's next receive ends its loop as a client's close would, ahead of
+        # anything still queued: after a revocation nothing more reaches it.
+        self._ended = {"type": "websocket.disconnect", "code": code, "reason": reason}
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(self._ended)  # wakes a receive waiting on the empty queue
         logger.info("authsvc_kit.websocket_closed", extra={"code": code, "reason": reason})
         with contextlib.suppress(OSError, RuntimeError):
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        # The application's next receive ends its loop as a client's close would.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._inbox.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def _send_json(self, body: dict[str, Any]) -> None:
         if not self._closed:
@@ -237,12 +354,19 @@ class WebSocketSession:
 
 
 def _authenticate_token(message: Message) -> str | None:
-    """The token of an `authenticate` message, or None for any other message."""
-    if message["type"] != "websocket.receive" or not message.get("text"):
+    """The token of an `authenticate` message, or None for any other message. Cheap checks
+    first: a frame too large to carry a token, or not a JSON object naming "authenticate",
+    is never parsed here (whatever its size or nesting)."""
+    if message["type"] != "websocket.receive":
+        return None
+    text = message.get("text")
+    if not text or len(text) > MAX_AUTHENTICATE_MESSAGE:
+        return None
+    if not text.lstrip().startswith("{") or '"authenticate"' not in text:
         return None
     try:
-        body = json.loads(message["text"])
-    except ValueError:
+        body = json.loads(text)
+    except (ValueError, RecursionError):  # a deep nesting is a RecursionError, not a ValueError
         return None
     if not isinstance(body, dict) or body.get("type") != "authenticate":
         return None
