@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import AccountService, build_account_service
+from app.auth.client_credentials import ClientCredentialsGrant
 from app.auth.devices import DeviceTokenCodec
 from app.auth.service import AuthService
 from app.auth.tokens import AccessTokenCodec
 from app.auth.transport import CsrfTokenCodec, Transports
 from app.backchannel.service import BackchannelLogoutSender, LogoutTokenSigner
+from app.clients.service import ServiceClients
 from app.core.clock import Clock
 from app.core.components import Components
 from app.core.db import create_engine
@@ -60,6 +62,7 @@ class AppContext:
 
     def components(self) -> Components:
         s = self.settings
+        service_clients = ServiceClients(self.engine)
         return Components(
             s,
             self.clock,
@@ -85,6 +88,14 @@ class AppContext:
                 clock=self.clock,
                 issuer=s.issuer,
                 audience=s.jwt_audience,
+                service_clients=service_clients,
+            ),
+            service_clients,
+            ClientCredentialsGrant(
+                clients=service_clients,
+                access=self.access_codec,
+                limiter=self.limiter,
+                clock=self.clock,
             ),
         )
 
@@ -115,6 +126,7 @@ async def build_context(
         ttl=settings.access_token_ttl,
         leeway=settings.jwt_leeway,
         client_id=settings.jwt_client_id,
+        service_ttl=settings.service_token_ttl,
     )
     passwords = passwords or PasswordHasher(
         settings.password_hash_threads, settings.password_hash_profile

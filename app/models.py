@@ -1,6 +1,7 @@
 """Imports every table so `Base.metadata` is complete (Alembic, tests)."""
 
 from app.audit.models import AuditEvent
+from app.clients.models import ServiceClient
 from app.core.db import Base
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
@@ -12,6 +13,7 @@ __all__ = [
     "Base",
     "OutboxMessage",
     "RefreshToken",
+    "ServiceClient",
     "Session",
     "SigningKey",
     "User",

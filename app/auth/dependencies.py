@@ -5,8 +5,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from app.auth.errors import NotAuthenticated
-from app.auth.middleware import AUTH_STATE_KEY, Authenticated, bearer_token
+from app.auth.client_credentials import ClientCredentialsGrant
+from app.auth.errors import NotAuthenticated, UserTokenRequired
+from app.auth.middleware import AUTH_STATE_KEY, Authenticated, ServiceCaller, bearer_token
 from app.auth.service import AuthService
 from app.auth.transport import Transports
 from app.core.components import provider
@@ -16,6 +17,7 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 AuthServiceDep = Annotated[AuthService, Depends(provider(AuthService))]
 TransportsDep = Annotated[Transports, Depends(provider(Transports))]
+ClientCredentialsDep = Annotated[ClientCredentialsGrant, Depends(provider(ClientCredentialsGrant))]
 
 
 def current_session_or_none(request: Request) -> Authenticated | None:
@@ -24,16 +26,38 @@ def current_session_or_none(request: Request) -> Authenticated | None:
     return auth if isinstance(auth, Authenticated) else None
 
 
+def refuse_service_caller(request: Request) -> None:
+    """A service client's token where a user's is needed: 403 user_token_required (not 401:
+    the token is good, only not for this route, and a new one would be no better)."""
+    if isinstance(request.scope.get("state", {}).get(AUTH_STATE_KEY), ServiceCaller):
+        raise UserTokenRequired()
+
+
 async def get_current_session(
     request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Authenticated:
     auth = current_session_or_none(request)
     if auth is None:
+        refuse_service_caller(request)
         raise NotAuthenticated()
     return auth
 
 
+# A user with a live session: every route that acts for a user. Service tokens get 403.
 CurrentSession = Annotated[Authenticated, Depends(get_current_session)]
+
+
+async def get_current_caller(
+    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Authenticated | ServiceCaller:
+    auth = request.scope.get("state", {}).get(AUTH_STATE_KEY)
+    if not isinstance(auth, Authenticated | ServiceCaller):
+        raise NotAuthenticated()
+    return auth
+
+
+# A user or a service client: only for routes that accept services (/auth/verify).
+CurrentCaller = Annotated[Authenticated | ServiceCaller, Depends(get_current_caller)]
 
 
 async def guard_cookie_request(request: Request, transports: TransportsDep) -> None:

@@ -31,6 +31,18 @@ class NotAuthenticated(UnauthorizedError):
     message = "Authentication required: send an access token as `Authorization: Bearer <token>`."
 
 
+class ClientDisabled(UnauthorizedError):
+    code = "client_disabled"
+    message = "The service client of this access token has been disabled."
+
+
+class UserTokenRequired(ForbiddenError):
+    """A service client's token (client_credentials) on a route that needs a user's session."""
+
+    code = "user_token_required"
+    message = "This route needs a user's access token; a service client's token is refused."
+
+
 class CsrfFailed(ForbiddenError):
     code = "csrf_failed"
     message = "Cross-site request refused: missing or wrong CSRF token, origin or content type."

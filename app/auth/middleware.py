@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth.errors import InvalidToken
-from app.auth.tokens import AccessClaims, AccessTokenCodec
+from app.auth.errors import ClientDisabled, InvalidToken
+from app.auth.tokens import AccessClaims, AccessTokenCodec, ServiceClaims
+from app.clients.service import ServiceClients
 from app.core.clock import Clock
-from app.core.components import components_of
+from app.core.components import Components, components_of
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError, ServiceUnavailableError, is_database_unavailable
 from app.core.exposure import ExposureMap
@@ -33,8 +34,18 @@ AUTH_STATE_KEY = "auth"
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
+    """A user's token, with its live session."""
+
     claims: AccessClaims
     session: SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCaller:
+    """A service client's token (client_credentials): no user, no session. Routes that need a
+    user refuse it (403 user_token_required); only routes that say so accept it."""
+
+    claims: ServiceClaims
 
 
 class IdentityMiddleware:
@@ -58,7 +69,7 @@ class IdentityMiddleware:
         components = components_of(scope["app"])
         sessions, clock = components.get(SessionService), components.get(Clock)
         try:
-            auth = await _authenticate(components.get(AccessTokenCodec), sessions, clock, token)
+            auth = await _authenticate(components, sessions, clock, token)
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return
@@ -69,7 +80,8 @@ class IdentityMiddleware:
             await domain_error_response(ServiceUnavailableError())(scope, receive, send)
             return
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
-        if path in self.exposure.passive_paths:
+        # A service has no session to slide.
+        if isinstance(auth, ServiceCaller) or path in self.exposure.passive_paths:
             await self.app(scope, receive, send)
             return
         status = 0
@@ -98,14 +110,25 @@ async def _within_limit(limit: str, scope: Scope, receive: Receive, send: Send) 
 
 
 async def _authenticate(
-    codec: AccessTokenCodec, sessions: SessionService, clock: Clock, token: str
-) -> Authenticated:
+    components: Components, sessions: SessionService, clock: Clock, token: str
+) -> Authenticated | ServiceCaller:
+    """A user's token and its live session, or a service client's token and its enabled
+    client: a token without `sid` is never taken for a session."""
     now = clock.now()
-    claims = codec.verify(token, now=now)
+    claims = components.get(AccessTokenCodec).verify(token, now=now)
+    if isinstance(claims, ServiceClaims):
+        return await _service_caller(components.get(ServiceClients), claims)
     state = await sessions.authenticate(claims.session_id, now)
     if state.user_id != claims.user_id:
         raise InvalidToken()
     return Authenticated(claims=claims, session=state)
+
+
+async def _service_caller(clients: ServiceClients, claims: ServiceClaims) -> ServiceCaller:
+    """Read on every request (one indexed row): a disabled client's tokens stop at once."""
+    if not await clients.is_active(claims.client_id):
+        raise ClientDisabled()
+    return ServiceCaller(claims)
 
 
 async def _slide(sessions: SessionService, clock: Clock, auth: Authenticated) -> None:

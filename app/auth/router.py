@@ -6,14 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 
+from app.auth.client_credentials import ServiceToken, client_credentials
 from app.auth.dependencies import (
     AuthServiceDep,
+    ClientCredentialsDep,
     CookieGuard,
     CurrentSession,
     TransportsDep,
     current_session_or_none,
     guard_cookie_request,
     oauth2_scheme,
+    refuse_service_caller,
 )
 from app.auth.devices import DeviceProof
 from app.auth.errors import InvalidCredentials, NotAuthenticated, OAuthError
@@ -121,13 +124,19 @@ async def refresh(request: Request) -> Response:
 
 @router.post(
     "/token",
-    responses={400: {"description": "RFC 6749 §5.2 error"}},
-    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+    responses={
+        400: {"description": "RFC 6749 §5.2 error"},
+        401: {"description": "RFC 6749 §5.2 `invalid_client` (client_credentials)"},
+    },
+    summary="OAuth 2.0 token endpoint (password, refresh_token and client_credentials grants)",
     response_model=OAuthTokenResponse,
+    response_model_exclude_none=True,
 )
 @public
 async def token(
+    request: Request,
     service: AuthServiceDep,
+    service_clients: ClientCredentialsDep,
     limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
@@ -136,8 +145,28 @@ async def token(
     password: Annotated[str | None, Form(max_length=1024)] = None,
     refresh_token: Annotated[str | None, Form(max_length=MAX_PRESENTED_REFRESH_TOKEN)] = None,
     scope: Annotated[str | None, Form(max_length=1024)] = None,
+    client_id: Annotated[str | None, Form(max_length=256)] = None,
+    client_secret: Annotated[str | None, Form(max_length=256)] = None,
+    audience: Annotated[str | None, Form(max_length=1024)] = None,
 ) -> OAuthTokenResponse | Response:
-    """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls."""
+    """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls.
+
+    `client_credentials` (§4.4) is for registered service clients (`python -m app clients`),
+    authenticated by HTTP Basic or `client_id` + `client_secret` in the form: a short-lived
+    access token with no refresh token; `scope` and `audience` (space-separated) may ask for
+    what the client is registered with."""
+    if grant_type == "client_credentials":
+        presented = client_credentials(
+            request.headers.get("authorization"), client_id, client_secret
+        )
+        issued = await service_clients.issue(uow, client, presented, scope=scope, audience=audience)
+        if not isinstance(issued, ServiceToken):
+            return domain_error_response(issued)  # returned: its audit row commits
+        return OAuthTokenResponse(
+            access_token=issued.access.token,
+            expires_in=issued.access.expires_in,
+            scope=issued.scope,
+        )
     try:
         if grant_type == "password":
             if not username or not password:
@@ -160,7 +189,8 @@ async def token(
             raise OAuthError("invalid_request", "grant_type is required")
         else:
             raise OAuthError(
-                "unsupported_grant_type", "grant_type must be password or refresh_token"
+                "unsupported_grant_type",
+                "grant_type must be password, refresh_token or client_credentials",
             )
     except UnauthorizedError as exc:
         raise OAuthError("invalid_grant", exc.detail) from exc
@@ -191,6 +221,7 @@ async def logout(
     Authenticated by the Bearer access token, or in cookie transport by the refresh cookie and
     the CSRF token. Cookie transport also expires the cookies (and sends Clear-Site-Data only
     when LOGOUT_CLEAR_SITE_DATA is on)."""
+    refuse_service_caller(request)  # a service has no session to end
     auth = current_session_or_none(request)
     if auth is not None:
         await service.logout(uow, client, auth.session.id, auth.session.user_id)

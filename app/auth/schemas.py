@@ -74,7 +74,9 @@ class OAuthTokenResponse(BaseModel):
     access_token: str
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
     expires_in: int
-    refresh_token: str
+    # Absent for client_credentials (RFC 6749 §4.4.3: no refresh token).
+    refresh_token: str | None = None
+    scope: str | None = None
 
 
 class SessionStatusSession(BaseModel):

@@ -22,7 +22,10 @@ MAX_TOKEN_LENGTH = 4096
 # Headers that would let a token choose its own verification key, or demand extensions we do
 # not implement. Their presence alone is a rejection (RFC 8725 §3.10, RFC 7515 §4.1.11).
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
-_REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp")
+_REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "nbf", "exp")
+# A service client's token (client_credentials) has this subject prefix and no `sid`. A client
+# id never holds ':' and a user's subject is a UUID, so neither can pass for the other.
+SERVICE_SUBJECT_PREFIX = "client:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,20 @@ class AccessClaims:
     jti: str
     issued_at: datetime
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClaims:
+    """A service client's token: no user, no session (nothing slides, nothing to log out)."""
+
+    client_id: str
+    scope: str | None
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+Claims = AccessClaims | ServiceClaims
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +64,7 @@ class _Verified:
     """A token verified once, and the key that verified it: the entry holds only while that key
     is still in the ring (a key retired or revoked since takes its tokens with it)."""
 
-    claims: AccessClaims
+    claims: Claims
     kid: str
     ring: KeyRing  # the ring `kid` was last seen in; another ring means "look again"
 
@@ -62,12 +79,14 @@ class AccessTokenCodec:
         ttl: int,
         leeway: int,
         client_id: str = "authsvc",
+        service_ttl: int | None = None,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._client_id = client_id
         self._ttl = ttl
+        self._service_ttl = ttl if service_ttl is None else service_ttl
         self._leeway = leeway
         self._verified: dict[str, _Verified] = {}
 
@@ -100,6 +119,30 @@ class AccessTokenCodec:
             "client_id": self._client_id,
             "role": role,
         }
+        return self._sign(claims, now)
+
+    def issue_service(
+        self, *, client_id: str, audiences: tuple[str, ...], scope: str | None, now: datetime
+    ) -> IssuedAccessToken:
+        """A service client's token: `sub` is `client:<id>`, no `sid`, no role. Its `aud` is
+        this issuer's audience (what every verifier of ours checks), followed by the audiences
+        the client asked for, so a service may also insist on its own name."""
+        iat = int(now.timestamp())
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": [self._audience, *audiences] if audiences else self._audience,
+            "sub": SERVICE_SUBJECT_PREFIX + client_id,
+            "jti": uuid.uuid4().hex,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + self._service_ttl,
+            "client_id": client_id,
+        }
+        if scope:
+            claims["scope"] = scope
+        return self._sign(claims, now)
+
+    def _sign(self, claims: dict[str, Any], now: datetime) -> IssuedAccessToken:
         signer = self._keys.ring.signer
         token = jwt.encode(
             claims,
@@ -107,15 +150,17 @@ class AccessTokenCodec:
             algorithm=signer.algorithm,
             headers={"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE},
         )
+        iat, exp = claims["iat"], claims["exp"]
         expires_at = datetime.fromtimestamp(exp, now.tzinfo)
         return IssuedAccessToken(token=token, expires_at=expires_at, expires_in=exp - iat)
 
-    def verify(self, token: str, *, now: datetime) -> AccessClaims:
-        """Signature and claims, per RFC 8725. A token verified once is remembered (exact bytes
-        only) so that a gateway presenting it on every request pays for the signature once; its
-        expiry is still checked every time, its key must still be in the ring (a revoked key's
-        tokens are refused from the reload that drops it), and revocation of the session is the
-        session check's job."""
+    def verify(self, token: str, *, now: datetime) -> Claims:
+        """Signature and claims, per RFC 8725: a user's token (AccessClaims, with its session)
+        or a service client's (ServiceClaims, no session); each caller says which it takes.
+        A token verified once is remembered (exact bytes only) so that a gateway presenting
+        it on every request pays for the signature once; its expiry is still checked every
+        time, its key must still be in the ring (a revoked key's tokens are refused from the
+        reload that drops it), and revocation of the session is the session check's job."""
         ring = self._keys.ring
         cached = self._verified.get(token)
         if cached is not None:
@@ -133,9 +178,7 @@ class AccessTokenCodec:
         if exp <= ts - self._leeway:
             raise TokenExpired()
 
-    def _verify_uncached(
-        self, token: str, ring: KeyRing, now: datetime
-    ) -> tuple[str, AccessClaims]:
+    def _verify_uncached(self, token: str, ring: KeyRing, now: datetime) -> tuple[str, Claims]:
         """The kid that verified the token, and its claims."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("The access token is too long.")
@@ -162,7 +205,7 @@ class AccessTokenCodec:
             raise InvalidToken() from exc
         return key.kid, self._claims(payload, now)
 
-    def _claims(self, payload: dict[str, Any], now: datetime) -> AccessClaims:
+    def _claims(self, payload: dict[str, Any], now: datetime) -> Claims:
         iat, nbf, exp = (payload.get(name) for name in ("iat", "nbf", "exp"))
         if not (_is_timestamp(iat) and _is_timestamp(nbf) and _is_timestamp(exp)):
             raise InvalidToken()
@@ -175,8 +218,11 @@ class AccessTokenCodec:
         # minted by someone else holding a signing key: refused. The bound also keeps key
         # retirement sound: a superseded key leaves the ring TTL + leeway + one reload after its
         # successor signs, when every token it signed has expired.
-        if exp - iat > self._ttl + self._leeway:
+        service = "sid" not in payload
+        if exp - iat > (self._service_ttl if service else self._ttl) + self._leeway:
             raise InvalidToken("The access token lives longer than this issuer allows.")
+        if service:
+            return _service_claims(payload, iat, exp, now)
         try:
             user_id = uuid.UUID(str(payload["sub"]))
             session_id = uuid.UUID(str(payload["sid"]))
@@ -193,6 +239,29 @@ class AccessTokenCodec:
             issued_at=datetime.fromtimestamp(iat, now.tzinfo),
             expires_at=datetime.fromtimestamp(exp, now.tzinfo),
         )
+
+
+def _service_claims(payload: dict[str, Any], iat: int, exp: int, now: datetime) -> ServiceClaims:
+    """A token without `sid` is a service client's or nothing: its subject must be exactly
+    `client:<client_id>` (never a user's id), and it carries no role."""
+    client_id, sub, jti = payload.get("client_id"), payload["sub"], payload["jti"]
+    scope = payload.get("scope")
+    if (
+        not isinstance(client_id, str)
+        or not client_id
+        or sub != SERVICE_SUBJECT_PREFIX + client_id
+        or not isinstance(jti, str)
+        or "role" in payload
+        or not (scope is None or isinstance(scope, str))
+    ):
+        raise InvalidToken()
+    return ServiceClaims(
+        client_id=client_id,
+        scope=scope,
+        jti=jti,
+        issued_at=datetime.fromtimestamp(iat, now.tzinfo),
+        expires_at=datetime.fromtimestamp(exp, now.tzinfo),
+    )
 
 
 def _key_still_trusted(entry: _Verified, ring: KeyRing) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m app ...`: serve, migrate, prune, keys, audit, and user administration.
+"""`python -m app ...`: serve, migrate, prune, keys, audit, user and service client administration.
 
 Each command lives in its own module, imported only when it runs: a CLI call pays for the
 libraries its command uses (an account command needs no web framework, no migrations).
@@ -25,6 +25,7 @@ _MODULES = {
     "keys": "keys",
     "audit": "audit",
     "users": "users",
+    "clients": "clients",
 }
 
 
@@ -84,7 +85,39 @@ def _parser() -> argparse.ArgumentParser:
         ("set-password", "set a new password (stdin or prompt) and revoke all sessions"),
     ):
         user_cmd.add_parser(action, help=text).add_argument("email")
+    _clients_parser(sub)
     return parser
+
+
+def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    clients = sub.add_parser(
+        "clients", help="service clients (client_credentials grant)"
+    ).add_subparsers(dest="action", required=True)
+    add = clients.add_parser("add", help="register a client and print its secret once")
+    add.add_argument("client_id", help="1-64 of a-z 0-9 . _ -")
+    add.add_argument(
+        "--audience",
+        action="append",
+        default=[],
+        help="an audience it may ask for (repeatable); tokens always carry JWT_AUDIENCE",
+    )
+    add.add_argument("--scope", action="append", default=[], help="a scope it may ask for")
+    clients.add_parser("list", help="clients with their audiences, scopes and state")
+    rotate = clients.add_parser(
+        "rotate-secret", help="print a new secret once; the old one works for --grace seconds"
+    )
+    rotate.add_argument("client_id")
+    rotate.add_argument(
+        "--grace",
+        type=int,
+        default=3600,
+        help="seconds the current secret keeps working (0: stops now, for a leaked secret)",
+    )
+    for action, text in (
+        ("disable", "refuse its token requests, and its live tokens from the next request on"),
+        ("enable", "accept it again"),
+    ):
+        clients.add_parser(action, help=text).add_argument("client_id")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     access_token_ttl: int = Field(default=300, ge=5, le=3600)
+    # Lifetime of a service client's access token (client_credentials grant, docs/downstream.md):
+    # no refresh token and no session, so disabling the client is seen on the next check.
+    service_token_ttl: int = Field(default=300, ge=5, le=3600)
     # None means "pick the environment's default" (2 h in development, 24 h otherwise).
     session_idle_timeout: int | None = Field(default=None, ge=10)
     session_absolute_lifetime: int = Field(default=30 * 24 * 3600, ge=60)
@@ -178,6 +181,11 @@ class Settings(BaseSettings):
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
+    # POST /auth/token with grant_type=client_credentials: every request per client IP (before
+    # the secret is checked), and the tokens issued to each client (a service should reuse its
+    # token until near expiry, not fetch one per call).
+    rate_limit_client_token_ip: str = "60/minute"  # noqa: S105 - a rate, not a token
+    rate_limit_client_token_client: str = "30/minute"  # noqa: S105 - a rate, not a token
     # Account lockout: after LOCKOUT_THRESHOLD consecutive wrong passwords the account is
     # locked for LOCKOUT_BASE_SECONDS, doubling with each further failure up to
     # LOCKOUT_MAX_SECONDS. A success resets it.
@@ -390,6 +398,8 @@ class Settings(BaseSettings):
             "verify_ip": self.rate_limit_verify_ip,
             "introspect_failures": self.rate_limit_introspect_failures,
             "password_change": self.rate_limit_password_change,
+            "client_token_ip": self.rate_limit_client_token_ip,
+            "client_token_client": self.rate_limit_client_token_client,
         }
 
     @property
@@ -403,7 +413,8 @@ class Settings(BaseSettings):
         """How long a superseded key must keep verifying: a token it signed is accepted for
         TTL + leeway, and a replica may sign with it for up to one reload interval after its
         successor activated."""
-        return timedelta(seconds=self.access_token_ttl + self.jwt_leeway + self.key_reload_interval)
+        ttl = max(self.access_token_ttl, self.service_token_ttl)
+        return timedelta(seconds=ttl + self.jwt_leeway + self.key_reload_interval)
 
     @property
     def issuer(self) -> str:

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from app.auth.dependencies import CurrentSession
+from app.auth.dependencies import CurrentCaller
+from app.auth.middleware import ServiceCaller
 from app.core.dependencies import ClientDep, DbSession
 from app.core.error_handlers import domain_error_response
 from app.core.exposure import limited, public
@@ -37,17 +38,29 @@ _VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/verify", responses=_VERIFY_RESPONSES)
+@router.get("/verify", responses=_VERIFY_RESPONSES, response_model_exclude_none=True)
 @limited("verify_ip")  # every request, bad tokens included, before the token check
-async def verify(auth: CurrentSession, response: Response) -> VerifyResponse:
+async def verify(auth: CurrentCaller, response: Response) -> VerifyResponse:
     """Forward-auth, for any HTTP method: 200 with the identity in `X-Auth-User-Id`,
     `X-Auth-Session-Id` and `X-Auth-Role` for a gateway to pass upstream; 401 otherwise; 429
     `rate_limited` (never a 401) when one client IP overdoes it, counting every request.
-    Counts as user activity."""
+    Counts as user activity. A service client's token (client_credentials) gets 200 with
+    `X-Auth-Client-Id` (and `X-Auth-Scope`) instead, never a user or session header; 401
+    `client_disabled` once its client is disabled."""
+    if isinstance(auth, ServiceCaller):
+        claims = auth.claims
+        response.headers["X-Auth-Client-Id"] = claims.client_id
+        if claims.scope:
+            response.headers["X-Auth-Scope"] = claims.scope
+        return VerifyResponse(
+            sub=f"client:{claims.client_id}", client_id=claims.client_id, scope=claims.scope
+        )
     response.headers["X-Auth-User-Id"] = str(auth.session.user_id)
     response.headers["X-Auth-Session-Id"] = str(auth.session.id)
     response.headers["X-Auth-Role"] = auth.session.role
-    return VerifyResponse(sub=auth.session.user_id, sid=auth.session.id, role=auth.session.role)
+    return VerifyResponse(
+        sub=str(auth.session.user_id), sid=auth.session.id, role=auth.session.role
+    )
 
 
 for _method in _OTHER_METHODS:
@@ -57,6 +70,7 @@ for _method in _OTHER_METHODS:
         methods=[_method],
         responses=_VERIFY_RESPONSES,
         response_model=VerifyResponse,
+        response_model_exclude_none=True,
     )
 
 
@@ -86,6 +100,6 @@ async def introspect(
         # Returned, not raised: the failure's audit row commits with the unit of work.
         return domain_error_response(IntrospectionClientUnauthorized())
     result = await introspection.introspect(token, token_type_hint)
-    if result.active:
+    if result.active and result.client_id is None:  # a service token names its own client
         result.client_id = client_id
     return result

@@ -7,9 +7,14 @@ from pydantic import BaseModel
 
 
 class VerifyResponse(BaseModel):
-    sub: uuid.UUID
-    sid: uuid.UUID
-    role: str
+    """A user's token: `sub` (the user's id), `sid`, `role`. A service client's token:
+    `sub` = `client:<client_id>`, `client_id`, `scope`; no `sid`, no `role`."""
+
+    sub: str
+    sid: uuid.UUID | None = None
+    role: str | None = None
+    client_id: str | None = None
+    scope: str | None = None
 
 
 class IntrospectionResponse(BaseModel):

@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import SecretStr
 
 from app.audit.service import record
-from app.auth.tokens import AccessTokenCodec
+from app.auth.tokens import AccessTokenCodec, ServiceClaims
+from app.clients.service import ServiceClients
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
@@ -33,6 +34,7 @@ class IntrospectionService:
         clock: Clock,
         issuer: str,
         audience: str,
+        service_clients: ServiceClients,
     ) -> None:
         self._clients = clients
         self._limiter = limiter
@@ -41,6 +43,7 @@ class IntrospectionService:
         self._clock = clock
         self._issuer = issuer
         self._audience = audience
+        self._service_clients = service_clients
 
     def is_client(self, client_id: str, secret: str) -> bool:
         """Constant-time check of a gateway's Basic credentials against INTROSPECTION_CLIENTS."""
@@ -87,6 +90,8 @@ class IntrospectionService:
         now = self._clock.now()
         try:
             claims = self._access.verify(token, now=now)
+            if isinstance(claims, ServiceClaims):
+                return await self._service_token(claims)
             state = self._sessions.require_usable(await self._sessions.load(claims.session_id), now)
         except DomainError:
             return None
@@ -99,6 +104,23 @@ class IntrospectionService:
             role=state.role,  # the account's role now, not the one the token was issued with
             issued_at=claims.issued_at,
             expires_at=claims.expires_at,
+        )
+
+    async def _service_token(self, claims: ServiceClaims) -> IntrospectionResponse | None:
+        """A service client's token: active while unexpired (checked by `verify`) and while its
+        client is enabled (read now). No session, so no `sid` and no role."""
+        if not await self._service_clients.is_active(claims.client_id):
+            return None
+        return IntrospectionResponse(
+            active=True,
+            token_type="access_token",  # noqa: S106 - a token type name
+            sub=f"client:{claims.client_id}",
+            scope=claims.scope,
+            iss=self._issuer,
+            aud=self._audience,
+            iat=int(claims.issued_at.timestamp()),
+            exp=int(claims.expires_at.timestamp()),
+            client_id=claims.client_id,
         )
 
     async def _refresh(self, token: str) -> IntrospectionResponse | None:

@@ -50,8 +50,14 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "jwks_uri": f"{base}/.well-known/jwks.json",
         "token_endpoint": f"{base}/auth/token",
         "introspection_endpoint": f"{base}/auth/introspect",
-        "grant_types_supported": ["password", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
+        # "none" for the password and refresh grants (first-party clients); registered service
+        # clients (client_credentials) authenticate with either secret method of RFC 6749 §2.3.1.
+        "token_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
         # RFC 8414 requires the member; with no authorization endpoint the true list is empty.
         "response_types_supported": [],

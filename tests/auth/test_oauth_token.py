@@ -53,7 +53,7 @@ async def test_token_endpoint_errors_follow_rfc6749(harness: Harness) -> None:
         ({"grant_type": "password", "username": email}, "invalid_request"),
         ({"grant_type": "refresh_token", "refresh_token": "nope"}, "invalid_grant"),
         ({"grant_type": "refresh_token"}, "invalid_request"),
-        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "implicit"}, "unsupported_grant_type"),
         ({}, "invalid_request"),
     ]
     for data, error in cases:

@@ -72,7 +72,7 @@ async def test_discovery_document_points_at_the_keys(harness: Harness, path: str
     assert not [name for name in doc if name.startswith("id_token")]
     assert doc["response_types_supported"] == []
     assert "authorization_endpoint" not in doc
-    assert set(doc["grant_types_supported"]) == {"password", "refresh_token"}
+    assert set(doc["grant_types_supported"]) == {"password", "refresh_token", "client_credentials"}
 
 
 async def test_tokens_verify_with_an_independent_library(harness: Harness) -> None:
