@@ -6,21 +6,28 @@ from authsvc_kit.fastapi import Identity
 kit = Kit.from_env()                       # AUTHSVC_ISSUER, AUTHSVC_AUDIENCE, AUTHSVC_CLIENT_ID
 app = FastAPI(lifespan=kit.lifespan)
 kit.install(app)                           # middleware + POST /backchannel-logout
+
+Routes take `Identity` (a user) or `Caller` (a user or a service client); outgoing calls as a
+service use `ClientCredentialsAuth` (an httpx.Auth, authsvc_kit.outgoing).
 """
 
 from authsvc_kit.backchannel import BACKCHANNEL_EVENT, BackchannelReceiver
 from authsvc_kit.config import KitConfig
 from authsvc_kit.errors import (
     AuthError,
+    ClientDisabled,
     InvalidToken,
     IssuerUnavailable,
     NotAuthenticated,
     RevocationsUnavailable,
     SessionRevoked,
     TokenExpired,
+    TokenRequestFailed,
+    UserTokenRequired,
 )
 from authsvc_kit.kit import Kit
 from authsvc_kit.middleware import AuthMiddleware
+from authsvc_kit.outgoing import ClientCredentialsAuth
 from authsvc_kit.principal import Principal
 from authsvc_kit.revocation import MemoryRevocations, Revocation
 from authsvc_kit.websocket import (
@@ -39,6 +46,8 @@ __all__ = [
     "AuthError",
     "AuthMiddleware",
     "BackchannelReceiver",
+    "ClientCredentialsAuth",
+    "ClientDisabled",
     "InvalidToken",
     "IssuerUnavailable",
     "Kit",
@@ -50,4 +59,6 @@ __all__ = [
     "RevocationsUnavailable",
     "SessionRevoked",
     "TokenExpired",
+    "TokenRequestFailed",
+    "UserTokenRequired",
 ]

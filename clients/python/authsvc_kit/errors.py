@@ -49,6 +49,27 @@ class NotAuthenticated(AuthError):
         return {"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"}
 
 
+class ClientDisabled(AuthError):
+    code = "client_disabled"
+    message = "The service client of this access token has been disabled."
+
+
+class UserTokenRequired(AuthError):
+    """A service client's token on a route that needs a user (`Identity`): 403, since the
+    token is valid and a fresh one would be refused the same way."""
+
+    status = 403
+    code = "user_token_required"
+    message = "This route needs a user's access token; a service client's token is refused."
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 §3.1: a valid token without the privileges the resource needs.
+        return {
+            "WWW-Authenticate": 'Bearer error="insufficient_scope"',
+            "Cache-Control": "no-store",
+        }
+
+
 class Unavailable(AuthError):
     """A dependency the check needs is down: 503, never 500, and never a silent accept."""
 
@@ -67,3 +88,15 @@ class IssuerUnavailable(Unavailable):
 class RevocationsUnavailable(Unavailable):
     code = "revocations_unavailable"
     message = "The shared revocation list cannot be read right now; try again."
+
+
+class TokenRequestFailed(Exception):
+    """An outgoing call's client_credentials token could not be had (authsvc_kit.outgoing):
+    `error` is the token endpoint's RFC 6749 §5.2 code (`invalid_client`, `invalid_scope`...)
+    or `unavailable` when it could not be reached, answered out of protocol, or in time."""
+
+    def __init__(self, error: str, description: str, *, status: int | None = None) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status

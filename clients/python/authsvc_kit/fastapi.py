@@ -1,4 +1,8 @@
-"""FastAPI integration: `Identity`, an Annotated alias for the verified caller."""
+"""FastAPI integration: Annotated aliases for the verified caller.
+
+`Identity` is a user with a session: a service client's token (client_credentials) gets 403
+`user_token_required` there. `Caller` also accepts service clients, for routes meant to be
+called by other services (`principal.is_service` tells them apart)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from fastapi.responses import Response
 from starlette.requests import HTTPConnection
 from starlette.routing import Route
 
-from authsvc_kit.errors import AuthError, NotAuthenticated
+from authsvc_kit.errors import AuthError, NotAuthenticated, UserTokenRequired
 from authsvc_kit.middleware import AuthMiddleware
 from authsvc_kit.principal import Principal
 from authsvc_kit.websocket import PRINCIPAL_SCOPE_KEY
@@ -28,10 +32,21 @@ def current_principal(connection: HTTPConnection) -> Principal:
 
 async def _identity(connection: HTTPConnection) -> Principal:
     # async: FastAPI would run a plain function in its thread pool, a third of a request's cost.
+    principal = current_principal(connection)
+    if principal.is_service:
+        raise UserTokenRequired()
+    return principal
+
+
+async def _caller(connection: HTTPConnection) -> Principal:
     return current_principal(connection)
 
 
+# A user with a session (every route that acts for a user); service tokens get 403.
 Identity = Annotated[Principal, Depends(_identity)]
+UserIdentity = Identity
+# A user or a service client: for routes that other services may call.
+Caller = Annotated[Principal, Depends(_caller)]
 
 
 async def _auth_error(_request: Request, exc: Exception) -> Response:

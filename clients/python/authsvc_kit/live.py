@@ -19,6 +19,7 @@ import httpx
 from authsvc_kit.config import KitConfig
 from authsvc_kit.errors import (
     AuthError,
+    ClientDisabled,
     InvalidToken,
     IssuerUnavailable,
     SessionRevoked,
@@ -30,6 +31,7 @@ _REFUSALS: dict[str, type[AuthError]] = {
     "token_expired": TokenExpired,
     "session_revoked": SessionRevoked,
     "session_expired": SessionRevoked,
+    "client_disabled": ClientDisabled,
 }
 
 

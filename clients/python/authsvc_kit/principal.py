@@ -5,14 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+SERVICE_SUBJECT_PREFIX = "client:"
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """A user (`sub` is the user's id, `sid` the session) or a service client calling with a
+    client_credentials token (`sub` is `client:<client_id>`, no `sid`): see `is_service`."""
+
     user_id: str  # `sub`
-    session_id: str | None  # `sid`: None for a token not tied to a user session
+    session_id: str | None  # `sid`: None exactly for a service client's token
     role: str | None
     client_id: str | None
     issued_at: int  # `iat`, unix seconds
     expires_at: int  # `exp`, unix seconds
     jti: str
     claims: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_service(self) -> bool:
+        """A service client's token (client_credentials): no user, no session. The verifier
+        accepts a token without `sid` only as this, so it is never taken for a session."""
+        return self.session_id is None
+
+    @property
+    def subject(self) -> str:
+        return self.user_id

@@ -14,7 +14,7 @@ import jwt
 from authsvc_kit.config import KitConfig
 from authsvc_kit.errors import InvalidToken, TokenExpired
 from authsvc_kit.keys import JwksCache
-from authsvc_kit.principal import Principal
+from authsvc_kit.principal import SERVICE_SUBJECT_PREFIX, Principal
 
 MAX_TOKEN_LENGTH = 8192
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,2048}")
@@ -112,6 +112,12 @@ class AccessTokenVerifier:
             raise InvalidToken()
         if sid is not None and not isinstance(sid, str):
             raise InvalidToken()
+        # No `sid`: a service client's token (client_credentials) or nothing. Its subject names
+        # its client, so it can never pass for a user's (whose `sub` is the user id).
+        if sid is None and (
+            not isinstance(client_id, str) or sub != SERVICE_SUBJECT_PREFIX + client_id
+        ):
+            raise InvalidToken("A token without a session must be a service client's.")
         return Principal(
             user_id=sub,
             session_id=sid,
