@@ -3,6 +3,7 @@
 from app.audit.models import AuditEvent
 from app.clients.models import ServiceClient
 from app.core.db import Base
+from app.dpop.models import SeenProof
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
 from app.sessions.models import RefreshToken, Session
@@ -12,6 +13,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "OutboxMessage",
+    "SeenProof",
     "RefreshToken",
     "ServiceClient",
     "Session",

@@ -1,0 +1,107 @@
+"""The DPoP replay cache (app/dpop/service.py): a proof's jti passes once on every replica,
+through Redis or the database, and Redis failing falls back to the database, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.db import create_engine
+from app.dpop.errors import InvalidDPoPProof
+from app.dpop.proof import Proof
+from app.dpop.service import ReplayCache
+from tests.conftest import TEST_REDIS_URL
+
+WINDOW = 60.0
+
+
+def a_proof(jkt: str = "key-a") -> Proof:
+    return Proof(jkt=jkt, jti=str(uuid.uuid4()), iat=0, nonce=None)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+async def test_two_replicas_sharing_the_database_accept_a_jti_once(engine: AsyncEngine) -> None:
+    replica_a, replica_b = ReplayCache(engine, window=WINDOW), ReplayCache(engine, window=WINDOW)
+    now = datetime.now(UTC)
+    proof = a_proof()
+    await replica_a.remember(proof, now)
+    with pytest.raises(InvalidDPoPProof, match="already used"):
+        await replica_b.remember(proof, now)
+    # The same jti from another key is another proof.
+    await replica_b.remember(Proof("key-b", proof.jti, 0, None), now)
+
+
+async def test_concurrent_uses_of_one_jti_let_exactly_one_through(engine: AsyncEngine) -> None:
+    caches = [ReplayCache(engine, window=WINDOW) for _ in range(3)]
+    proof, now = a_proof(), datetime.now(UTC)
+
+    async def use(cache: ReplayCache) -> bool:
+        try:
+            await cache.remember(proof, now)
+        except InvalidDPoPProof:
+            return False
+        return True
+
+    results = await asyncio.gather(*(use(caches[i % 3]) for i in range(12)))
+    assert results.count(True) == 1
+
+
+async def test_an_entry_is_kept_for_twice_the_window_then_purged(engine: AsyncEngine) -> None:
+    cache = ReplayCache(engine, window=WINDOW)
+    proof, now = a_proof(), datetime.now(UTC)
+    await cache.remember(proof, now)
+    with pytest.raises(InvalidDPoPProof):
+        await cache.remember(proof, now + timedelta(seconds=2 * WINDOW - 1))
+    assert await cache.purge(now + timedelta(seconds=2 * WINDOW + 1)) >= 1
+    await cache.remember(proof, now + timedelta(seconds=2 * WINDOW + 1))
+
+
+async def test_replicas_sharing_redis_accept_a_jti_once(engine: AsyncEngine, redis: Redis) -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    replica_a = ReplayCache(engine, window=WINDOW, redis=redis, namespace=namespace)
+    replica_b = ReplayCache(engine, window=WINDOW, redis=redis, namespace=namespace)
+    proof, now = a_proof(), datetime.now(UTC)
+    await replica_a.remember(proof, now)
+    with pytest.raises(InvalidDPoPProof):
+        await replica_b.remember(proof, now)
+    ttl_ms = await redis.pttl(f"{namespace}:dpop-jti:" + _key_hex(proof))
+    assert 0 < ttl_ms <= 2 * WINDOW * 1000
+
+
+async def test_redis_down_falls_back_to_the_database_within_the_timeout(
+    engine: AsyncEngine,
+) -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=5)
+    cache = ReplayCache(engine, window=WINDOW, redis=dead, redis_timeout=0.2)
+    proof, now = a_proof(), datetime.now(UTC)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await cache.remember(proof, now)
+    assert loop.time() - started < 1.0
+    with pytest.raises(InvalidDPoPProof):  # the database remembered it
+        await ReplayCache(engine, window=WINDOW).remember(proof, now)
+    await dead.aclose()
+
+
+def _key_hex(proof: Proof) -> str:
+    return hashlib.sha256(f"{proof.jkt}\x00{proof.jti}".encode()).hexdigest()
