@@ -5,7 +5,7 @@ side of now), so each jti is remembered that long. Where: Redis when configured 
 one round trip, bounded by REDIS_TIMEOUT), otherwise the database every replica shares. When
 Redis fails, the database takes over for that call: slower, still shared, never a hang or a
 500; a proof recorded in Redis just before it failed could be replayed once through the
-database in the meantime (documented in docs/dpop.md).
+database in the meantime.
 """
 
 from __future__ import annotations
