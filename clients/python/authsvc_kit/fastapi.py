@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocketException
 from fastapi.responses import Response
 from starlette.requests import HTTPConnection
 from starlette.routing import Route
@@ -34,6 +34,10 @@ async def _identity(connection: HTTPConnection) -> Principal:
     # async: FastAPI would run a plain function in its thread pool, a third of a request's cost.
     principal = current_principal(connection)
     if principal.is_service:
+        if connection.scope["type"] == "websocket":
+            # A close code the client can act on, as the kit's own refusals (not a dropped
+            # connection: an exception in a WebSocket dependency would end it without a frame).
+            raise WebSocketException(code=4403, reason=UserTokenRequired.code)
         raise UserTokenRequired()
     return principal
 
