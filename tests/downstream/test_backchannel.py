@@ -129,6 +129,22 @@ def _nested_header_token() -> str:
     return f"{segment}.e30.c2ln"
 
 
+async def test_a_deeply_nested_header_is_refused_never_a_500(notes: str) -> None:
+    """json.loads raises RecursionError (not a ValueError) for it: once a 500 on every path,
+    public ones included, since the middleware checks any token sent."""
+    token = _nested_header_token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=notes, timeout=5) as client:
+        statuses = {
+            "GET /healthz": (await client.get("/healthz", headers=bearer)).status_code,
+            "GET /notes": (await client.get("/notes", headers=bearer)).status_code,
+            "POST /backchannel-logout": (
+                await client.post("/backchannel-logout", data={"logout_token": token})
+            ).status_code,
+        }
+    assert statuses == {"GET /healthz": 401, "GET /notes": 401, "POST /backchannel-logout": 400}
+
+
 async def test_a_revocation_outlives_the_token_under_allowed_clock_skew() -> None:
     """The issuer's clock 1 s ahead with leeway 1 s (30 s with the defaults): the token is
     accepted until exp + leeway; the revocation is kept max_token_lifetime + 2 x leeway after

@@ -193,6 +193,20 @@ async def test_a_revoked_session_at_the_start_closes_4403(issuer: FakeIssuer, no
         assert (closed.code, closed.reason) == (4403, "session_revoked")
 
 
+async def test_a_service_token_on_a_user_socket_closes_4403(issuer: FakeIssuer, notes: str) -> None:
+    """A client_credentials token (sub `client:<id>`, no sid) on a route taking `Identity`:
+    a close code the client can act on (not a dropped connection)."""
+    now = int(time.time())
+    claims = {"sub": "client:reporting", "client_id": "reporting", "iat": now, "nbf": now}
+    service = issuer.sign(
+        {"iss": issuer.url, "aud": AUDIENCE, "jti": uuid.uuid4().hex, "exp": now + 300, **claims},
+        headers={"typ": "at+jwt"},
+    )
+    socket = await open_socket(notes, service)
+    closed = await until_closed(socket, within=3)
+    assert (closed.code, closed.reason) == (4403, "user_token_required")
+
+
 # -- In process: the kit's middleware around a test application ----------------------------
 def _form(token: str) -> bytes:
     return urlencode({"logout_token": token}).encode()
@@ -295,7 +309,7 @@ async def test_sockets_are_capped_per_session_and_while_authenticating() -> None
             await client.to_app.put({"type": "websocket.connect"})
             await client.next_sent("websocket.accept", within=5)
             with contextlib.suppress(TimeoutError):
-                close = await client.next_sent("websocket.close", within=0.3)
+                close = await client.next_sent("websocket.close", within=0.15)
                 await asyncio.wait_for(task, 2)
                 return task, close["reason"]
             return task, "open"

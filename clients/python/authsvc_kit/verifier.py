@@ -20,6 +20,7 @@ MAX_TOKEN_LENGTH = 8192
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,2048}")
 _CHECKED_HEADERS: dict[tuple[str, frozenset[str], tuple[str, ...]], dict[str, Any]] = {}
 _CHECKED_HEADERS_SIZE = 256
+_MAX_HEADER_BRACKETS = 16  # `{` and `[` in a decoded header (its size: _SEGMENT's 2,048)
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §4
 LOGOUT_TOKEN_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
 # Headers that would let a token pick its own key or demand extensions: refused outright.
@@ -61,8 +62,13 @@ def _unverified_header(token: str) -> dict[str, Any]:
     if not dot or not _SEGMENT.fullmatch(first):
         raise InvalidToken()
     try:
-        header = json.loads(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)))
-    except ValueError as exc:  # binascii.Error and JSONDecodeError are ValueErrors
+        raw = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4))
+        # A JOSE header is one flat object: deep nesting is refused before json.loads, whose
+        # recursion would raise RecursionError (not a ValueError) past ~1,000 levels.
+        if raw.count(b"[") + raw.count(b"{") > _MAX_HEADER_BRACKETS:
+            raise InvalidToken()
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # binascii.Error, JSONDecodeError
         raise InvalidToken() from exc
     if not isinstance(header, dict):
         raise InvalidToken()
