@@ -61,11 +61,20 @@ async def test_sub_only_logout_ends_tokens_issued_up_to_its_iat(
     sub = str(uuid.uuid4())
     now = int(time.time())
     before = issuer.access_token(sub=sub, iat=now - 5)
+    after = issuer.access_token(sub=sub, iat=now + 1)
+    sockets = [await open_socket(notes, token) for token in (before, after)]
+    for socket in sockets:
+        assert (await next_message(socket))["type"] == "hello"
     response = await _post_logout(notes, issuer.logout_token(sub=sub, iat=now))
     assert response.status_code == 200, response.text
-    after = issuer.access_token(sub=sub, iat=now + 1)
     assert (await _get_notes(notes, before)).status_code == 401
     assert (await _get_notes(notes, after)).status_code == 200
+    # The user's sockets (found by sub, no scan): the one of a token issued up to iat closes.
+    closed = await until_closed(sockets[0], within=2)
+    assert (closed.code, closed.reason) == (4403, "session_revoked")
+    await sockets[1].send('{"type": "ping"}')
+    assert (await next_message(sockets[1]))["type"] == "echo"
+    await sockets[1].close()
 
 
 def _bad_tokens(issuer: FakeIssuer, sub: str, sid: str) -> dict[str, tuple[str, str]]:
