@@ -169,9 +169,11 @@ class SlowIssuer(FakeIssuer):
 
     frozen: bool = False
     verify_delay: float = 0.0
+    jwks_requests: int = 0  # arrived, answered or not (jwks_hits counts the answered)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/.well-known/jwks.json":
+            self.jwks_requests += 1
             # `frozen` is set from the test's thread, not this server's loop: polled.
             while self.frozen:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)

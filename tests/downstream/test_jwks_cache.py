@@ -104,6 +104,35 @@ async def test_stale_keys_do_not_make_requests_wait_on_a_slow_issuer() -> None:
         assert waited < 0.3, f"requests with a known kid waited {waited:.2f} s"
 
 
+async def test_a_failed_revalidation_waits_the_interval_from_its_end() -> None:
+    """The interval counts from the end of a fetch: an issuer that times out is not asked
+    again as soon as the timeout has passed."""
+    with slow_issuer(max_age=1) as issuer:
+        kit = _kit(issuer.url, http_timeout=0.5, min_refetch_interval=0.6)
+        token = issuer.access_token()
+
+        async def requests_reach(count: int) -> None:
+            deadline = time.monotonic() + 2
+            while issuer.jwks_requests < count:
+                assert time.monotonic() < deadline, f"{issuer.jwks_requests} JWKS requests"
+                await asyncio.sleep(0.01)
+
+        async with kit.lifespan():
+            await kit.authenticate(token)
+            issuer.frozen = True
+            await asyncio.sleep(1.1)  # stale
+            await kit.authenticate(token)  # one revalidation starts, times out after 0.5 s
+            await requests_reach(2)
+            await asyncio.sleep(0.8)  # 0.8 s since it started, 0.3 s since it ended
+            await kit.authenticate(token)
+            await asyncio.sleep(0.1)
+            assert issuer.jwks_requests == 2
+            await asyncio.sleep(0.4)  # past the interval since the end
+            await kit.authenticate(token)
+            await requests_reach(3)
+            issuer.frozen = False
+
+
 def test_the_issuer_must_be_https_unless_loopback_or_allowed() -> None:
     for url in (
         "https://auth.example.com",
