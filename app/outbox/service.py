@@ -170,8 +170,11 @@ class OutboxWorker:
 
     async def _sleep(self, seconds: float) -> None:
         """Until woken (a commit, a notification, a freed slot while saturated) or `seconds`."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the event is set, and the worker then never stops (a shutdown hung).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def run_once(self) -> bool:
         """Deliver one batch of due messages and wait for all of them (tests, tools); whether

@@ -109,8 +109,9 @@ class RevocationListener:
         """Return when the connection is gone: closed (the termination listener) or silent (a
         frozen server or a broken network fails the ping)."""
         while not conn.is_closed():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self._ping_interval)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancellation
+                async with asyncio.timeout(self._ping_interval):
+                    await lost.wait()
             if lost.is_set():
                 return
             try:

@@ -89,8 +89,9 @@ class RedisRevocations:
             self._listener = asyncio.create_task(self._listen(), name="authsvc-kit-revocations")
             # Let the subscription settle so a revocation published right after start is heard;
             # Redis being down must not hold the application's start-up.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), timeout=1.0)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancellation
+                async with asyncio.timeout(1.0):
+                    await self._subscribed.wait()
 
     async def aclose(self) -> None:
         if self._listener is not None:

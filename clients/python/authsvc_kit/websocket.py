@@ -323,8 +323,10 @@ class WebSocketSession:
             return
 
     async def _renewal_before(self, deadline: float) -> bool:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._renewed.wait(), timeout=max(deadline - time.time(), 0))
+            async with asyncio.timeout(max(deadline - time.time(), 0)):
+                await self._renewed.wait()
             return True
         return False
 
