@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test static lint typecheck unit unit-servers unit-rest install bench clean
+.PHONY: run test static lint typecheck unit unit-servers unit-downstream unit-rest install bench clean
 
 # Two stamps: `make run` installs the service's runtime dependencies only; the development
 # tools (pytest, ruff, mypy, browsers' drivers...) come with the first `make test`.
@@ -27,12 +27,15 @@ run: $(VENV)/.runtime
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
-## and every test on SQLite and PostgreSQL. The static checks and two pytest runs go side by
-## side (two cores; the tests mostly wait on servers, browsers and databases): one run takes
-## the areas that start real servers, the other everything else. Output is grouped per step.
-SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli tests/downstream
+## and every test on SQLite and PostgreSQL. The static checks and three pytest runs go side by
+## side (two cores, but the tests mostly wait on servers, browsers and databases): the areas
+## that start real servers, the downstream side (kit, notes, outbox, service clients), and
+## everything else. Output is grouped per step.
+SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
+DOWNSTREAM_TESTS := tests/downstream tests/outbox tests/clients tests/dpop
 test: install
-	@$(MAKE) --no-print-directory -j3 --output-sync=target static unit-servers unit-rest
+	@$(MAKE) --no-print-directory -j4 --output-sync=target static unit-servers unit-downstream \
+		unit-rest
 
 static: lint typecheck
 
@@ -53,8 +56,11 @@ unit: install
 unit-servers: install
 	$(VENV)/bin/pytest $(SERVER_TESTS) $(PYTEST_ARGS)
 
+unit-downstream: install
+	$(VENV)/bin/pytest $(DOWNSTREAM_TESTS) $(PYTEST_ARGS)
+
 unit-rest: install
-	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS)) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS) $(DOWNSTREAM_TESTS)) $(PYTEST_ARGS)
 
 ## Throughput and latency against the bare-FastAPI ceiling (needs wrk and PostgreSQL).
 bench: install
