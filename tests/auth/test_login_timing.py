@@ -28,6 +28,8 @@ async def test_unknown_user_and_wrong_password_take_the_same_time(database_url: 
             )
             wrong.append(await _timed_login(harness, email, "wrong password 1"))
     ratio = statistics.median(unknown) / statistics.median(wrong)
-    # Without the dummy hash the unknown-user path is ~100x faster (no argon2 at all).
-    assert 0.6 < ratio < 1.6, (ratio, unknown, wrong)
+    # Without the dummy hash the unknown-user path is ~100x faster (no argon2 at all), so a
+    # factor of 3 either way still catches that, and tolerates a CPU shared with two other
+    # test processes (a wrong password also writes the failure count: 0.56 seen under load).
+    assert 1 / 3 < ratio < 3, (ratio, unknown, wrong)
     assert min(unknown) > 0.005  # argon2 really ran

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import threading
 import time
@@ -19,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -31,10 +29,9 @@ from app.core import migrate
 from app.core.db import create_engine, table_of
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
+from tests.browser.conftest import REQUIRE_BROWSER
 from tests.conftest import PASSWORD
 from tests.support.servers import create_user_in, free_port, uvicorn_server
-
-REQUIRE_BROWSER = os.environ.get("REQUIRE_BROWSER") == "1"
 
 try:
     from playwright.async_api import (
@@ -43,7 +40,6 @@ try:
         Page,
         Response,
         Route,
-        async_playwright,
         expect,
     )
 except ImportError:  # pragma: no cover - the dev dependency is missing
@@ -53,17 +49,6 @@ except ImportError:  # pragma: no cover - the dev dependency is missing
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ACCESS_TTL = 5  # seconds: short, so that tokens expire while the tests run
 IDLE_TIMEOUT = 10  # the shortest the settings allow
 # An allowed origin that no test page uses: CORS is on, and the attacker's origins are not in it.
@@ -76,26 +61,6 @@ BASE_ENV = {
 
 
 # ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def chromium_executable() -> str:
-    if not (CHROMIUM.exists() and os.access(CHROMIUM, os.X_OK)):
-        message = f"{CHROMIUM} is not installed (apt-get install chromium)"
-        if REQUIRE_BROWSER:
-            pytest.fail(message + " and REQUIRE_BROWSER=1")
-        pytest.skip(message)
-    return str(CHROMIUM)
-
-
-@pytest.fixture(scope="session")
-async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=chromium_executable, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
 
 
 @pytest.fixture

@@ -40,12 +40,10 @@ from playwright.async_api import (
     BrowserContext,
     Page,
     WebSocket,
-    async_playwright,
     expect,
 )
 
 from tests.browser.test_browser import (
-    CHROMIUM_ARGS,
     PageWatch,
     Service,
     access_token,
@@ -70,27 +68,6 @@ pytestmark = pytest.mark.slow
 
 ACCESS_TTL = 5  # seconds: the socket must outlive two of these
 NO_RECONNECT_WAIT = 0.6  # a reconnect would come within 0.25 s (the first backoff)
-
-
-@pytest.fixture(scope="module")
-def chromium_executable() -> str:
-    from tests.browser.test_browser import CHROMIUM, REQUIRE_BROWSER
-
-    if not CHROMIUM.exists():
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{CHROMIUM} is not installed and REQUIRE_BROWSER=1")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return str(CHROMIUM)
-
-
-@pytest.fixture(scope="module")
-async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=chromium_executable, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
 
 
 class NotesProcess:

@@ -15,15 +15,14 @@ import asyncio
 import contextlib
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext
 
 from tests.browser.test_browser import (
     BASE_ENV,
-    CHROMIUM_ARGS,
     PageWatch,
     Service,
     access_token,
@@ -39,27 +38,6 @@ from tests.support.servers import started_together, uvicorn_server
 pytestmark = pytest.mark.slow
 
 REFRESH_COOKIE = "__Secure-refresh_token"
-
-
-@pytest.fixture(scope="module")
-async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=chromium_executable, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
-
-
-@pytest.fixture(scope="module")
-def chromium_executable() -> str:
-    from tests.browser.test_browser import CHROMIUM, REQUIRE_BROWSER
-
-    if not CHROMIUM.exists():
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{CHROMIUM} is not installed and REQUIRE_BROWSER=1")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return str(CHROMIUM)
 
 
 @contextlib.contextmanager
