@@ -22,6 +22,7 @@ from app.core.components import Components, components_of
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError, ServiceUnavailableError, is_database_unavailable
 from app.core.exposure import ExposureMap
+from app.core.metrics import ROUTE_LABEL
 from app.core.middleware import route_path
 from app.core.ratelimit import RateLimited, RateLimiter
 from app.sessions.policy import SessionState
@@ -61,6 +62,7 @@ class IdentityMiddleware:
         if path in self.exposure.limits and not await _within_limit(
             self.exposure.limits[path], scope, receive, send
         ):
+            self._label(scope, path)
             return
         token = None if path in self.exposure.public_paths else bearer_token(scope)
         if token is None:
@@ -71,12 +73,14 @@ class IdentityMiddleware:
         try:
             auth = await _authenticate(components, sessions, clock, token)
         except DomainError as exc:
+            self._label(scope, path)
             await domain_error_response(exc)(scope, receive, send)
             return
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
             logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
+            self._label(scope, path)
             await domain_error_response(ServiceUnavailableError())(scope, receive, send)
             return
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
@@ -95,6 +99,11 @@ class IdentityMiddleware:
         await self.app(scope, receive, send_and_watch)
         if 200 <= status < 300:
             await _slide(sessions, clock, auth)
+
+    def _label(self, scope: Scope, path: str) -> None:
+        """An answer given before routing is counted under its route, not as "unmatched"."""
+        if path in self.exposure.static_paths:
+            scope[ROUTE_LABEL] = path
 
 
 async def _within_limit(limit: str, scope: Scope, receive: Receive, send: Send) -> bool:

@@ -60,6 +60,8 @@ class ExposureMap:
     passive_paths: frozenset[str]
     # path -> the rate limit counting every request to it, before the token check
     limits: Mapping[str, str] = field(default_factory=dict)
+    # Every route path without parameters: an answer given before routing is labelled by it.
+    static_paths: frozenset[str] = frozenset()
 
 
 def exposure_of(routes: Iterable[BaseRoute], *, also_public: Iterable[str] = ()) -> ExposureMap:
@@ -67,9 +69,12 @@ def exposure_of(routes: Iterable[BaseRoute], *, also_public: Iterable[str] = ())
     such as /docs, which carry no marker)."""
     public_paths, passive_paths = set(also_public), set()
     limits: dict[str, str] = {}
+    static_paths: set[str] = set()
     for route in routes:
         if not isinstance(route, Route):
             continue
+        if "{" not in route.path:
+            static_paths.add(route.path)
         if (limit := getattr(route.endpoint, _LIMIT_ATTRIBUTE, None)) is not None:
             limits[route.path] = limit
         kind = getattr(route.endpoint, _ATTRIBUTE, Exposure.authenticated)
@@ -77,4 +82,6 @@ def exposure_of(routes: Iterable[BaseRoute], *, also_public: Iterable[str] = ())
             public_paths.add(route.path)
         elif kind is Exposure.passive:
             passive_paths.add(route.path)
-    return ExposureMap(frozenset(public_paths), frozenset(passive_paths), limits)
+    return ExposureMap(
+        frozenset(public_paths), frozenset(passive_paths), limits, frozenset(static_paths)
+    )

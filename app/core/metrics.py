@@ -85,11 +85,16 @@ def render() -> tuple[bytes, str]:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# Set by a layer that answers before routing (the identity check refusing a token) when the
+# path is one of the routes' own: the route it was meant for, instead of "unmatched".
+ROUTE_LABEL = "authsvc.route_label"
+
+
 def record_request(scope: Scope, status: int, seconds: float) -> None:
     """Count and time one finished HTTP request under its route template (not the raw path,
     whose ids would explode the label set). Called by the request-envelope middleware, which already
     wraps every request, so measuring costs no extra middleware layer."""
-    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_LABEL) or "unmatched"
     method = scope["method"] if scope["method"] in _METHODS else "other"
     _requests(method, route, status).observe(seconds)
 

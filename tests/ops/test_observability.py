@@ -89,6 +89,22 @@ async def test_metrics_count_requests_and_auth_events(harness: Harness) -> None:
     assert "authsvc_db_pool_checked_out" in text
 
 
+async def test_a_token_refused_before_routing_is_counted_under_its_route(
+    harness: Harness,
+) -> None:
+    """The identity check answers a bad token before routing: the 401s of the gateway's
+    /auth/verify must still show under that route (they were all "unmatched")."""
+    count = "authsvc_http_request_duration_seconds_count"
+    routes = ("/auth/verify", "/auth/session-status")
+    series = [f'{count}{{method="GET",route="{route}",status="401"}}' for route in routes]
+    before = (await harness.client.get("/metrics")).text
+    for route in routes:
+        response = await harness.client.get(route, headers=bearer("not.a.token"))
+        assert response.status_code == 401
+    text = (await harness.client.get("/metrics")).text
+    assert [_sample(text, s) - _sample(before, s) for s in series] == [1.0, 1.0]
+
+
 def _sample(exposition: str, series: str) -> float:
     """The value of one series in Prometheus text, 0 if absent."""
     for line in exposition.splitlines():
