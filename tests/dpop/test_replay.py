@@ -18,6 +18,7 @@ from app.dpop.errors import InvalidDPoPProof
 from app.dpop.proof import Proof
 from app.dpop.service import ReplayCache
 from tests.conftest import TEST_REDIS_URL
+from tests.support.redisserver import private_redis
 
 WINDOW = 60.0
 
@@ -105,3 +106,24 @@ async def test_redis_down_falls_back_to_the_database_within_the_timeout(
 
 def _key_hex(proof: Proof) -> str:
     return hashlib.sha256(f"{proof.jkt}\x00{proof.jti}".encode()).hexdigest()
+
+
+async def test_a_frozen_redis_costs_at_most_its_timeout_then_the_database_decides(
+    engine: AsyncEngine,
+) -> None:
+    with private_redis() as server:
+        client = Redis.from_url(server.url)
+        cache = ReplayCache(engine, window=WINDOW, redis=client, redis_timeout=0.2)
+        await cache.remember(a_proof(), datetime.now(UTC))  # Redis answers
+        server.freeze()
+        try:
+            proof, now = a_proof(), datetime.now(UTC)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await cache.remember(proof, now)  # recorded in the database instead
+            assert loop.time() - started < 1.0
+            with pytest.raises(InvalidDPoPProof):
+                await ReplayCache(engine, window=WINDOW).remember(proof, now)
+        finally:
+            server.thaw()
+            await client.aclose()
