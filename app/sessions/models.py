@@ -27,6 +27,9 @@ class Session(Base):
     absolute_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoke_reason: Mapped[str | None] = mapped_column(String(64))
+    # RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449), if any: every
+    # refresh then needs a proof signed by that key.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
 
 class RefreshToken(Base):

@@ -57,6 +57,7 @@ async def insert_session(
     now: datetime,
     idle_expires_at: datetime,
     absolute_expires_at: datetime,
+    dpop_jkt: str | None = None,
 ) -> None:
     await conn.execute(
         insert(_sessions).values(
@@ -69,6 +70,7 @@ async def insert_session(
             last_seen_at=now,
             idle_expires_at=idle_expires_at,
             absolute_expires_at=absolute_expires_at,
+            dpop_jkt=dpop_jkt,
         )
     )
 
@@ -181,6 +183,19 @@ async def lock_session(conn: AsyncConnection, session_id: uuid.UUID) -> bool:
     """Lock a session row before changing it or its tokens (the one lock order, see above)."""
     stmt = select(_sessions.c.id).where(_sessions.c.id == session_id).with_for_update()
     return (await conn.execute(stmt)).first() is not None
+
+
+async def lock_session_binding(
+    conn: AsyncConnection, session_id: uuid.UUID
+) -> tuple[bool, str | None]:
+    """`lock_session`, also reading the DPoP key the session is bound to: (found, its jkt)."""
+    stmt = (
+        select(_sessions.c.id, _sessions.c.dpop_jkt)
+        .where(_sessions.c.id == session_id)
+        .with_for_update()
+    )
+    row = (await conn.execute(stmt)).first()
+    return (row is not None, row.dpop_jkt if row is not None else None)
 
 
 async def session_of_token(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:

@@ -16,6 +16,7 @@ from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.errors import UnauthorizedError
 from app.core.ratelimit import RateLimiter
+from app.dpop.errors import InvalidDPoPProof
 from app.sessions import repository
 from app.sessions.cache import SessionStateCache
 from app.sessions.errors import (
@@ -131,10 +132,16 @@ class SessionService:
         return await self._store.find_account(user_id)
 
     async def start(
-        self, user: UserRecord, client: ClientInfo, device_name: str | None, now: datetime
+        self,
+        user: UserRecord,
+        client: ClientInfo,
+        device_name: str | None,
+        now: datetime,
+        dpop_jkt: str | None = None,
     ) -> IssuedSession | None:
         """Start a session for a user whose password just matched, in one transaction of the
-        store, if the user is still as `user` says; None (nothing written) otherwise."""
+        store, if the user is still as `user` says; None (nothing written) otherwise.
+        `dpop_jkt`: the DPoP key to bind the session to (RFC 9449), if the login proved one."""
         session_id = uuid.uuid4()
         idle, absolute = self.policy.new_deadlines(now)
         refresh_token = self._codec.new_token(session_id)
@@ -151,6 +158,7 @@ class SessionService:
                 device_name=device_name,
                 user_agent=client.stored_user_agent,
                 ip=client.ip,
+                dpop_jkt=dpop_jkt,
             )
         )
         if started is None:
@@ -200,7 +208,11 @@ class SessionService:
     # --- rotation ------------------------------------------------------------------------
 
     async def rotate(
-        self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None
+        self,
+        refresh_token: str,
+        client: ClientInfo,
+        guard: SessionGuard | None = None,
+        dpop_jkt: str | None = None,
     ) -> IssuedSession:
         """Rotate a refresh token: its successor, or the same successor again for a retry
         inside the reuse interval. An older token inside the interval is refused as
@@ -208,7 +220,9 @@ class SessionService:
 
         One store call (one round trip on PostgreSQL); the guard runs first. The per-session
         limit counts rotations only: the store is told whether it has room and refuses a new
-        rotation without it, while a retry (whose rotation was counted) is answered anyway."""
+        rotation without it, while a retry (whose rotation was counted) is answered anyway.
+        `dpop_jkt`: the key of the DPoP proof sent with the refresh, if any; a session bound to
+        a key rotates only with its proof (InvalidDPoPProof otherwise, nothing changed)."""
         codec = self._codec
         session_id = codec.session_of(refresh_token) or await self._legacy_session_of(refresh_token)
         if session_id is None:
@@ -231,6 +245,7 @@ class SessionService:
                 arrived_at=self.policy.credited_arrival(client.arrived_at, now),
                 may_rotate=may_rotate,
                 logout_clients=self._logout_clients,
+                dpop_jkt=dpop_jkt,
             )
         )
         state = await self._after_rotation(result, client, now)
@@ -240,6 +255,8 @@ class SessionService:
         self, result: Rotation, client: ClientInfo, now: datetime
     ) -> SessionState:
         state = result.session
+        if result.outcome == "dpop_mismatch":
+            raise InvalidDPoPProof("The session is bound to a DPoP key: send a proof signed by it.")
         if result.outcome == "invalid" or state is None:
             raise RefreshTokenInvalid()
         if result.outcome == "unusable":

@@ -778,6 +778,7 @@ async def test_start_rule(env: Env, case: StartCase) -> None:
         "absolute_expires_at": now + 8 * HOUR,
         "revoked_at": None,
         "revoke_reason": None,
+        "dpop_jkt": None,  # a login without a DPoP proof: an unbound session
     }
     assert await _token_rows(env.engine, sid) == {
         start.token_id: {

@@ -23,7 +23,12 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh(
     -- The back-channel logout clients told of a theft revocation (outbox rows written in this
     -- transaction, as app/backchannel/repository.py writes them). NULL: a caller of a version
     -- before migration 0010, which tells no one.
-    p_logout_clients text[] DEFAULT NULL
+    p_logout_clients text[] DEFAULT NULL,
+    -- The thumbprint of the DPoP key whose proof came with this refresh, or NULL. A session
+    -- bound to a key (sessions.dpop_jkt) rotates only with a proof by that key; anything else
+    -- is 'dpop_mismatch' and changes nothing (no theft check: without the key a stolen token
+    -- is worth nothing, and its owner must not be logged out by the attempt).
+    p_dpop_jkt text DEFAULT NULL
 ) RETURNS TABLE (
     outcome text,
     generation integer,
@@ -53,6 +58,7 @@ DECLARE
     v_touch_interval interval := make_interval(secs => p_touch_seconds);
     v_reuse_interval interval := make_interval(secs => p_reuse_seconds);
     v_arrived_at timestamptz := COALESCE(p_arrived_at, p_now);
+    v_session_jkt text;
 BEGIN
     -- A token of another session is refused before anything is locked: a forged session id
     -- must not hold up (or time) someone else's session.
@@ -67,9 +73,18 @@ BEGIN
     -- The session row first, as every writer of a session and its tokens does (one lock order:
     -- no deadlock with logout). Racing refreshes of one session queue here; each statement
     -- below then reads what the one before it committed.
-    PERFORM 1 FROM sessions s WHERE s.id = p_session_id FOR UPDATE;
+    SELECT s.dpop_jkt INTO v_session_jkt FROM sessions s WHERE s.id = p_session_id FOR UPDATE;
     IF NOT FOUND THEN
         outcome := 'invalid';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF v_session_jkt IS NOT NULL AND v_session_jkt IS DISTINCT FROM p_dpop_jkt THEN
+        outcome := 'dpop_mismatch';
+        INSERT INTO audit_events (event, user_id, session_id, ip, user_agent, details, created_at)
+        SELECT 'refresh.dpop_refused', s.user_id, p_session_id, p_ip, p_user_agent,
+               json_build_object('proof', p_dpop_jkt IS NOT NULL), p_now
+          FROM sessions s WHERE s.id = p_session_id;
         RETURN NEXT;
         RETURN;
     END IF;

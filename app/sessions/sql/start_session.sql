@@ -14,7 +14,10 @@ CREATE OR REPLACE FUNCTION authsvc_start_session(
     p_user_agent text,
     p_ip text,
     p_token_id uuid,
-    p_token_hash bytea
+    p_token_hash bytea,
+    -- The RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449), or NULL.
+    -- NULL is also what a caller of the version before migration 0013 gets.
+    p_dpop_jkt text DEFAULT NULL
 ) RETURNS TABLE (started boolean, email text, role text)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_variable
@@ -41,9 +44,9 @@ BEGIN
         UPDATE users u SET failed_logins = 0, locked_until = NULL WHERE u.id = p_user_id;
     END IF;
     INSERT INTO sessions (id, user_id, device_name, user_agent, ip, created_at, last_seen_at,
-                          idle_expires_at, absolute_expires_at)
+                          idle_expires_at, absolute_expires_at, dpop_jkt)
     VALUES (p_session_id, p_user_id, p_device_name, p_user_agent, p_ip, p_now, p_now,
-            p_idle_expires_at, p_absolute_expires_at);
+            p_idle_expires_at, p_absolute_expires_at, p_dpop_jkt);
     INSERT INTO refresh_tokens (id, session_id, parent_id, generation, token_hash, created_at)
     VALUES (p_token_id, p_session_id, NULL, 1, p_token_hash, p_now);
     INSERT INTO audit_events (event, user_id, session_id, ip, user_agent, details, created_at)

@@ -21,7 +21,9 @@ from typing import Literal, Protocol
 from app.sessions.policy import SessionPolicy, SessionState, TokenLink
 from app.users.repository import UserRecord
 
-Outcome = Literal["invalid", "unusable", "limited", "rotated", "retried", "superseded", "reused"]
+Outcome = Literal[
+    "invalid", "unusable", "limited", "rotated", "retried", "superseded", "reused", "dpop_mismatch"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,15 @@ class RotationRequest:
     # The back-channel logout clients told (through the outbox, in the same transaction)
     # when a replayed token revokes the session.
     logout_clients: tuple[str, ...] = ()
+    # The RFC 7638 thumbprint of the DPoP key whose proof came with the refresh (RFC 9449),
+    # if one did. A session bound to a key rotates only with its proof ("dpop_mismatch").
+    dpop_jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
-    """What happened. `session` is set for every outcome but "invalid"; after "rotated" and
+    """What happened. `session` is set for every outcome but "invalid" and "dpop_mismatch";
+    after "rotated" and
     "retried" it carries the slid idle deadline, after "reused" the revocation; after
     "limited" and "superseded" nothing changed but the audit row of a "superseded"."""
 
@@ -72,6 +78,7 @@ class SessionStart:
     device_name: str | None
     user_agent: str | None
     ip: str | None
+    dpop_jkt: str | None = None  # the key the session is bound to (RFC 9449), if any
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,7 @@ async def _insert_session(conn: AsyncConnection, s: SessionStart) -> None:
         now=s.now,
         idle_expires_at=s.idle_expires_at,
         absolute_expires_at=s.absolute_expires_at,
+        dpop_jkt=s.dpop_jkt,
     )
     await repository.insert_refresh_token(
         conn,
@@ -125,8 +126,11 @@ async def _rotate(conn: AsyncConnection, r: RotationRequest) -> Rotation:
     # A token of another session is refused before anything is locked.
     if await repository.session_of_token(conn, r.token_hash) != r.session_id:
         return Rotation("invalid")
-    if not await repository.lock_session(conn, r.session_id):
+    found, bound_to = await repository.lock_session_binding(conn, r.session_id)
+    if not found:
         return Rotation("invalid")
+    if bound_to is not None and bound_to != r.dpop_jkt:
+        return await _refuse_unbound_proof(conn, r)
     link = await repository.find_token_link(conn, r.token_hash)
     if link is None or link.session.id != r.session_id:
         return Rotation("invalid")
@@ -151,6 +155,25 @@ async def _rotate(conn: AsyncConnection, r: RotationRequest) -> Rotation:
     state = await _slide(conn, state, r)
     await _audit_rotation(conn, r, event, state.user_id, details)
     return Rotation(outcome, state, generation, reuse_class)
+
+
+async def _refuse_unbound_proof(conn: AsyncConnection, r: RotationRequest) -> Rotation:
+    """A bound session refreshed without a proof by its key: nothing changes but the audit
+    row, and no theft check (without the key a stolen token is worth nothing, and its owner
+    must not be logged out by the attempt)."""
+    link = await repository.find_token_link(conn, r.token_hash)
+    if link is not None:
+        await _insert_audit(
+            conn,
+            "refresh.dpop_refused",
+            link.session.user_id,
+            session_id=r.session_id,
+            ip=r.ip,
+            user_agent=r.user_agent,
+            now=r.now,
+            details={"proof": r.dpop_jkt is not None},
+        )
+    return Rotation("dpop_mismatch")
 
 
 async def _claim(conn: AsyncConnection, link: TokenLink, r: RotationRequest) -> bool:

@@ -3,8 +3,8 @@ one call each on the pooled connection's own asyncpg driver, outside any transac
 call is its own transaction and one round trip. SQLAlchemy's execution path costs more CPU
 than these statements (docs/performance.md). Everything else is the portable store's.
 
-The functions are app/sessions/sql/*.sql, installed by migrations 0005 and 0010 (0004, 0007
-and 0009 installed the earlier rotation functions).
+The functions are app/sessions/sql/*.sql, installed by migration 0013 (0004, 0005, 0007,
+0009 and 0010 installed the earlier versions).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from app.users import repository as users
 from app.users.repository import UserRecord
 
 _ROTATE = (
-    "SELECT * FROM authsvc_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    "SELECT * FROM authsvc_rotate_refresh"
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
-_START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 class PostgresSessionStore(PortableSessionStore):
@@ -54,9 +55,10 @@ class PostgresSessionStore(PortableSessionStore):
                 r.arrived_at,
                 r.may_rotate,
                 list(r.logout_clients),
+                r.dpop_jkt,
             )
         outcome: Outcome = row["outcome"]
-        if outcome == "invalid":
+        if outcome in ("invalid", "dpop_mismatch"):
             return Rotation(outcome)
         return Rotation(
             outcome,
@@ -81,6 +83,7 @@ class PostgresSessionStore(PortableSessionStore):
                 s.ip,
                 s.token_id,
                 s.token_hash,
+                s.dpop_jkt,
             )
         if not row["started"]:
             return None
