@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import re
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import error_body
 from app.core.metrics import ADMISSION_SHED
+from app.core.middleware import incoming_request_id
 
 # Orchestration must still see the process while it sheds: probes and scrapes are never queued.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -50,10 +50,6 @@ _HEADERS = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
 ]
-# A sane X-Request-ID is echoed, as every other answer does (app.core.middleware), so that a
-# client can match the 503 to the request it refused.
-_X_REQUEST_ID = b"x-request-id"
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}")
 
 
 def default_max_in_flight(database_url: str, pool_size: int) -> int:
@@ -135,10 +131,12 @@ class AdmissionMiddleware:
 
 
 def _shed(scope: Scope) -> list[tuple[bytes, bytes]]:
-    for key, value in scope["headers"]:
-        if key == _X_REQUEST_ID and _REQUEST_ID.fullmatch(value):
-            return [*_HEADERS, (_X_REQUEST_ID, value)]
-    return _HEADERS
+    # A sane X-Request-ID is echoed, as every other answer does, so that a client can match
+    # the 503 to the request it refused.
+    request_id = incoming_request_id(scope)
+    if request_id is None:
+        return _HEADERS
+    return [*_HEADERS, (b"x-request-id", request_id.encode())]
 
 
 def _granted(waiter: asyncio.Future[None]) -> bool:

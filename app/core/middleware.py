@@ -101,10 +101,7 @@ class RequestEnvelopeMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ARRIVED_AT] = self.clock.now()
-        incoming = _header(scope, _X_REQUEST_ID)
-        request_id = (
-            incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _request_ids.next()
-        )
+        request_id = incoming_request_id(scope) or _request_ids.next()
         id_header = (_X_REQUEST_ID, request_id.encode())
         path = route_path(scope)
         no_store = path.startswith(self.no_store_prefixes)
@@ -236,6 +233,12 @@ def _framing(scope: Scope) -> tuple[list[str], bool]:
         elif key == b"transfer-encoding":
             chunked = True
     return lengths, chunked
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    """The X-Request-ID the client sent, if it is sane enough to log and echo."""
+    incoming = _header(scope, _X_REQUEST_ID)
+    return incoming if incoming and _REQUEST_ID.fullmatch(incoming) else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
