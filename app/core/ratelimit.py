@@ -43,7 +43,7 @@ class RateLimited(DomainError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class _Breaker:
+class Breaker:
     """Whether to ask Redis now: after a failure, not again for `retry_interval` seconds, and
     then one caller probes while the others stay local (a stalled Redis costs each process one
     timeout per interval)."""
@@ -113,7 +113,7 @@ class RateLimiter:
             self._redis = redis
             self._shared = SlidingWindowCounterRateLimiter(redis)
         self._timeout = redis_timeout
-        self._breaker = _Breaker(redis_retry_interval)
+        self._breaker = Breaker(redis_retry_interval)
         self._enabled = enabled
 
     async def hit(self, name: str, key: str) -> None:

@@ -3,8 +3,9 @@
 A proof passes the `iat` check for at most `2 * window` seconds (iat may lie `window` either
 side of now), so each jti is remembered that long. Where: Redis when configured (`SET NX PX`,
 one round trip, bounded by REDIS_TIMEOUT), otherwise the database every replica shares. When
-Redis fails, the database takes over for that call: slower, still shared, never a hang or a
-500; a proof recorded in Redis just before it failed could be replayed once through the
+Redis fails, the database takes over for that call and, as for the rate limiter, for the next
+REDIS_RETRY_INTERVAL (one caller then probes Redis again): slower, still shared, never a hang
+or a 500; a proof recorded in Redis just before it failed could be replayed once through the
 database in the meantime.
 """
 
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import autocommit_connection
+from app.core.ratelimit import Breaker
 from app.dpop import repository
 from app.dpop.errors import InvalidDPoPProof
 from app.dpop.proof import Proof
@@ -35,12 +37,16 @@ class ReplayCache:
         window: float,
         redis: Redis | None = None,
         redis_timeout: float = 0.25,
+        redis_retry_interval: float = 5.0,
         namespace: str = "authsvc",
     ) -> None:
         self._engine = engine
         self._ttl = timedelta(seconds=2 * window)
         self._redis = redis
         self._redis_timeout = redis_timeout
+        # As the rate limiter: after a failure Redis is left alone for REDIS_RETRY_INTERVAL, so
+        # a frozen Redis costs one timeout per interval, not one per proof.
+        self._breaker = Breaker(redis_retry_interval)
         self._prefix = f"{namespace}:dpop-jti:"
 
     async def remember(self, proof: Proof, now: datetime) -> None:
@@ -54,7 +60,7 @@ class ReplayCache:
             return await repository.delete_expired(conn, now)
 
     async def _first_use(self, key: bytes, now: datetime) -> bool:
-        if self._redis is not None:
+        if self._redis is not None and self._breaker.allows_attempt():
             try:
                 async with asyncio.timeout(self._redis_timeout):
                     stored = await self._redis.set(
@@ -63,8 +69,12 @@ class ReplayCache:
                         nx=True,
                         px=int(self._ttl.total_seconds() * 1000),
                     )
-                return bool(stored)
             except (TimeoutError, OSError, RedisError) as exc:
-                logger.warning("dpop.redis_unavailable", extra={"error": type(exc).__name__})
+                if self._breaker.failed():
+                    logger.warning("dpop.redis_unavailable", extra={"error": type(exc).__name__})
+            else:
+                if self._breaker.succeeded():
+                    logger.warning("dpop.redis_recovered")
+                return bool(stored)
         async with autocommit_connection(self._engine) as conn:
             return await repository.record_first_use(conn, key, now=now, expires_at=now + self._ttl)

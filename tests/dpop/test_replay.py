@@ -122,6 +122,9 @@ async def test_a_frozen_redis_costs_at_most_its_timeout_then_the_database_decide
             started = loop.time()
             await cache.remember(proof, now)  # recorded in the database instead
             assert loop.time() - started < 1.0
+            started = loop.time()
+            await cache.remember(a_proof(), now)  # Redis is left alone for the retry interval
+            assert loop.time() - started < 0.15
             with pytest.raises(InvalidDPoPProof):
                 await ReplayCache(engine, window=WINDOW).remember(proof, now)
         finally:
