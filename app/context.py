@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import AccountService, build_account_service
@@ -19,11 +20,13 @@ from app.backchannel.service import BackchannelLogoutSender, LogoutTokenSigner
 from app.clients.service import ServiceClients
 from app.core.clock import Clock
 from app.core.components import Components
-from app.core.db import create_engine
+from app.core.db import engine_for
 from app.core.dependencies import Database
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
+from app.dpop.nonce import NonceIssuer
+from app.dpop.service import DPoP, ReplayCache
 from app.gateway.service import IntrospectionService
 from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
 from app.outbox.service import OutboxWorker, RetryPolicy
@@ -55,6 +58,7 @@ class AppContext:
     accounts: AccountService
     backchannel: BackchannelLogoutSender
     outbox: OutboxWorker
+    dpop: DPoP
 
     @property
     def policy(self) -> SessionPolicy:
@@ -97,6 +101,7 @@ class AppContext:
                 limiter=self.limiter,
                 clock=self.clock,
             ),
+            self.dpop,
         )
 
 
@@ -108,8 +113,8 @@ async def build_context(
     passwords: PasswordHasher | None = None,
 ) -> AppContext:
     """`engine` and `passwords` are the seams tests use (a shared engine, a gated hasher)."""
-    engine = engine or create_engine(
-        settings.database_url,
+    engine = engine or engine_for(
+        settings,
         pool_size=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
         serving_requests=True,
@@ -172,6 +177,37 @@ async def build_context(
         ),
         backchannel=backchannel,
         outbox=outbox,
+        dpop=build_dpop(settings, engine, clock),
+    )
+
+
+def build_dpop(settings: Settings, engine: AsyncEngine, clock: Clock) -> DPoP:
+    """The replay cache is shared by every replica: Redis when configured (its calls bounded
+    by REDIS_TIMEOUT, as the rate limiter's), else the database."""
+    redis = None
+    if settings.redis_url:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+    replay = ReplayCache(
+        engine,
+        window=settings.dpop_iat_window,
+        redis=redis,
+        redis_timeout=settings.redis_timeout,
+        redis_retry_interval=settings.redis_retry_interval,
+        namespace=settings.rate_limit_namespace,
+    )
+    return DPoP(
+        replay,
+        NonceIssuer(settings.secret_key.get_secret_value().encode()),
+        clock,
+        algorithms=frozenset(settings.dpop_algorithms),
+        window=settings.dpop_iat_window,
+        required=settings.dpop_required,
+        nonce_required=settings.dpop_nonce_required,
+        origins=settings.proof_origins,
     )
 
 

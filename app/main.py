@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from sqlalchemy import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -104,19 +105,14 @@ def create_app(
             # Back-channel logouts (and any other outbox message): every replica delivers.
             asyncio.create_task(ctx.outbox.run(), name="outbox"),
         ]
-        if ctx.engine.dialect.name == "postgresql":  # SQLite is one node: nothing to push
-            listener = RevocationListener(
-                ctx.engine.url, ctx.session_cache, on_revoked=ctx.outbox.wake
-            )
+        listen_at = _revocations_url(settings, ctx.engine)
+        if listen_at is not None:
+            listener = RevocationListener(listen_at, ctx.session_cache, on_revoked=ctx.outbox.wake)
             jobs.append(asyncio.create_task(listener.run(), name="revocation_push"))
         if settings.prune_interval:
             jobs.append(
                 asyncio.create_task(
-                    every(
-                        settings.prune_interval,
-                        lambda: ctx.sessions.prune(settings.refresh_token_retention),
-                        name="prune",
-                    )
+                    every(settings.prune_interval, lambda: _prune(ctx), name="prune")
                 )
             )
         logger.info("service.started", extra={"environment": settings.environment.value})
@@ -129,6 +125,7 @@ def create_app(
                     await job
             ctx.passwords.close()
             await ctx.backchannel.aclose()
+            await ctx.dpop.aclose()
             if engine is None:
                 await ctx.engine.dispose()
 
@@ -193,8 +190,27 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
     return app
 
 
+async def _prune(ctx: AppContext) -> None:
+    await ctx.sessions.prune(ctx.settings.refresh_token_retention)
+    await ctx.dpop.purge()
+
+
 async def _sample_pool(ctx: AppContext) -> None:
     record_pool(ctx.engine.pool)
+
+
+def _revocations_url(settings: Settings, engine: AsyncEngine) -> URL | None:
+    """Where the revocation listener LISTENs: PostgreSQL itself (SQLite is one node, and a
+    transaction-mode pooler cannot hold a LISTEN), None when there is nowhere to."""
+    if engine.dialect.name != "postgresql":
+        return None
+    if not settings.transaction_pooled:
+        return engine.url  # the engine tests pass in, or the one DATABASE_URL made
+    direct = settings.direct_database_url
+    if direct is None:
+        logger.warning("revocation_push.off", extra={"reason": "no DATABASE_DIRECT_URL"})
+        return None
+    return make_url(direct)
 
 
 def shed_outermost(app: FastAPI, settings: Settings) -> None:
@@ -228,7 +244,7 @@ def add_middleware_stack(
     (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page;
     `clock`: the application's, which stamps each request's arrival."""
     # Outermost last: the request envelope wraps everything so every log line has an id.
-    app.add_middleware(IdentityMiddleware, exposure=exposure)
+    app.add_middleware(IdentityMiddleware, exposure=exposure, forward_auth_paths=FORWARD_AUTH_PATHS)
     shed_outermost(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
@@ -241,10 +257,14 @@ def add_middleware_stack(
             allow_headers=[
                 "Authorization",
                 "Content-Type",
+                "DPoP",
                 "Session-Transport",
                 "X-CSRF-Token",
                 "X-Request-ID",
             ],
+            # What a frontend on another origin must read: a DPoP client its next nonce and
+            # the challenge (RFC 9449 §7.1, §8), and the server's clock for its proofs' iat.
+            expose_headers=["DPoP-Nonce", "WWW-Authenticate", "Date", "Retry-After"],
         )
     app.add_middleware(
         RequestEnvelopeMiddleware,

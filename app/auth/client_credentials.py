@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote_plus
 
 from app.audit.service import record
@@ -40,6 +41,11 @@ class ClientCredentials:
 class ServiceToken:
     access: IssuedAccessToken
     scope: str | None
+    jkt: str | None = None  # the DPoP key the token is bound to
+
+    @property
+    def token_type(self) -> Literal["Bearer", "DPoP"]:
+        return "DPoP" if self.jkt is not None else "Bearer"
 
 
 class InvalidClient(OAuthError):
@@ -112,10 +118,11 @@ class ClientCredentialsGrant:
         *,
         scope: str | None,
         audience: str | None,
+        dpop_jkt: str | None = None,
     ) -> ServiceToken | OAuthError:
-        """The token, or the RFC 6749 error to answer with. Returned, not raised: a failure's
-        audit row commits with the unit of work."""
-        await self._limiter.hit("client_token_ip", client.ip or "unknown")
+        """The token (bound to the DPoP key `dpop_jkt` if the request proved one), or the RFC
+        6749 error to answer with. Returned, not raised: a failure's audit row commits with
+        the unit of work. The caller has counted the request against `client_token_ip`."""
         if credentials is None:
             return InvalidClient("client authentication is required", challenge=True)
         conn = await uow.connection()
@@ -150,7 +157,11 @@ class ClientCredentialsGrant:
             return OAuthError("invalid_target", "a requested audience is not allowed")
         granted = " ".join(scopes) or None
         access = self._access.issue_service(
-            client_id=registered.client_id, audiences=audiences, scope=granted, now=now
+            client_id=registered.client_id,
+            audiences=audiences,
+            scope=granted,
+            now=now,
+            jkt=dpop_jkt,
         )
         await record(
             conn,
@@ -162,5 +173,6 @@ class ClientCredentialsGrant:
             scope=granted,
             audiences=list(audiences),
             expires_in=access.expires_in,
+            dpop=dpop_jkt is not None,
         )
-        return ServiceToken(access=access, scope=granted)
+        return ServiceToken(access=access, scope=granted, jkt=dpop_jkt)

@@ -7,10 +7,12 @@ from fastapi.security import OAuth2PasswordBearer
 
 from app.auth.client_credentials import ClientCredentialsGrant
 from app.auth.errors import NotAuthenticated, UserTokenRequired
-from app.auth.middleware import AUTH_STATE_KEY, Authenticated, ServiceCaller, bearer_token
+from app.auth.middleware import AUTH_STATE_KEY, Authenticated, ServiceCaller, presented_token
 from app.auth.service import AuthService
 from app.auth.transport import Transports
 from app.core.components import provider
+from app.dpop.dependencies import proof_headers, request_url
+from app.dpop.service import DPoP
 
 # Only for the OpenAPI document (the /docs "Authorize" button); the middleware verifies.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -18,6 +20,18 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 AuthServiceDep = Annotated[AuthService, Depends(provider(AuthService))]
 TransportsDep = Annotated[Transports, Depends(provider(Transports))]
 ClientCredentialsDep = Annotated[ClientCredentialsGrant, Depends(provider(ClientCredentialsGrant))]
+DPoPDep = Annotated[DPoP, Depends(provider(DPoP))]
+
+
+async def proved_key(request: Request, dpop: DPoP, *, for_session: bool = True) -> str | None:
+    """For a request that obtains tokens: the DPoP key its proof binds them to (RFC 9449 §5),
+    None without a proof; InvalidDPoPProof or UseDPoPNonce for a proof that does not hold."""
+    return await dpop.key_to_bind(
+        proof_headers(request.scope),
+        method=request.method,
+        url=request_url(request.scope, dpop.origins),
+        for_session=for_session,
+    )
 
 
 def current_session_or_none(request: Request) -> Authenticated | None:
@@ -66,7 +80,8 @@ async def guard_cookie_request(request: Request, transports: TransportsDep) -> N
     A dependency so that it runs before the body is parsed: a foreign `text/plain` post gets
     403 `csrf_failed`, not a validation error. The session-bound CSRF token is checked later,
     once the refresh cookie has named the session."""
-    transports.check_cross_site(request, has_bearer_token=bearer_token(request.scope) is not None)
+    has_token = presented_token(request.scope) is not None
+    transports.check_cross_site(request, has_bearer_token=has_token)
 
 
 CookieGuard = Depends(guard_cookie_request)

@@ -53,10 +53,18 @@ class OAuthError(DomainError):
 
     code = "invalid_request"
 
-    def __init__(self, error: str, description: str, *, status: int = 400):
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(description)
         self.error = error
         self._status = status
+        self._headers = headers or {}
 
     @property
     def status_code(self) -> int:  # type: ignore[override]
@@ -66,4 +74,4 @@ class OAuthError(DomainError):
         return {"error": self.error, "error_description": self.detail}
 
     def headers(self) -> dict[str, str]:
-        return {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        return {"Cache-Control": "no-store", "Pragma": "no-cache", **self._headers}

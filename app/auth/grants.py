@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from app.auth.tokens import AccessTokenCodec, IssuedAccessToken
 from app.sessions.policy import SessionState
@@ -18,6 +19,13 @@ class TokenGrant:
     now: datetime
     # Logins only: the client's device token for the account (see app.auth.devices).
     device_token: str | None = None
+    # The DPoP key the access token is bound to (its `cnf.jkt`), if any.
+    jkt: str | None = None
+
+    @property
+    def token_type(self) -> Literal["Bearer", "DPoP"]:
+        """How the access token is presented (RFC 9449 §5): a bound one needs its proofs."""
+        return "DPoP" if self.jkt is not None else "Bearer"
 
     @property
     def refresh_expires_in(self) -> int:
@@ -30,7 +38,9 @@ class TokenGrant:
         return refresh_after(self.now, self.access.expires_at, self.session.idle_expires_at)
 
 
-def grant_for(codec: AccessTokenCodec, issued: IssuedSession) -> TokenGrant:
+def grant_for(codec: AccessTokenCodec, issued: IssuedSession, jkt: str | None) -> TokenGrant:
+    """`jkt`: the key of the request's DPoP proof. The store has checked that a bound session's
+    proof is by its own key, and bound a session that was not bound to it (RFC 9449 §5)."""
     state, now = issued.session, issued.now
     access = codec.issue(
         user_id=state.user_id,
@@ -38,8 +48,11 @@ def grant_for(codec: AccessTokenCodec, issued: IssuedSession) -> TokenGrant:
         role=state.role,
         now=now,
         not_after=state.absolute_expires_at,
+        jkt=jkt,
     )
-    return TokenGrant(access=access, refresh_token=issued.refresh_token, session=state, now=now)
+    return TokenGrant(
+        access=access, refresh_token=issued.refresh_token, session=state, now=now, jkt=jkt
+    )
 
 
 def refresh_after(issued_at: datetime, expires_at: datetime, idle_expires_at: datetime) -> datetime:

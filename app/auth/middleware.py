@@ -2,15 +2,20 @@
 session once the request succeeded.
 
 Pure ASGI: it keeps no per-request state on the instance, and hands the verified identity to
-routes through `scope["state"]["auth"]`. A request counts as activity, and slides the session,
-only once it has succeeded (2xx): a 404, a redirect or a refused request does not keep a
-session alive, and neither do passive routes (see app.core.exposure).
+routes through `scope["state"]["auth"]`. A token bound to a DPoP key (`cnf.jkt`) is accepted
+only as `Authorization: DPoP` with a proof by that key for this request (RFC 9449 §7); on a
+forward-auth path the request is the one the gateway forwards the method and URL of.
+
+A request counts as activity, and slides the session, only once it has succeeded (2xx): a 404,
+a redirect or a refused request does not keep a session alive, and neither do passive routes
+(see app.core.exposure).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,11 +25,19 @@ from app.clients.service import ServiceClients
 from app.core.clock import Clock
 from app.core.components import Components, components_of
 from app.core.error_handlers import domain_error_response
-from app.core.errors import DomainError, ServiceUnavailableError, is_database_unavailable
+from app.core.errors import (
+    DomainError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    is_database_unavailable,
+)
 from app.core.exposure import ExposureMap
 from app.core.metrics import ROUTE_LABEL
 from app.core.middleware import route_path
 from app.core.ratelimit import RateLimited, RateLimiter
+from app.dpop.dependencies import original_request, proof_headers, request_url
+from app.dpop.errors import DPoPChallenge, InvalidDPoPProof, UseDPoPNonce, resource_error
+from app.dpop.service import DPoP
 from app.sessions.policy import SessionState
 from app.sessions.service import SessionService
 
@@ -49,10 +62,24 @@ class ServiceCaller:
     claims: ServiceClaims
 
 
+class PresentedToken(NamedTuple):
+    token: str
+    dpop: bool  # presented under the DPoP scheme (else Bearer)
+
+
 class IdentityMiddleware:
-    def __init__(self, app: ASGIApp, *, exposure: ExposureMap) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        exposure: ExposureMap,
+        forward_auth_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        """`forward_auth_paths`: routes that answer for another request (/auth/verify), whose
+        DPoP proofs are checked against the method and URL the gateway forwards."""
         self.app = app
         self.exposure = exposure
+        self.forward_auth_paths = forward_auth_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,17 +91,27 @@ class IdentityMiddleware:
         ):
             self._label(scope, path)
             return
-        token = None if path in self.exposure.public_paths else bearer_token(scope)
-        if token is None:
+        presented = None if path in self.exposure.public_paths else presented_token(scope)
+        if presented is None:
             await self.app(scope, receive, send)
             return
         components = components_of(scope["app"])
         sessions, clock = components.get(SessionService), components.get(Clock)
         try:
-            auth = await _authenticate(components, sessions, clock, token)
+            auth = await _authenticate(components, sessions, clock, presented)
+            await _check_binding(
+                components.get(DPoP), auth, presented, scope, path in self.forward_auth_paths
+            )
         except DomainError as exc:
             self._label(scope, path)
-            await domain_error_response(exc)(scope, receive, send)
+            refusal = exc
+            if (
+                presented.dpop
+                and isinstance(exc, UnauthorizedError)
+                and not isinstance(exc, DPoPChallenge)
+            ):
+                refusal = DPoPChallenge.for_token(exc, components.get(DPoP).challenge_algs)
+            await domain_error_response(refusal)(scope, receive, send)
             return
         except Exception as exc:
             if not is_database_unavailable(exc):
@@ -119,12 +156,12 @@ async def _within_limit(limit: str, scope: Scope, receive: Receive, send: Send) 
 
 
 async def _authenticate(
-    components: Components, sessions: SessionService, clock: Clock, token: str
+    components: Components, sessions: SessionService, clock: Clock, presented: PresentedToken
 ) -> Authenticated | ServiceCaller:
     """A user's token and its live session, or a service client's token and its enabled
     client: a token without `sid` is never taken for a session."""
     now = clock.now()
-    claims = components.get(AccessTokenCodec).verify(token, now=now)
+    claims = components.get(AccessTokenCodec).verify(presented.token, now=now)
     if isinstance(claims, ServiceClaims):
         return await _service_caller(components.get(ServiceClients), claims)
     state = await sessions.authenticate(claims.session_id, now)
@@ -153,12 +190,51 @@ async def _slide(sessions: SessionService, clock: Clock, auth: Authenticated) ->
             logger.exception("session.slide_failed")
 
 
-def bearer_token(scope: Scope) -> str | None:
+async def _check_binding(
+    dpop: DPoP,
+    auth: Authenticated | ServiceCaller,
+    presented: PresentedToken,
+    scope: Scope,
+    forwarded: bool,
+) -> None:
+    """RFC 9449 §7: a bound token only under the DPoP scheme with a proof, by its key, for this
+    request and this token; an unbound token never under the DPoP scheme (a client that thinks
+    its token is bound has lost track of it, and a bearer token gains nothing from a proof)."""
+    jkt, algs = auth.claims.jkt, dpop.challenge_algs
+    if jkt is None:
+        if presented.dpop:
+            raise DPoPChallenge(
+                "invalid_token", "This access token is not DPoP-bound: send it as Bearer.", algs
+            )
+        return
+    if not presented.dpop:
+        raise DPoPChallenge(
+            "invalid_dpop_proof",
+            "This access token is DPoP-bound: send it as `Authorization: DPoP` with a proof.",
+            algs,
+        )
+    try:
+        if forwarded:
+            method, url = original_request(scope, dpop.origins)
+        else:
+            method, url = scope["method"], request_url(scope, dpop.origins)
+        proof = await dpop.check(
+            proof_headers(scope), method=method, url=url, access_token=presented.token, jkt=jkt
+        )
+    except (InvalidDPoPProof, UseDPoPNonce) as exc:
+        raise resource_error(exc, algs) from exc
+    if proof is None:
+        raise DPoPChallenge("invalid_dpop_proof", "A DPoP proof is required.", algs)
+
+
+def presented_token(scope: Scope) -> PresentedToken | None:
+    """The access token of `Authorization: Bearer <token>` or `Authorization: DPoP <token>`."""
     for key, value in scope["headers"]:
         if key == b"authorization":
             header: str = value.decode("latin-1")
             scheme, _, credentials = header.partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                return credentials.strip()
+            scheme, credentials = scheme.lower(), credentials.strip()
+            if scheme in ("bearer", "dpop") and credentials:
+                return PresentedToken(credentials, dpop=scheme == "dpop")
             return None
     return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 
@@ -12,10 +12,12 @@ from app.auth.dependencies import (
     ClientCredentialsDep,
     CookieGuard,
     CurrentSession,
+    DPoPDep,
     TransportsDep,
     current_session_or_none,
     guard_cookie_request,
     oauth2_scheme,
+    proved_key,
     refuse_service_caller,
 )
 from app.auth.devices import DeviceProof
@@ -33,6 +35,7 @@ from app.auth.schemas import (
     TokenStatus,
 )
 from app.auth.service import AuthService, LoginRefused
+from app.auth.tokens import IssuedAccessToken
 from app.auth.transport import Transports
 from app.core.components import components_of
 from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, get_client_info
@@ -42,16 +45,28 @@ from app.core.exposure import passive, public
 from app.core.json_body import openapi_body, parse_json_body
 from app.core.ratelimit import RateLimiter
 from app.core.text import has_control_characters
+from app.dpop.errors import InvalidDPoPProof, UseDPoPNonce
+from app.dpop.service import DPoP
 from app.sessions.errors import RefreshTokenInvalid
 from app.users.service import normalize_email
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
+_400_DPOP = {
+    "description": "`invalid_dpop_proof`: the DPoP proof is missing (a bound session, or "
+    "DPOP_REQUIRED) or fails a check; `use_dpop_nonce`: retry with the `DPoP-Nonce` header's "
+    "nonce in the proof"
+}
 _401 = {"description": "Not authenticated: see `error.code`"}
 _403 = {"description": "`csrf_failed`: cross-site request refused (cookie transport)"}
 _COOKIE_DOC = (
     " With `Session-Transport: cookie` the refresh token travels only in an HttpOnly cookie "
     "(the body's `refresh_token` is null) and a CSRF cookie is set: see docs/browser-mode.md."
+)
+_DPOP_DOC = (
+    " A `DPoP` proof header (RFC 9449) binds the session to the proof's key: the access token "
+    "carries `cnf.jkt`, `token_type` is `DPoP`, and every later refresh needs a proof by the "
+    "same key (docs/dpop.md)."
 )
 
 
@@ -69,8 +84,8 @@ async def _limit_login(
 
 @router.post(
     "/login",
-    responses={401: _401, 403: _403},
-    description=_COOKIE_DOC,
+    responses={400: _400_DPOP, 401: _401, 403: _403},
+    description=_COOKIE_DOC + _DPOP_DOC,
     dependencies=[CookieGuard],
     response_model=TokenResponse,
 )
@@ -83,23 +98,27 @@ async def login(
     limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
+    dpop: DPoPDep,
 ) -> Response:
     """Start a new session (one per device) and return its first token pair."""
     transport = transports.for_response(request)
     device_token = transports.presented_device_token(request, body.device_token)
     device = service.device_proof(device_token, body.email)
     await _limit_login(limiter, client.ip, body.email, device)
-    result = await service.login(uow, client, body.email, body.password, body.device_name, device)
+    jkt = await proved_key(request, dpop)
+    result = await service.login(
+        uow, client, body.email, body.password, body.device_name, device, dpop_jkt=jkt
+    )
     if isinstance(result, LoginRefused):
         # Returned, not raised: the failure's records commit with the unit of work.
         return domain_error_response(InvalidCredentials())
-    return transport.token_response(result)
+    return _with_nonce(transport.token_response(result), dpop)
 
 
 @router.post(
     "/refresh",
-    responses={401: _401, 403: _403, 422: {"description": "`validation_error`"}},
-    description=_COOKIE_DOC,
+    responses={400: _400_DPOP, 401: _401, 403: _403, 422: {"description": "`validation_error`"}},
+    description=_COOKIE_DOC + _DPOP_DOC,
     response_model=TokenResponse,
     openapi_extra=openapi_body(RefreshRequest),
 )
@@ -118,8 +137,10 @@ async def refresh(request: Request) -> Response:
     presented = transports.presented_refresh_token(request, body.refresh_token)
     if presented is None:
         raise RefreshTokenInvalid("No refresh token in the body or in the cookie.")
-    grant = await components.get(AuthService).refresh(presented.token, client, presented.guard)
-    return presented.transport.token_response(grant)
+    dpop = components.get(DPoP)
+    jkt = await proved_key(request, dpop)
+    grant = await components.get(AuthService).refresh(presented.token, client, presented.guard, jkt)
+    return _with_nonce(presented.transport.token_response(grant), dpop)
 
 
 @router.post(
@@ -140,6 +161,7 @@ async def token(
     limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
+    dpop: DPoPDep,
     grant_type: Annotated[str | None, Form()] = None,
     username: Annotated[str | None, Form(max_length=320)] = None,
     password: Annotated[str | None, Form(max_length=1024)] = None,
@@ -148,33 +170,43 @@ async def token(
     client_id: Annotated[str | None, Form(max_length=256)] = None,
     client_secret: Annotated[str | None, Form(max_length=256)] = None,
     audience: Annotated[str | None, Form(max_length=1024)] = None,
-) -> OAuthTokenResponse | Response:
+) -> Response:
     """RFC 6749 token endpoint, form-encoded. This is what the /docs "Authorize" button calls.
 
     `client_credentials` (§4.4) is for registered service clients (`python -m app clients`),
     authenticated by HTTP Basic or `client_id` + `client_secret` in the form: a short-lived
     access token with no refresh token; `scope` and `audience` (space-separated) may ask for
-    what the client is registered with."""
-    if grant_type == "client_credentials":
-        presented = client_credentials(
-            request.headers.get("authorization"), client_id, client_secret
-        )
-        issued = await service_clients.issue(uow, client, presented, scope=scope, audience=audience)
-        if not isinstance(issued, ServiceToken):
-            return domain_error_response(issued)  # returned: its audit row commits
-        return OAuthTokenResponse(
-            access_token=issued.access.token,
-            expires_in=issued.access.expires_in,
-            scope=issued.scope,
-        )
+    what the client is registered with. A `DPoP` proof header binds the tokens (and the
+    session) to its key, as on /auth/login; its errors are `invalid_dpop_proof` and
+    `use_dpop_nonce` (RFC 9449 §5, §8)."""
     try:
+        # Each grant counts the request against its limits before the DPoP proof is checked
+        # (a signature and a replay-cache write), as /auth/login does; a request for nothing
+        # is refused before either.
+        if grant_type == "client_credentials":
+            presented = client_credentials(
+                request.headers.get("authorization"), client_id, client_secret
+            )
+            await limiter.hit("client_token_ip", client.ip or "unknown")
+            # DPOP_REQUIRED is about sessions: a service client's token has none.
+            jkt = await proved_key(request, dpop, for_session=False)
+            issued = await service_clients.issue(
+                uow, client, presented, scope=scope, audience=audience, dpop_jkt=jkt
+            )
+            if not isinstance(issued, ServiceToken):
+                return domain_error_response(issued)  # returned: its audit row commits
+            response = _oauth_response(issued.access, issued.token_type, issued.scope)
+            return _with_nonce(response, dpop)
         if grant_type == "password":
             if not username or not password:
                 raise OAuthError("invalid_request", "username and password are required")
             if has_control_characters(username):
                 raise OAuthError("invalid_request", "username must not contain control characters")
             await _limit_login(limiter, client.ip, username)  # same limits as /auth/login
-            result = await service.login(uow, client, username, password, "openapi-docs")
+            jkt = await proved_key(request, dpop)
+            result = await service.login(
+                uow, client, username, password, "openapi-docs", dpop_jkt=jkt
+            )
             if isinstance(result, LoginRefused):
                 # Returned, not raised: the failure's records commit with the unit of work.
                 refused = OAuthError("invalid_grant", InvalidCredentials.message)
@@ -184,7 +216,8 @@ async def token(
             if not refresh_token:
                 raise OAuthError("invalid_request", "refresh_token is required")
             await limiter.hit("refresh_ip", client.ip or "unknown")
-            grant = await service.refresh(refresh_token, client)
+            jkt = await proved_key(request, dpop)
+            grant = await service.refresh(refresh_token, client, dpop_jkt=jkt)
         elif grant_type is None:
             raise OAuthError("invalid_request", "grant_type is required")
         else:
@@ -194,11 +227,40 @@ async def token(
             )
     except UnauthorizedError as exc:
         raise OAuthError("invalid_grant", exc.detail) from exc
-    return OAuthTokenResponse(
-        access_token=grant.access.token,
-        expires_in=grant.access.expires_in,
-        refresh_token=grant.refresh_token,
+    except (InvalidDPoPProof, UseDPoPNonce) as exc:
+        # RFC 9449 §5, §8: the token endpoint's own error shape, the nonce in its header.
+        raise OAuthError(exc.code, exc.detail, headers=exc.headers()) from exc
+    response = _oauth_response(grant.access, grant.token_type, None, grant.refresh_token)
+    return _with_nonce(response, dpop)
+
+
+def _oauth_response(
+    access: IssuedAccessToken,
+    token_type: Literal["Bearer", "DPoP"],
+    scope: str | None,
+    refresh_token: str | None = None,
+) -> Response:
+    body = OAuthTokenResponse(
+        access_token=access.token,
+        token_type=token_type,
+        expires_in=access.expires_in,
+        refresh_token=refresh_token,
+        scope=scope,
     )
+    return Response(
+        body.model_dump_json(exclude_none=True),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+def _with_nonce(response: Response, dpop: DPoP) -> Response:
+    """Hand the client the current DPoP nonce with every token response (RFC 9449 §8.2), so
+    its next proof carries it without a round trip to be told."""
+    nonce = dpop.fresh_nonce()
+    if nonce is not None:
+        response.headers["DPoP-Nonce"] = nonce
+    return response
 
 
 @router.post(
@@ -215,6 +277,7 @@ async def logout(
     transports: TransportsDep,
     uow: DbSession,
     client: ClientDep,
+    dpop: DPoPDep,
 ) -> Response:
     """Revoke this session: its refresh token and every access token stop working at once.
 
@@ -229,7 +292,10 @@ async def logout(
     presented = transports.presented_refresh_token(request)
     if presented is None or presented.guard is None:
         raise NotAuthenticated()
-    await service.logout_with_refresh_token(uow, client, presented.token, presented.guard)
+    # A bound session is ended by its key's holder only: a copied cookie jar is worth
+    # nothing, not even a logout (any session may be ended with a proof, DPOP_REQUIRED or not).
+    jkt = await proved_key(request, dpop, for_session=False)
+    await service.logout_with_refresh_token(uow, client, presented.token, presented.guard, jkt)
     return presented.transport.logout_response()
 
 

@@ -46,7 +46,11 @@ class SessionInfo(BaseModel):
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
+    token_type: Literal["Bearer", "DPoP"] = Field(
+        default="Bearer",
+        description="`DPoP` when the request carried a DPoP proof: the access token is bound "
+        "to its key (`cnf.jkt`) and is presented as `Authorization: DPoP` with a proof.",
+    )
     expires_in: int = Field(description="Seconds until the access token expires.")
     refresh_token: str | None = Field(
         description="The new refresh token; the one presented is now used (rotation)."
@@ -72,7 +76,7 @@ class OAuthTokenResponse(BaseModel):
     """RFC 6749 §5.1 token response (used by the /docs Authorize button)."""
 
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name
+    token_type: Literal["Bearer", "DPoP"] = "Bearer"  # noqa: S105 - a scheme name
     expires_in: int
     # Absent for client_credentials (RFC 6749 §4.4.3: no refresh token).
     refresh_token: str | None = None

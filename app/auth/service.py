@@ -66,7 +66,10 @@ class AuthService:
         password: str,
         device_name: str | None,
         device: DeviceProof | None = None,
+        *,
+        dpop_jkt: str | None = None,
     ) -> TokenGrant | LoginRefused:
+        """`dpop_jkt`: the DPoP key the request proved (RFC 9449); the session is bound to it."""
         candidate = await self._sessions.find_login_candidate(normalize_email(email))
         # No connection is held while the hash runs (it takes tens of milliseconds).
         valid, new_hash = await self._passwords.verify_and_update(
@@ -83,9 +86,9 @@ class AuthService:
             # before the hash): never the owner's device's job, so it takes the general path.
             and not trusted
         ):
-            issued = await self._sessions.start(candidate, client, device_name, now)
+            issued = await self._sessions.start(candidate, client, device_name, now, dpop_jkt)
             if issued is not None:
-                return self._granted(issued, candidate, device if trusted else None)
+                return self._granted(issued, candidate, device if trusted else None, dpop_jkt)
         # The general path: anything unusual (a failure, a hash upgrade, a change meanwhile),
         # decided under the user's row lock inside the request's unit of work.
         conn = await uow.connection()
@@ -119,8 +122,8 @@ class AuthService:
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
             user = replace(user, password_hash=new_hash)
-        issued = await self._sessions.start_in(uow, user, client, device_name, now)
-        return self._granted(issued, user, device if trusted else None)
+        issued = await self._sessions.start_in(uow, user, client, device_name, now, dpop_jkt)
+        return self._granted(issued, user, device if trusted else None, dpop_jkt)
 
     async def _trusts(self, device: DeviceProof | None, user: UserRecord | None) -> bool:
         """Whether `device` is a trusted device of `user`: its token names the account and
@@ -148,7 +151,11 @@ class AuthService:
             await self._lockout.count_failure(conn, client, user, now)
 
     def _granted(
-        self, issued: IssuedSession, user: UserRecord, device: DeviceProof | None
+        self,
+        issued: IssuedSession,
+        user: UserRecord,
+        device: DeviceProof | None,
+        jkt: str | None,
     ) -> TokenGrant:
         """The grant, with a device token for the account: a fresh device, or the trusted
         one keeping its id (and its failure count)."""
@@ -159,15 +166,21 @@ class AuthService:
             now=issued.now,
             device_id=device.device_id if device is not None else None,
         )
-        return replace(grant_for(self._access, issued), device_token=device_token)
+        grant = grant_for(self._access, issued, jkt)
+        return replace(grant, device_token=device_token)
 
     async def refresh(
-        self, refresh_token: str, client: ClientInfo, guard: SessionGuard | None = None
+        self,
+        refresh_token: str,
+        client: ClientInfo,
+        guard: SessionGuard | None = None,
+        dpop_jkt: str | None = None,
     ) -> TokenGrant:
         """Rotate a refresh token (its own unit of work: one store call) and sign an access
-        token for the session."""
-        issued = await self._sessions.rotate(refresh_token, client, guard)
-        return grant_for(self._access, issued)
+        token for the session, bound to `dpop_jkt` when the request proved a DPoP key (a bound
+        session rotates only with its own key's proof)."""
+        issued = await self._sessions.rotate(refresh_token, client, guard, dpop_jkt)
+        return grant_for(self._access, issued, dpop_jkt)
 
     async def logout(
         self, uow: UnitOfWork, client: ClientInfo, session_id: uuid.UUID, user_id: uuid.UUID
@@ -185,11 +198,17 @@ class AuthService:
         )
 
     async def logout_with_refresh_token(
-        self, uow: UnitOfWork, client: ClientInfo, refresh_token: str, guard: SessionGuard
+        self,
+        uow: UnitOfWork,
+        client: ClientInfo,
+        refresh_token: str,
+        guard: SessionGuard,
+        dpop_jkt: str | None = None,
     ) -> None:
         """Cookie logout without an access token (it may have expired): the refresh token
-        names the session, the guard proves the request comes from our page."""
-        session = await self._sessions.session_of_refresh_token(uow, refresh_token, guard)
+        names the session, the guard proves the request comes from our page, and a session
+        bound to a DPoP key needs a proof by it (`dpop_jkt`)."""
+        session = await self._sessions.session_of_refresh_token(uow, refresh_token, guard, dpop_jkt)
         await self.logout(uow, client, session.id, session.user_id)
 
     async def logout_all(

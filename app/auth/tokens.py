@@ -36,6 +36,7 @@ class AccessClaims:
     jti: str
     issued_at: datetime
     expires_at: datetime
+    jkt: str | None = None  # the DPoP key the token is bound to (`cnf.jkt`, RFC 9449 §6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class ServiceClaims:
     jti: str
     issued_at: datetime
     expires_at: datetime
+    jkt: str | None = None
 
 
 Claims = AccessClaims | ServiceClaims
@@ -98,6 +100,7 @@ class AccessTokenCodec:
         role: str,
         now: datetime,
         not_after: datetime | None = None,
+        jkt: str | None = None,
     ) -> IssuedAccessToken:
         """A token for the session; it never outlives the session's absolute deadline, so a
         verifier that only checks signatures (JWKS) cannot accept it past that point."""
@@ -119,10 +122,17 @@ class AccessTokenCodec:
             "client_id": self._client_id,
             "role": role,
         }
+        _bind(claims, jkt)
         return self._sign(claims, now)
 
     def issue_service(
-        self, *, client_id: str, audiences: tuple[str, ...], scope: str | None, now: datetime
+        self,
+        *,
+        client_id: str,
+        audiences: tuple[str, ...],
+        scope: str | None,
+        now: datetime,
+        jkt: str | None = None,
     ) -> IssuedAccessToken:
         """A service client's token: `sub` is `client:<id>`, no `sid`, no role. Its `aud` is
         this issuer's audience (what every verifier of ours checks), followed by the audiences
@@ -140,6 +150,7 @@ class AccessTokenCodec:
         }
         if scope:
             claims["scope"] = scope
+        _bind(claims, jkt)
         return self._sign(claims, now)
 
     def _sign(self, claims: dict[str, Any], now: datetime) -> IssuedAccessToken:
@@ -221,8 +232,9 @@ class AccessTokenCodec:
         service = "sid" not in payload
         if exp - iat > (self._service_ttl if service else self._ttl) + self._leeway:
             raise InvalidToken("The access token lives longer than this issuer allows.")
+        jkt = _bound_key(payload)
         if service:
-            return _service_claims(payload, iat, exp, now)
+            return _service_claims(payload, iat, exp, now, jkt)
         try:
             user_id = uuid.UUID(str(payload["sub"]))
             session_id = uuid.UUID(str(payload["sid"]))
@@ -238,10 +250,31 @@ class AccessTokenCodec:
             jti=jti,
             issued_at=datetime.fromtimestamp(iat, now.tzinfo),
             expires_at=datetime.fromtimestamp(exp, now.tzinfo),
+            jkt=jkt,
         )
 
 
-def _service_claims(payload: dict[str, Any], iat: int, exp: int, now: datetime) -> ServiceClaims:
+def _bind(claims: dict[str, Any], jkt: str | None) -> None:
+    """Bind the token to a DPoP key (RFC 9449 §6.1): `cnf.jkt`, its JWK SHA-256 thumbprint."""
+    if jkt is not None:
+        claims["cnf"] = {"jkt": jkt}
+
+
+def _bound_key(payload: dict[str, Any]) -> str | None:
+    """The DPoP key a token is bound to, or None. A `cnf` we cannot read is refused, never
+    ignored: ignoring it would turn a bound token into a bearer one."""
+    if "cnf" not in payload:
+        return None
+    cnf = payload["cnf"]
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if not isinstance(jkt, str) or not jkt or set(cnf) != {"jkt"}:
+        raise InvalidToken("The access token's cnf claim is not a DPoP key binding.")
+    return jkt
+
+
+def _service_claims(
+    payload: dict[str, Any], iat: int, exp: int, now: datetime, jkt: str | None
+) -> ServiceClaims:
     """A token without `sid` is a service client's or nothing: its subject must be exactly
     `client:<client_id>` (never a user's id), and it carries no role."""
     client_id, sub, jti = payload.get("client_id"), payload["sub"], payload["jti"]
@@ -261,6 +294,7 @@ def _service_claims(payload: dict[str, Any], iat: int, exp: int, now: datetime) 
         jti=jti,
         issued_at=datetime.fromtimestamp(iat, now.tzinfo),
         expires_at=datetime.fromtimestamp(exp, now.tzinfo),
+        jkt=jkt,
     )
 
 

@@ -63,6 +63,7 @@ class PresentedRefreshToken:
 def _token_body(grant: TokenGrant) -> TokenResponse:
     return TokenResponse(
         access_token=grant.access.token,
+        token_type=grant.token_type,
         expires_in=grant.access.expires_in,
         refresh_token=grant.refresh_token,
         refresh_expires_in=grant.refresh_expires_in,

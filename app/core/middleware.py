@@ -198,6 +198,7 @@ class CORSMiddlewareExcept(CORSMiddleware):
         allow_credentials: bool,
         allow_methods: Sequence[str],
         allow_headers: Sequence[str],
+        expose_headers: Sequence[str] = (),
     ) -> None:
         super().__init__(
             app,
@@ -205,6 +206,7 @@ class CORSMiddlewareExcept(CORSMiddleware):
             allow_credentials=allow_credentials,
             allow_methods=allow_methods,
             allow_headers=allow_headers,
+            expose_headers=expose_headers,
         )
         self.excluded_paths = excluded_paths
 

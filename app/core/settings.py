@@ -50,6 +50,13 @@ class SigningAlgorithm(StrEnum):
     RS256 = "RS256"
 
 
+class DatabasePooler(StrEnum):
+    """What sits between the service and PostgreSQL (DATABASE_URL's host)."""
+
+    none = "none"  # PostgreSQL itself, or a session-mode pooler
+    transaction = "transaction"  # PgBouncer (or alike) with pool_mode = transaction
+
+
 class PasswordHashProfile(StrEnum):
     """argon2id parameters for new password hashes (stored hashes verify under any profile)."""
 
@@ -57,6 +64,9 @@ class PasswordHashProfile(StrEnum):
     test = "test"  # the smallest costs argon2 accepts: test suites only, refused in production
 
 
+# What a DPoP proof may be signed with (RFC 9449 §4.3 check 5: asymmetric only; never none or
+# a MAC, whose "key" the proof would have to carry).
+DPOP_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"})
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
@@ -92,6 +102,12 @@ class Settings(BaseSettings):
     # Anchored to the project, not the current folder: the CLI run from elsewhere finds the
     # same database (a relative path opened ./data/auth.db wherever it was started).
     database_url: str = f"sqlite+aiosqlite:///{DEFAULT_SQLITE_PATH}"
+    # `transaction`: DATABASE_URL is a transaction-mode pooler (PgBouncer). No prepared
+    # statement then outlives its transaction and no session setting is sent at connect
+    # (docs/scaling.md). LISTEN (revocation push) and migrations need PostgreSQL itself:
+    # DATABASE_DIRECT_URL; without it revocations reach other replicas by SESSION_CACHE_TTL.
+    database_pooler: DatabasePooler = DatabasePooler.none
+    database_direct_url: str | None = None
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
 
     access_token_ttl: int = Field(default=300, ge=5, le=3600)
@@ -166,6 +182,24 @@ class Settings(BaseSettings):
     # Redis is tried again after REDIS_RETRY_INTERVAL seconds.
     redis_timeout: float = Field(default=0.25, gt=0, le=1.0)
     redis_retry_interval: float = Field(default=5.0, ge=0.1, le=300)
+    # DPoP (RFC 9449, docs/dpop.md). DPOP_REQUIRED: every new session must be bound to a key
+    # (logins, refreshes and the password / refresh_token grants without a proof are refused);
+    # otherwise binding is the client's choice. DPOP_NONCE_REQUIRED: proofs must carry a server
+    # nonce (RFC 9449 §8, §9), which any replica issues and accepts.
+    dpop_required: bool = False
+    dpop_nonce_required: bool = False
+    # The proof algorithms accepted: asymmetric JWS algorithms only (JSON list).
+    dpop_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DPOP_ALGORITHMS)
+    )
+    # How far a proof's iat may lie from the server's clock, either way, in seconds; each jti
+    # is remembered twice that long.
+    dpop_iat_window: int = Field(default=60, ge=5, le=600)
+    # The origins (scheme://host[:port]) a proof to this service's own routes may name in its
+    # htu, a JSON list. Empty: in production the issuer's origin, elsewhere the request's Host
+    # (which the client chooses: fine on a laptop, not where a proof made for another server
+    # must not count here).
+    dpop_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_account: str = "10/minute"
     # Logins from a trusted device (see DEVICE_TOKEN_TTL) are counted per device instead of
@@ -241,6 +275,8 @@ class Settings(BaseSettings):
         "jwt_public_key_files",
         "roles",
         "backchannel_logout_clients",
+        "dpop_algorithms",
+        "dpop_origins",
         mode="before",
     )
     @classmethod
@@ -249,12 +285,14 @@ class Settings(BaseSettings):
             value = json.loads(value)
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
-    def _use_our_drivers(cls, value: str) -> str:
+    def _use_our_drivers(cls, value: str | None) -> str | None:
         """postgresql:// and postgres:// (as providers print them) mean asyncpg, sqlite:// means
         aiosqlite: the only drivers installed. Anything else is one clear line, not the
         traceback of a driver SQLAlchemy cannot import."""
+        if value is None:
+            return None
         scheme, separator, rest = value.partition("://")
         driver = _DATABASE_DRIVERS.get(scheme.lower())
         if not separator or driver is None:
@@ -321,11 +359,45 @@ class Settings(BaseSettings):
         if "*" in self.cors_origins:
             problems.append("CORS_ORIGINS must list exact origins: '*' cannot carry credentials")
         problems.extend(self._backchannel_problems())
+        if any(not _is_origin(origin) for origin in self.dpop_origins):
+            problems.append("DPOP_ORIGINS must list origins like https://auth.example.com")
+        if not self.dpop_algorithms or not set(self.dpop_algorithms) <= DPOP_ALGORITHMS:
+            problems.append(
+                "DPOP_ALGORITHMS must list some of "
+                + ", ".join(sorted(DPOP_ALGORITHMS))
+                + " (asymmetric algorithms only)"
+            )
         if self.session_touch_interval >= self.idle_timeout:
             problems.append("SESSION_TOUCH_INTERVAL must be shorter than the idle timeout")
+        problems.extend(self._pooler_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _pooler_problems(self) -> list[str]:
+        postgres = ("postgresql+asyncpg://",)
+        problems = []
+        if self.database_pooler is DatabasePooler.transaction and not self.database_url.startswith(
+            postgres
+        ):
+            problems.append("DATABASE_POOLER=transaction needs a PostgreSQL DATABASE_URL")
+        if self.database_direct_url is not None and not self.database_direct_url.startswith(
+            postgres
+        ):
+            problems.append("DATABASE_DIRECT_URL must be a PostgreSQL URL")
+        return problems
+
+    @property
+    def transaction_pooled(self) -> bool:
+        return self.database_pooler is DatabasePooler.transaction
+
+    @property
+    def direct_database_url(self) -> str | None:
+        """PostgreSQL itself, for what a transaction-mode pooler cannot carry (LISTEN, and
+        migrations' session-long work); None when only the pooler is known."""
+        if self.database_direct_url is not None:
+            return self.database_direct_url
+        return None if self.transaction_pooled else self.database_url
 
     def _backchannel_problems(self) -> list[str]:
         problems = []
@@ -378,6 +450,14 @@ class Settings(BaseSettings):
             warnings.append(
                 ("METRICS_TOKEN", "unset: /metrics is not served (404); set it to scrape")
             )
+        if self.transaction_pooled and self.database_direct_url is None:
+            warnings.append(
+                (
+                    "DATABASE_DIRECT_URL",
+                    "unset behind a transaction pooler: revocations reach the other replicas "
+                    "only by SESSION_CACHE_TTL (LISTEN needs PostgreSQL itself)",
+                )
+            )
         return warnings
 
     @property
@@ -421,10 +501,30 @@ class Settings(BaseSettings):
         return self.jwt_issuer or DEV_ISSUER
 
     @property
+    def proof_origins(self) -> list[str]:
+        """The origins DPoP proofs to our own routes may name (empty: the request's Host)."""
+        if self.dpop_origins:
+            return self.dpop_origins
+        if self.environment is Environment.production:
+            parts = urlsplit(self.issuer)
+            return [f"{parts.scheme}://{parts.netloc}"]
+        return []
+
+    @property
     def json_logs(self) -> bool:
         if self.log_format:
             return self.log_format == "json"
         return self.environment is not Environment.development
+
+
+def _is_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or "@" in parts.netloc)
+    )
 
 
 def _valid_limit(value: str) -> bool:

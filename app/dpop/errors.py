@@ -31,21 +31,42 @@ class UseDPoPNonce(DomainError):
 class DPoPChallenge(UnauthorizedError):
     """A resource request refused for its proof: 401 with `WWW-Authenticate: DPoP`."""
 
-    def __init__(self, code: str, message: str, nonce: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        algs: str | None = None,
+        nonce: str | None = None,
+        *,
+        error: str | None = None,
+    ) -> None:
+        """`error`: the challenge's RFC 6750 / 9449 error, when it is not the code itself (a
+        token failure such as `token_expired` is `invalid_token` there, as under Bearer)."""
         super().__init__(message)
         self.code = code  # type: ignore[misc]
+        self.algs = algs
         self.nonce = nonce
+        self.error = error or code
+
+    @classmethod
+    def for_token(cls, refusal: UnauthorizedError, algs: str) -> DPoPChallenge:
+        """A token refusal (expired, revoked, ...) of a request made under the DPoP scheme:
+        the same code and message, challenged with the scheme the client used."""
+        return cls(refusal.code, refusal.detail, algs, error="invalid_token")
 
     def headers(self) -> dict[str, str]:
-        headers = {
-            "WWW-Authenticate": f'DPoP realm="authsvc", error="{self.code}", '
-            f'error_description="{self.detail}"',
-            "X-Auth-Error": self.code,
-        }
+        # RFC 9449 §7.1: the DPoP scheme's challenge, with the algorithms a proof may use.
+        description = self.code if self.error != self.code else self.detail
+        challenge = f'DPoP realm="authsvc", error="{self.error}", error_description="{description}"'
+        if self.algs:
+            challenge += f', algs="{self.algs}"'
+        headers = {"WWW-Authenticate": challenge, "X-Auth-Error": self.code}
         if self.nonce:
             headers["DPoP-Nonce"] = self.nonce
         return headers
 
 
-def resource_error(error: InvalidDPoPProof | UseDPoPNonce) -> DPoPChallenge:
-    return DPoPChallenge(error.code, error.detail, getattr(error, "nonce", None))
+def resource_error(
+    error: InvalidDPoPProof | UseDPoPNonce, algs: str | None = None
+) -> DPoPChallenge:
+    return DPoPChallenge(error.code, error.detail, algs, getattr(error, "nonce", None))

@@ -26,8 +26,11 @@ class NonceIssuer:
     def check(self, nonce: str | None, now: float) -> None:
         """Raise UseDPoPNonce (with a fresh nonce) unless `nonce` is current or just past."""
         step = int(now // self.step_seconds)
-        if nonce is not None and any(
-            hmac.compare_digest(nonce, self._for_step(s)) for s in (step, step - 1)
+        # compare_digest takes ASCII text only; ours is, so anything else is not ours.
+        if (
+            nonce is not None
+            and nonce.isascii()
+            and any(hmac.compare_digest(nonce, self._for_step(s)) for s in (step, step - 1))
         ):
             return
         message = "A DPoP nonce is required." if nonce is None else "The DPoP nonce is stale."

@@ -31,3 +31,5 @@ class IntrospectionResponse(BaseModel):
     iat: int | None = None
     exp: int | None = None
     client_id: str | None = None
+    # RFC 9449 §6.2: the DPoP key a bound token is bound to, as {"jkt": thumbprint}.
+    cnf: dict[str, str] | None = None

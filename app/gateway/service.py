@@ -104,6 +104,7 @@ class IntrospectionService:
             role=state.role,  # the account's role now, not the one the token was issued with
             issued_at=claims.issued_at,
             expires_at=claims.expires_at,
+            jkt=claims.jkt,
         )
 
     async def _service_token(self, claims: ServiceClaims) -> IntrospectionResponse | None:
@@ -121,6 +122,7 @@ class IntrospectionService:
             iat=int(claims.issued_at.timestamp()),
             exp=int(claims.expires_at.timestamp()),
             client_id=claims.client_id,
+            cnf=_cnf(claims.jkt),
         )
 
     async def _refresh(self, token: str) -> IntrospectionResponse | None:
@@ -141,6 +143,7 @@ class IntrospectionService:
             role=state.role,
             issued_at=state.created_at,
             expires_at=min(state.idle_expires_at, state.absolute_expires_at),
+            jkt=await self._sessions.bound_key(state.id),  # RFC 9449 §6.2: its session's key
         )
 
     def _active(
@@ -152,6 +155,7 @@ class IntrospectionService:
         role: str,
         issued_at: datetime,
         expires_at: datetime,
+        jkt: str | None = None,
     ) -> IntrospectionResponse:
         return IntrospectionResponse(
             active=True,
@@ -164,4 +168,9 @@ class IntrospectionService:
             aud=self._audience,
             iat=int(issued_at.timestamp()),
             exp=int(expires_at.timestamp()),
+            cnf=_cnf(jkt),
         )
+
+
+def _cnf(jkt: str | None) -> dict[str, str] | None:
+    return {"jkt": jkt} if jkt is not None else None

@@ -32,7 +32,7 @@ async def jwks(keys: KeySetDep, settings: SettingsDep) -> JSONResponse:
 async def authorization_server_metadata(settings: SettingsDep) -> dict[str, Any]:
     """RFC 8414 metadata: where the token, introspection and key endpoints are, and only what
     this service really does (no authorization endpoint, so no response types; no ID tokens)."""
-    return server_metadata(settings.issuer)
+    return server_metadata(settings.issuer, settings.dpop_algorithms)
 
 
 @router.get("/.well-known/openid-configuration")
@@ -40,10 +40,10 @@ async def authorization_server_metadata(settings: SettingsDep) -> dict[str, Any]
 async def discovery(settings: SettingsDep) -> dict[str, Any]:
     """The same metadata where OpenID-minded gateways look for the issuer's keys. This is no
     OpenID provider: nothing here claims ID tokens or an implicit flow."""
-    return server_metadata(settings.issuer)
+    return server_metadata(settings.issuer, settings.dpop_algorithms)
 
 
-def server_metadata(issuer: str) -> dict[str, Any]:
+def server_metadata(issuer: str, dpop_algorithms: list[str]) -> dict[str, Any]:
     base = issuer.rstrip("/")
     return {
         "issuer": issuer,
@@ -65,4 +65,6 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         # BACKCHANNEL_LOGOUT_CLIENTS, and carry `sid` (the access tokens' own).
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        # RFC 9449 §5.1: the token endpoint takes DPoP proofs signed with these.
+        "dpop_signing_alg_values_supported": sorted(dpop_algorithms),
     }

@@ -185,6 +185,17 @@ async def lock_session(conn: AsyncConnection, session_id: uuid.UUID) -> bool:
     return (await conn.execute(stmt)).first() is not None
 
 
+async def session_dpop_key(conn: AsyncConnection, session_id: uuid.UUID) -> str | None:
+    stmt = select(_sessions.c.dpop_jkt).where(_sessions.c.id == session_id)
+    jkt: str | None = (await conn.execute(stmt)).scalar_one_or_none()
+    return jkt
+
+
+async def bind_session(conn: AsyncConnection, session_id: uuid.UUID, jkt: str) -> None:
+    """Bind a session to a DPoP key (RFC 9449 §5); the caller holds its row lock."""
+    await conn.execute(update(_sessions).where(_sessions.c.id == session_id).values(dpop_jkt=jkt))
+
+
 async def lock_session_binding(
     conn: AsyncConnection, session_id: uuid.UUID
 ) -> tuple[bool, str | None]:

@@ -174,8 +174,10 @@ class SessionService:
         client: ClientInfo,
         device_name: str | None,
         now: datetime,
+        dpop_jkt: str | None = None,
     ) -> IssuedSession:
-        """Start a session inside the request's unit of work (the user row is locked there)."""
+        """Start a session inside the request's unit of work (the user row is locked there),
+        bound to the DPoP key `dpop_jkt` if given."""
         conn = await uow.connection()
         session_id = uuid.uuid4()
         idle, absolute = self.policy.new_deadlines(now)
@@ -189,6 +191,7 @@ class SessionService:
             now=now,
             idle_expires_at=idle,
             absolute_expires_at=absolute,
+            dpop_jkt=dpop_jkt,
         )
         refresh_token = self._codec.new_token(session_id)
         await repository.insert_refresh_token(
@@ -308,6 +311,10 @@ class SessionService:
         """The stored session, uncached (for introspection; nothing changes)."""
         return await self._store.load(session_id)
 
+    async def bound_key(self, session_id: uuid.UUID) -> str | None:
+        """The DPoP key the session is bound to (for introspection of its refresh tokens)."""
+        return await self._store.bound_key(session_id)
+
     async def describe_refresh_token(self, refresh_token: str) -> TokenLink | None:
         """The stored link of a refresh token, for introspection (nothing changes)."""
         return await self._store.find_token_link(self._codec.hash(refresh_token))
@@ -364,10 +371,15 @@ class SessionService:
         return state is not None and state.revoked_at is None
 
     async def session_of_refresh_token(
-        self, uow: UnitOfWork, refresh_token: str, guard: SessionGuard
+        self,
+        uow: UnitOfWork,
+        refresh_token: str,
+        guard: SessionGuard,
+        dpop_jkt: str | None = None,
     ) -> SessionState:
         """The session a refresh token belongs to, locked in the unit of work (so that a
-        logout is ordered after any refresh of it in flight), once `guard` accepted it."""
+        logout is ordered after any refresh of it in flight), once `guard` accepted it and,
+        for a session bound to a DPoP key, the request proved that key (`dpop_jkt`)."""
         conn = await uow.connection()
         token_hash = self._codec.hash(refresh_token)
         # The same lock order as every other writer of a session: the session row first.
@@ -377,6 +389,9 @@ class SessionService:
         if link is None:  # pragma: no cover - pruned between the two statements
             raise RefreshTokenInvalid()
         guard(link.session.id)
+        _, bound_to = await repository.lock_session_binding(conn, link.session.id)
+        if bound_to is not None and bound_to != dpop_jkt:
+            raise InvalidDPoPProof("The session is bound to a DPoP key: send a proof signed by it.")
         return link.session
 
     # --- inspection and upkeep -----------------------------------------------------------

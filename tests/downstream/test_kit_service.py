@@ -228,7 +228,8 @@ async def test_jwks_refetched_on_unknown_kid_at_a_bounded_rate(
 
 
 async def test_live_check_refuses_a_revoked_session(auth_service: str, sqlite_url: str) -> None:
-    kit = Kit(service_config(auth_service, live_check=True, live_check_ttl=0.3))
+    # A TTL well above two calls' gap on a loaded machine (0.3 s was not, under CI load).
+    kit = Kit(service_config(auth_service, live_check=True, live_check_ttl=2.0))
     tokens = await login(auth_service, sqlite_url)
     bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     async with kit.lifespan():
@@ -238,7 +239,7 @@ async def test_live_check_refuses_a_revoked_session(auth_service: str, sqlite_ur
         assert kit.live.calls == 1
         async with httpx.AsyncClient(base_url=auth_service, timeout=10) as client:
             assert (await client.post("/auth/logout", headers=bearer)).status_code == 204
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 5  # the TTL, and the revocation reaching the check
         while True:
             try:
                 await kit.authenticate(tokens["access_token"])

@@ -155,8 +155,9 @@ async def test_a_huge_first_message_does_not_stall_the_event_loop(notes: str) ->
     closed = closing.result()
     assert (closed.code, closed.reason) == (4400, "authentication_required")
     # A bare uvicorn app receiving the same message (not parsing it) stalls /healthz 0.3-0.35 s
-    # on the development machine; parsing it, 2.7 s.
-    assert max(latencies) < 0.8, f"/healthz stalled {max(latencies):.2f} s"
+    # on the development machine; parsing it, 2.7 s. Under a loaded clean-clone CI (four test
+    # processes on two cores) the kit's stall reached 0.91 s: the bound sits between the two.
+    assert max(latencies) < 1.5, f"/healthz stalled {max(latencies):.2f} s"
 
 
 async def test_messages_nobody_can_parse_do_not_end_the_socket(
@@ -306,12 +307,24 @@ async def test_sockets_are_capped_per_session_and_while_authenticating() -> None
             task = asyncio.create_task(
                 AuthMiddleware(app, kit)(client.scope, client.receive, client.send)
             )
+            with_token = any(name == b"authorization" for name, _ in client.scope["headers"])
+
+            def counted() -> int:  # what this socket joins once open: its session's or the queue
+                return len(kit.sockets) if with_token else kit.sockets.pending
+
+            before = counted()
             await client.to_app.put({"type": "websocket.connect"})
             await client.next_sent("websocket.accept", within=5)
-            with contextlib.suppress(TimeoutError):
-                close = await client.next_sent("websocket.close", within=0.15)
-                await asyncio.wait_for(task, 2)
-                return task, close["reason"]
+            # Open once the kit counts it (authenticated, or waiting for its first message):
+            # under a loaded CI a fixed 0.15 s was shorter than the token's check, and the next
+            # socket then met the pending cap instead of the per-session one.
+            deadline = time.monotonic() + 5
+            while counted() == before:
+                with contextlib.suppress(TimeoutError):
+                    close = await client.next_sent("websocket.close", within=0.05)
+                    await asyncio.wait_for(task, 2)
+                    return task, close["reason"]
+                assert time.monotonic() < deadline, "the socket was neither counted nor closed"
             return task, "open"
 
         async with kit.lifespan():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+from jwt.algorithms import ECAlgorithm
 
 from app.dpop.errors import InvalidDPoPProof, UseDPoPNonce
 from app.dpop.nonce import NonceIssuer
@@ -145,6 +148,34 @@ def test_a_proof_signed_by_another_key_than_its_jwk_is_refused() -> None:
         check(proof)
 
 
+def test_a_known_header_does_not_vouch_for_the_rest_of_a_proof() -> None:
+    """Headers are parsed once per client (a cache): a later proof with the same header must
+    still have its own signature and claims checked."""
+    key, other = ec_key(), ec_key()
+    good = make_proof(key)
+    assert check(good).jkt == thumbprint(key.as_dict(private=False))
+    header = good.split(".")[0]
+    forged = make_proof(other, header={"jwk": key.as_dict(private=False)})
+    assert forged.split(".")[0] == header
+    with pytest.raises(InvalidDPoPProof, match="signature"):
+        check(forged)
+    head, _, signature = good.split(".")
+    tampered = make_proof(key, htm="GET").split(".")[1]
+    with pytest.raises(InvalidDPoPProof, match="signature"):
+        check(f"{head}.{tampered}.{signature}")
+    with pytest.raises(InvalidDPoPProof, match="alg"):
+        check(good, algorithms=frozenset({"RS256"}))  # cached, yet the allowed list applies
+
+
+def test_a_header_naming_extensions_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    header = {"typ": "dpop+jwt", "jwk": jwk, "crit": ["exp"], "exp": 1}
+    claims = {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)}
+    with pytest.raises(InvalidDPoPProof, match="crit"):
+        check(pyjwt.encode(claims, key, algorithm="ES256", headers=header))
+
+
 def test_symmetric_and_none_algorithms_are_refused() -> None:
     secret = OctKey.generate_key(256)
     hs = jose_jwt.encode(
@@ -197,3 +228,30 @@ def test_nonces_are_valid_on_every_replica_for_one_to_two_steps() -> None:
     assert missing.value.headers() == {"DPoP-Nonce": nonce}
     with pytest.raises(UseDPoPNonce):
         NonceIssuer(b"another-secret").check(nonce, now)  # forged elsewhere
+
+
+@pytest.mark.parametrize(
+    ("key", "alg"),
+    [
+        (ECKey.generate_key("P-384"), "ES256"),  # the wrong curve for the algorithm
+        (ECKey.generate_key("P-256"), "ES384"),
+        (RSAKey.generate_key(2048), "EdDSA"),  # the wrong key type
+    ],
+    ids=["P-384 as ES256", "P-256 as ES384", "RSA as EdDSA"],
+)
+def test_a_key_that_is_not_of_its_algorithm_is_refused(key: Any, alg: str) -> None:
+    head = {"typ": "dpop+jwt", "alg": alg, "jwk": key.as_dict(private=False)}
+    body = {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)}
+    token = f"{_b64(head)}.{_b64(body)}.{'A' * 86}"  # no library signs such a pair
+    with pytest.raises(InvalidDPoPProof, match="not a key for its alg"):
+        check(token, algorithms=frozenset({"ES256", "ES384", "EdDSA"}))
+
+
+def test_a_short_rsa_key_is_refused() -> None:
+    key = RSAKey.generate_key(1024, private=True)
+    with pytest.raises(InvalidDPoPProof, match="2048"):
+        check(make_proof(key, alg="RS256"))
+
+
+def _b64(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()

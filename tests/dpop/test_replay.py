@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import create_engine
@@ -65,6 +66,31 @@ async def test_concurrent_uses_of_one_jti_let_exactly_one_through(engine: AsyncE
 
     results = await asyncio.gather(*(use(caches[i % 3]) for i in range(12)))
     assert results.count(True) == 1
+
+
+@pytest.mark.parametrize("shared", ["database", "redis"])
+async def test_a_burst_of_proofs_with_replays_among_them(
+    engine: AsyncEngine, redis: Redis, shared: str
+) -> None:
+    """Concurrent proofs are written in batches (app.core.coalesce): every fresh jti passes
+    once, every replay in the same burst or a later one is refused, on two replicas."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    store = redis if shared == "redis" else None
+    caches = [ReplayCache(engine, window=WINDOW, redis=store, namespace=namespace) for _ in "ab"]
+    proofs, now = [a_proof() for _ in range(40)], datetime.now(UTC)
+
+    async def use(cache: ReplayCache, proof: Proof) -> bool:
+        try:
+            await cache.remember(proof, now)
+        except InvalidDPoPProof:
+            return False
+        return True
+
+    burst = [use(caches[i % 2], proofs[i % 40]) for i in range(120)]  # each proof three times
+    results = await asyncio.gather(*burst)
+    assert sum(results) == 40
+    assert all(sum(results[i::40]) == 1 for i in range(40))
+    assert not any(await asyncio.gather(*(use(caches[0], p) for p in proofs)))
 
 
 async def test_an_entry_is_kept_for_twice_the_window_then_purged(engine: AsyncEngine) -> None:
@@ -130,3 +156,16 @@ async def test_a_frozen_redis_costs_at_most_its_timeout_then_the_database_decide
         finally:
             server.thaw()
             await client.aclose()
+
+
+async def test_the_replay_cache_table_is_unlogged_on_postgresql(postgres_url: str) -> None:
+    """No WAL flush per proof (migration 0014): the check must not cost more than a refresh."""
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            persistence = await conn.scalar(
+                text("SELECT relpersistence::text FROM pg_class WHERE relname = 'dpop_seen_proofs'")
+            )
+    finally:
+        await engine.dispose()
+    assert persistence == "u"

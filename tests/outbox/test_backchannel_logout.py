@@ -128,10 +128,11 @@ async def test_every_end_of_a_session_sends_one_logout_token_per_client(
     email = await h.create_user()
     ended = await ENDS[end](h, email)
     expected = {(a["session"]["id"], _sub(a), client) for a in ended for client in CLIENTS}
-    await eventually(lambda: len(receiver.received) >= len(expected), what="the logout tokens")
+    sids = [a["session"]["id"] for a in ended]
+    await eventually(lambda: len(receiver.about(*sids)) >= len(expected), what="the logout tokens")
 
     seen = set()
-    for arrival in receiver.received:
+    for arrival in receiver.about(*sids):
         assert arrival.content_type == "application/x-www-form-urlencoded"
         [token] = arrival.form["logout_token"]
         audience = arrival.path.rsplit("/", 1)[1]
@@ -141,7 +142,8 @@ async def test_every_end_of_a_session_sends_one_logout_token_per_client(
         assert 0 < claims["exp"] - claims["iat"] <= 120
         seen.add((claims["sid"], claims["sub"], claims["aud"]))
     assert seen == expected
-    jtis = {jwt.decode(t, options={"verify_signature": False})["jti"] for t in receiver.tokens()}
+    tokens = [t for r in receiver.about(*sids) for t in r.form["logout_token"]]
+    jtis = {jwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens}
     assert len(jtis) == len(expected)
 
     # Exactly once: every row delivered at its first attempt, and nothing more arrives.
@@ -151,7 +153,7 @@ async def test_every_end_of_a_session_sends_one_logout_token_per_client(
     rows = [r for a in ended for r in await outbox_rows(h, a["session"]["id"])]
     assert len(rows) == len(expected)
     assert all(r.attempts == 1 for r in rows)
-    assert len(receiver.received) == len(expected)
+    assert len(receiver.about(*sids)) == len(expected)
 
 
 async def test_a_rolled_back_revocation_sends_nothing(
@@ -169,7 +171,7 @@ async def test_a_rolled_back_revocation_sends_nothing(
 
     await h.ctx.outbox.run_once()
     assert await outbox_rows(h, session_id) == []
-    assert receiver.received == []
+    assert receiver.about(session_id) == []
     me = await h.client.get("/auth/me", headers=bearer(a["access_token"]))
     assert me.status_code == 200
 
@@ -177,7 +179,7 @@ async def test_a_rolled_back_revocation_sends_nothing(
     uow = UnitOfWork(h.ctx.engine)
     await h.ctx.sessions.revoke(uow, now=h.clock.now(), reason="logout", session_id=session_id)
     await uow.finish(commit=True)
-    await eventually(lambda: len(receiver.received) == len(CLIENTS), what="the logout tokens")
+    await eventually(lambda: len(receiver.about(session_id)) == len(CLIENTS), what="the tokens")
 
 
 async def _failed_attempts(h: Harness, session_id: str, error: str) -> bool:
@@ -199,7 +201,7 @@ async def test_a_receiver_failing_gets_the_logout_once_it_is_back(
     error = "connect_error" if failure == "receiver_down" else "status_500"
     sid = a["session"]["id"]
     await eventually(lambda: _failed_attempts(h, sid, error), what=error)
-    failed = len(receiver.received)
+    failed = len(receiver.about(sid))
 
     if failure == "receiver_down":
         await receiver.start()
@@ -207,8 +209,8 @@ async def test_a_receiver_failing_gets_the_logout_once_it_is_back(
         receiver.status = 200
     h.clock.advance(3)  # past the retry (OUTBOX_RETRY_MAX=2)
     h.ctx.outbox.wake()
-    await eventually(lambda: len(receiver.received) == failed + len(CLIENTS), what="the retry")
-    for arrival in receiver.received[failed:]:
+    await eventually(lambda: len(receiver.about(sid)) == failed + len(CLIENTS), what="the retry")
+    for arrival in receiver.about(sid)[failed:]:
         [token] = arrival.form["logout_token"]
         claims = await verified_claims(h, token, arrival.path.rsplit("/", 1)[1])
         assert claims["sid"] == sid
@@ -231,7 +233,7 @@ async def test_a_restarted_service_delivers_what_was_pending(
     second = await services.start()  # a new instance: nothing but the table remembers
     second.clock.advance(3)
     second.ctx.outbox.wake()
-    await eventually(lambda: len(receiver.received) == len(CLIENTS), what="the delivery")
+    await eventually(lambda: len(receiver.about(sid)) == len(CLIENTS), what="the delivery")
     await eventually(lambda: _all_delivered(second, sid), what="the deliveries recorded")
 
 
@@ -258,10 +260,10 @@ async def test_giving_up_after_the_configured_time_is_audited(
     assert {e.details["reason"] for e in events} == {"expired"}
     assert {e.details["last_error"] for e in events} == {"status_503"}
     assert {str(e.user_id) for e in events} == {_sub(a)}
-    attempts = len(receiver.received)
+    attempts = len(receiver.about(sid))
     h.clock.advance(3600)
     await h.ctx.outbox.run_once()
-    assert len(receiver.received) == attempts
+    assert len(receiver.about(sid)) == attempts
 
 
 async def test_a_400_is_definitive_given_up_and_audited_at_once(
@@ -314,6 +316,7 @@ async def test_a_hanging_receiver_does_not_hold_up_the_others(
     h = await services.start(backchannel_logout_timeout=4.0)
     email = await h.create_user()
     first, second = await h.login(email), await h.login(email)
+    sids = [first["session"]["id"], second["session"]["id"]]
     receiver.hang, receiver.hang_only = True, "/billing"
     _ok(await h.client.post("/auth/logout", headers=bearer(first["access_token"])))
     await eventually(lambda: receiver.hanging == 1, what="billing's receiver to hang")
@@ -322,7 +325,7 @@ async def test_a_hanging_receiver_does_not_hold_up_the_others(
     _ok(await h.client.post("/auth/logout", headers=bearer(second["access_token"])))
     await eventually(lambda: receiver.hanging == 2, what="the second billing delivery")
     await eventually(
-        lambda: sum(r.path.endswith("/notes") for r in receiver.received) == 2,
+        lambda: sum(r.path.endswith("/notes") for r in receiver.about(*sids)) == 2,
         what="both notes deliveries",
     )
     assert time.monotonic() - started < 2.0  # well before the first billing attempt times out
@@ -335,7 +338,7 @@ async def test_metrics_count_deliveries_and_pending(services: Services, receiver
     h = await services.start()
     a = await h.login(await h.create_user())
     _ok(await h.client.post("/auth/logout", headers=bearer(a["access_token"])))
-    await eventually(lambda: len(receiver.received) == len(CLIENTS), what="the logout tokens")
+    await eventually(lambda: len(receiver.about(a["session"]["id"])) == 2, what="the tokens")
     await eventually(lambda: _all_delivered(h, a["session"]["id"]), what="the deliveries recorded")
     text = (await h.client.get("/metrics")).text
     assert 'authsvc_outbox_delivery_seconds_count{kind="backchannel_logout"}' in text

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+import jwt
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
@@ -71,6 +72,12 @@ class Receiver:
     def tokens(self) -> list[str]:
         return [token for r in self.received for token in r.form.get("logout_token", [])]
 
+    def about(self, *session_ids: object) -> list[Received]:
+        """The arrivals whose logout token names one of these sessions: the run's database
+        holds other tests' messages too, and a worker delivers any of them that fall due."""
+        wanted = {str(sid) for sid in session_ids}
+        return [r for r in self.received if _session_of(r) in wanted]
+
     async def start(self) -> None:
         config = uvicorn.Config(
             self,
@@ -120,3 +127,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def _session_of(arrival: Received) -> str | None:
+    [token] = arrival.form.get("logout_token", [None])
+    if token is None:
+        return None
+    sid: str | None = jwt.decode(token, options={"verify_signature": False}).get("sid")
+    return sid

@@ -132,6 +132,12 @@ BEGIN
         outcome := 'rotated';
         v_event := 'refresh.rotated';
         v_details := json_build_object('generation', generation);
+        IF v_session_jkt IS NULL AND p_dpop_jkt IS NOT NULL THEN
+            -- RFC 9449 §5: a refresh with a proof binds the session from now on (its refresh
+            -- tokens, not only the access token it gets), as a login with a proof would have.
+            UPDATE sessions s SET dpop_jkt = p_dpop_jkt WHERE s.id = p_session_id;
+            v_details := json_build_object('generation', generation, 'dpop_bound', true);
+        END IF;
     ELSIF v_successor_id IS NOT NULL AND v_successor_used_at IS NULL
           AND v_arrived_at - v_used_at <= v_reuse_interval THEN
         outcome := 'retried';

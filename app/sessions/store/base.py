@@ -105,6 +105,10 @@ class SessionStore(Protocol):
 
     async def load(self, session_id: uuid.UUID) -> SessionState | None: ...
 
+    async def bound_key(self, session_id: uuid.UUID) -> str | None:
+        """The DPoP key (RFC 7638 thumbprint) the session is bound to, if any."""
+        ...
+
     async def slide(
         self,
         session_id: uuid.UUID,

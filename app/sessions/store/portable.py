@@ -64,6 +64,10 @@ class PortableSessionStore:
         async with autocommit_connection(self._engine) as conn:
             return await repository.get_session_state(conn, session_id)
 
+    async def bound_key(self, session_id: uuid.UUID) -> str | None:
+        async with autocommit_connection(self._engine) as conn:
+            return await repository.session_dpop_key(conn, session_id)
+
     async def slide(
         self,
         session_id: uuid.UUID,
@@ -145,6 +149,10 @@ async def _rotate(conn: AsyncConnection, r: RotationRequest) -> Rotation:
         outcome: Outcome = "rotated"
         generation, reuse_class = link.generation + 1, None
         event, details = "refresh.rotated", dict[str, object](generation=generation)
+        if bound_to is None and r.dpop_jkt is not None:
+            # RFC 9449 §5: a refresh with a proof binds the session from now on.
+            await repository.bind_session(conn, r.session_id, r.dpop_jkt)
+            details["dpop_bound"] = True
     elif r.policy.is_retry(link, r.arrived_at):
         outcome, generation, reuse_class = "retried", link.generation, "retry_inside_interval"
         event, details = "refresh.retried", {"reuse_class": reuse_class}

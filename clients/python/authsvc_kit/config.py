@@ -15,6 +15,9 @@ DEFAULT_ALGORITHMS = ("ES256", "EdDSA", "RS256")
 _ASYMMETRIC = frozenset({"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256"})
 # The service's longest ACCESS_TOKEN_TTL: a revoked session cannot hold a token older than that.
 DEFAULT_MAX_TOKEN_LIFETIME = 3600
+# DPoP proofs (RFC 9449) are signed by the client's own key: the auth service's DPOP_ALGORITHMS.
+DEFAULT_DPOP_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+_DPOP_ASYMMETRIC = _ASYMMETRIC | {"PS384", "PS512"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +59,34 @@ class KitConfig:
     # Plain http:// to the auth service (keys, live checks) for a non-loopback host: only for
     # development (a compose network); anyone on the path could serve their own keys.
     allow_http: bool = False
+    # DPoP-bound tokens (cnf.jkt): the proof algorithms accepted, and how far a proof's iat may
+    # lie from now, either way (s); its jti is refused again for twice that.
+    dpop_algorithms: tuple[str, ...] = DEFAULT_DPOP_ALGORITHMS
+    dpop_iat_window: float = 60.0
+    # The base URL clients call this service at (https://api.example.com, or with the prefix a
+    # gateway strips: https://example.com/notes-api): a proof's htu is checked against it plus
+    # the request's path. Unset: the request's own scheme and Host, or X-Forwarded-Proto/-Host
+    # (and -Prefix, a path prefix the proxy stripped) when the request comes from one of
+    # `trusted_proxies` (IP addresses or CIDR networks).
+    public_url: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unsafe = set(self.algorithms) - _ASYMMETRIC
         if unsafe or not self.algorithms:
             raise ValueError(f"only asymmetric algorithms may be pinned, not {sorted(unsafe)}")
+        unsafe = set(self.dpop_algorithms) - _DPOP_ASYMMETRIC
+        if unsafe or not self.dpop_algorithms:
+            raise ValueError(f"only asymmetric DPoP algorithms are allowed, not {sorted(unsafe)}")
+        if not 0 < self.dpop_iat_window <= 3600:
+            raise ValueError("dpop_iat_window must be between 0 and 3600 seconds")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            bad = parts.query or parts.fragment or not parts.hostname
+            if bad or parts.scheme not in ("https", "http"):
+                raise ValueError("public_url must be an http(s) base URL without a query")
+        for network in self.trusted_proxies:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
         if not self.transport_allowed(self.issuer):
             raise ValueError(
                 "issuer must be the auth service's https:// base URL (http:// only for a loopback"
@@ -98,7 +124,9 @@ class KitConfig:
         AUTHSVC_MAX_TOKEN_LIFETIME, AUTHSVC_LIVE_CHECK, AUTHSVC_LIVE_CHECK_TTL,
         AUTHSVC_REDIS_URL, AUTHSVC_REDIS_FAIL_CLOSED, AUTHSVC_WS_EXPIRY_MARGIN,
         AUTHSVC_WS_MAX_PER_SESSION, AUTHSVC_WS_MAX_PENDING, AUTHSVC_WS_MAX_CONNECTIONS,
-        AUTHSVC_ALLOW_HTTP (and the others of the table in docs/downstream.md)."""
+        AUTHSVC_ALLOW_HTTP, AUTHSVC_DPOP_ALGORITHMS and AUTHSVC_TRUSTED_PROXIES (comma-separated),
+        AUTHSVC_DPOP_IAT_WINDOW, AUTHSVC_PUBLIC_URL (and the others of the table in
+        docs/downstream.md)."""
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for name, convert in _ENV.items():
@@ -151,4 +179,8 @@ _ENV: dict[str, Any] = {
     "ws_max_pending": int,
     "ws_max_connections": int,
     "allow_http": _flag,
+    "dpop_algorithms": _names,
+    "dpop_iat_window": float,
+    "public_url": str,
+    "trusted_proxies": _names,
 }

@@ -14,13 +14,20 @@ class AuthError(Exception):
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.message)
         self.detail = detail or self.message
+        # Set when the token came under the DPoP scheme: the challenge is then DPoP's (RFC
+        # 9449 §7.1), naming the proof algorithms accepted.
+        self.dpop_algs: tuple[str, ...] | None = None
 
     def headers(self) -> dict[str, str]:
         # RFC 6750 §3.1: every refused token is `invalid_token`; our code says which check.
-        return {
-            "WWW-Authenticate": 'Bearer error="invalid_token"',
-            "Cache-Control": "no-store",
-        }
+        return {"WWW-Authenticate": self.challenge("invalid_token"), "Cache-Control": "no-store"}
+
+    def challenge(self, error: str | None) -> str:
+        if self.dpop_algs is None:
+            return f'Bearer error="{error}"' if error else "Bearer"
+        params = [f'error="{error}"'] if error else []
+        params.append(f'algs="{" ".join(self.dpop_algs)}"')
+        return "DPoP " + ", ".join(params)
 
     def body(self) -> bytes:
         return json.dumps({"error": {"code": self.code, "message": self.detail}}).encode()
@@ -28,6 +35,43 @@ class AuthError(Exception):
 
 class InvalidToken(AuthError):
     pass
+
+
+class InvalidDPoPProof(AuthError):
+    """A DPoP-bound token without a valid proof of its key for this request (RFC 9449 §7.1):
+    sent as Bearer, without a proof, or with a proof that fails a check (the message says which)."""
+
+    code = "invalid_dpop_proof"
+    message = "A valid DPoP proof of the access token's key is required for this request."
+
+    def __init__(self, detail: str | None = None, *, algs: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.dpop_algs = algs
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": self.challenge("invalid_dpop_proof"),
+            "Cache-Control": "no-store",
+        }
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """The auth service wants a nonce in the proof (RFC 9449 §8), as a live check heard: the
+    client retries with the one in `DPoP-Nonce`."""
+
+    code = "use_dpop_nonce"
+    message = "Retry with a DPoP proof carrying the nonce given in the DPoP-Nonce header."
+
+    def __init__(self, nonce: str, *, algs: tuple[str, ...] = ()) -> None:
+        super().__init__(algs=algs)
+        self.nonce = nonce
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": self.challenge("use_dpop_nonce"),
+            "DPoP-Nonce": self.nonce,
+            "Cache-Control": "no-store",
+        }
 
 
 class TokenExpired(AuthError):
@@ -46,7 +90,7 @@ class NotAuthenticated(AuthError):
 
     def headers(self) -> dict[str, str]:
         # RFC 6750 §3.1: no credentials at all gets the bare challenge, no error code.
-        return {"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"}
+        return {"WWW-Authenticate": self.challenge(None), "Cache-Control": "no-store"}
 
 
 class ClientDisabled(AuthError):
@@ -65,7 +109,7 @@ class UserTokenRequired(AuthError):
     def headers(self) -> dict[str, str]:
         # RFC 6750 §3.1: a valid token without the privileges the resource needs.
         return {
-            "WWW-Authenticate": 'Bearer error="insufficient_scope"',
+            "WWW-Authenticate": self.challenge("insufficient_scope"),
             "Cache-Control": "no-store",
         }
 

@@ -11,7 +11,14 @@ from starlette.types import Receive, Scope, Send
 
 from authsvc_kit.backchannel import BackchannelReceiver
 from authsvc_kit.config import KitConfig
-from authsvc_kit.errors import SessionRevoked
+from authsvc_kit.dpop import (
+    MemoryReplayCache,
+    Presentation,
+    ProofChecker,
+    ReplayCache,
+    RequestUrl,
+)
+from authsvc_kit.errors import AuthError, SessionRevoked
 from authsvc_kit.keys import JwksCache
 from authsvc_kit.live import LiveChecker
 from authsvc_kit.principal import Principal
@@ -30,6 +37,8 @@ class Kit:
         self.keys = JwksCache(config, self.http)
         self.verifier = AccessTokenVerifier(config, self.keys)
         self.revocations = revocations or _store(config)
+        self.dpop = ProofChecker(config, _replay_cache(config))
+        self.request_url = RequestUrl(config.public_url, config.trusted_proxies)
         self.sockets = SocketRegistry(
             max_per_session=config.ws_max_per_session,
             max_pending=config.ws_max_pending,
@@ -60,6 +69,7 @@ class Kit:
     async def aclose(self) -> None:
         await self.keys.aclose()
         await self.revocations.aclose()
+        await self.dpop.replay.aclose()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -73,14 +83,22 @@ class Kit:
         finally:
             await self.aclose()
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, presentation: Presentation | None = None) -> Principal:
         """The caller behind `token`, or the AuthError refusing it (401, or 503 when a check
-        cannot be made). Local verification, the revoked sessions, then the live check."""
-        principal = await self.verifier.verify(token)
-        if await self.revocations.is_revoked(principal):
-            raise SessionRevoked()
-        if self.live is not None:
-            await self.live.check(token)
+        cannot be made). Local verification, the DPoP binding, the revoked sessions, then the
+        live check. Without `presentation` (how a request presented the token: its scheme,
+        proof, method and URL) the token is taken as a Bearer token: a DPoP-bound one is refused."""
+        try:
+            principal = await self.verifier.verify(token)
+            await self.dpop.enforce(principal, token, presentation)
+            if await self.revocations.is_revoked(principal):
+                raise SessionRevoked()
+            if self.live is not None:
+                await self.live.check(token, presentation if principal.dpop_jkt else None)
+        except AuthError as exc:
+            if presentation is not None and presentation.scheme == "dpop" and exc.status == 401:
+                exc.dpop_algs = exc.dpop_algs or self.dpop.algorithms
+            raise
         return principal
 
     @property
@@ -96,6 +114,7 @@ class Kit:
             receive,
             send,
             authenticate=self.authenticate,
+            url=self.request_url,
             registry=self.sockets,
             auth_timeout=self.config.ws_auth_timeout,
             expiry_margin=self.config.ws_expiry_margin,
@@ -120,4 +139,14 @@ def _store(config: KitConfig) -> RevocationStore:
         namespace=config.redis_namespace,
         timeout=config.redis_timeout,
         fail_closed=config.redis_fail_closed,
+    )
+
+
+def _replay_cache(config: KitConfig) -> ReplayCache:
+    if config.redis_url is None:
+        return MemoryReplayCache()
+    from authsvc_kit.redis_store import RedisReplayCache
+
+    return RedisReplayCache(
+        config.redis_url, namespace=config.redis_namespace, timeout=config.redis_timeout
     )

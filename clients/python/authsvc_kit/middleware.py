@@ -1,9 +1,11 @@
 """Pure ASGI middleware for any Starlette/ASGI application (no BaseHTTPMiddleware).
 
-HTTP: a request with `Authorization: Bearer` is verified; a valid token puts its `Principal`
-in `scope["authsvc.principal"]`, a bad one is answered 401 (503 when the issuer's keys cannot be
-had) before the application sees it. A request without a token passes through unauthenticated
-(the FastAPI dependency refuses it where identity is needed) unless `required=True`.
+HTTP: a request with `Authorization: Bearer` (or `DPoP`, with its `DPoP` proof) is verified; a
+valid token puts its `Principal` in `scope["authsvc.principal"]`, a bad one is answered 401 (503
+when the issuer's keys cannot be had) before the application sees it. A DPoP-bound token
+(`cnf.jkt`) passes only as `Authorization: DPoP` with a valid proof for this request. A request
+without a token passes through unauthenticated (the FastAPI dependency refuses it where identity
+is needed) unless `required=True`.
 WebSocket: every connection is authenticated and bound to its session (authsvc_kit.websocket)."""
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from authsvc_kit.dpop import presentation
 from authsvc_kit.errors import AuthError, NotAuthenticated
-from authsvc_kit.websocket import PRINCIPAL_SCOPE_KEY, WebSocketSession, bearer_token
+from authsvc_kit.websocket import PRINCIPAL_SCOPE_KEY, WebSocketSession
 
 if TYPE_CHECKING:
     from authsvc_kit.kit import Kit
@@ -44,10 +47,11 @@ class AuthMiddleware:
         if scope["type"] == "websocket":
             await self.kit.websocket_session(scope, receive, send).run(self.app)
             return
-        token = bearer_token(scope)
+        presented = presentation(scope, self.kit.request_url)
         try:
-            if token is not None:
-                scope[PRINCIPAL_SCOPE_KEY] = await self.kit.authenticate(token)
+            if presented is not None:
+                token, how = presented
+                scope[PRINCIPAL_SCOPE_KEY] = await self.kit.authenticate(token, how)
             elif self.required:
                 raise NotAuthenticated()
         except AuthError as exc:

@@ -29,5 +29,13 @@ class Principal:
         return self.session_id is None
 
     @property
+    def dpop_jkt(self) -> str | None:
+        """The thumbprint of the key the token is bound to (DPoP, `cnf.jkt`), or None: a bound
+        token is only accepted with a proof of that key (authsvc_kit.dpop)."""
+        cnf = self.claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        return jkt if isinstance(jkt, str) else None
+
+    @property
     def subject(self) -> str:
         return self.user_id

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from authsvc_kit.dpop import MemoryReplayCache
 from authsvc_kit.errors import RevocationsUnavailable
 from authsvc_kit.principal import Principal
 from authsvc_kit.revocation import Listener, MemoryRevocations, Revocation
@@ -221,3 +222,60 @@ class RedisRevocations:
             logger.warning("authsvc_kit.redis_message_ignored")
             return
         self.local.remember(revocation)
+
+
+class RedisReplayCache:
+    """DPoP proof jtis shared by every replica (`SET NX PX`, one call bounded by `timeout`),
+    so a proof used at one replica is refused at all. Each is also kept in this process:
+    a replay to the same replica costs no Redis call, and when Redis fails the local copy
+    decides alone (logged once per outage; Redis is then left alone for `retry_interval`, so a
+    frozen Redis costs one timeout per interval, not one per request). During an outage a
+    proof could be replayed once to another replica within its iat window: availability is
+    kept, as for revocations."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "authsvc-kit",
+        timeout: float = 0.25,
+        retry_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._prefix = f"{namespace}:dpop:"
+        self._timeout = timeout
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._retry_at = 0.0
+        self.local = MemoryReplayCache(clock)
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        if not self.local.claim_now(key, ttl):
+            return False
+        if self._clock() < self._retry_at:
+            return True
+        try:
+            async with asyncio.timeout(self._timeout):
+                fresh = await self._redis.set(
+                    self._prefix + key, "1", px=max(int(ttl * 1000), 1), nx=True
+                )
+        except _FAILURES as exc:
+            if self._retry_at == 0.0:
+                logger.warning(
+                    "authsvc_kit.dpop_replay_cache_local", extra={"error": type(exc).__name__}
+                )
+            self._retry_at = self._clock() + self._retry_interval
+            return True
+        if self._retry_at:
+            self._retry_at = 0.0
+            logger.info("authsvc_kit.dpop_replay_cache_shared")
+        return bool(fresh)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

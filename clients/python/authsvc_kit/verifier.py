@@ -12,6 +12,7 @@ from typing import Any, TypeGuard
 import jwt
 
 from authsvc_kit.config import KitConfig
+from authsvc_kit.dpop import check_confirmation
 from authsvc_kit.errors import InvalidToken, TokenExpired
 from authsvc_kit.keys import JwksCache
 from authsvc_kit.principal import SERVICE_SUBJECT_PREFIX, Principal
@@ -118,6 +119,7 @@ class AccessTokenVerifier:
             raise InvalidToken()
         if sid is not None and not isinstance(sid, str):
             raise InvalidToken()
+        check_confirmation(claims)
         # No `sid`: a service client's token (client_credentials) or nothing. Its subject names
         # its client, so it can never pass for a user's (whose `sub` is the user id).
         if sid is None and (

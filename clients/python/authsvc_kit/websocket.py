@@ -17,8 +17,16 @@ text frame of at most MAX_AUTHENTICATE_MESSAGE characters that looks like a JSON
 "authenticate" is parsed: a client cannot make the kit parse megabytes (nor anything before it
 has authenticated), and a larger first message closes the connection.
 
+DPoP-bound tokens (`cnf.jkt`): the handshake carries `Authorization: DPoP <token>` and a `DPoP`
+proof header, or (browsers) the message carries it: `{"type": "authenticate", "token": ...,
+"proof": "<DPoP proof>"}`, first and at each renewal. The proof names `htm` GET and `htu` the
+socket's URL (wss://host/path or https://host/path: compared as the same), with the `ath` of
+the token it comes with and a fresh `jti`. A bound token without a valid proof closes 4400
+`invalid_dpop_proof`.
+
 Close codes: 4400 `authentication_required` (no, invalid or mismatched token at the start or in
-a renewal), 4401 `token_expired` (no fresh token in time: refresh and reconnect), 4403
+a renewal), 4400 `invalid_dpop_proof` (a bound token without a valid proof), 4401
+`token_expired` (no fresh token in time: refresh and reconnect), 4403
 `session_revoked` (back-channel logout, or a revoked session's token at the start or in a
 renewal: do not reconnect), 4403 `user_token_required` (a service client's token where a user
 is needed), 4429 `too_many_connections` (this session already holds `ws_max_per_session`
@@ -38,11 +46,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from authsvc_kit.errors import AuthError, SessionRevoked, Unavailable
+from authsvc_kit.dpop import MAX_PROOF_LENGTH, Presentation, presentation
+from authsvc_kit.errors import AuthError, InvalidDPoPProof, SessionRevoked, Unavailable
 from authsvc_kit.principal import Principal
 from authsvc_kit.revocation import Revocation
 from authsvc_kit.verifier import MAX_TOKEN_LENGTH
@@ -50,6 +59,7 @@ from authsvc_kit.verifier import MAX_TOKEN_LENGTH
 logger = logging.getLogger("authsvc_kit.websocket")
 PRINCIPAL_SCOPE_KEY = "authsvc.principal"
 AUTHENTICATION_REQUIRED = (4400, "authentication_required")
+INVALID_DPOP_PROOF = (4400, "invalid_dpop_proof")
 TOKEN_EXPIRED = (4401, "token_expired")
 SESSION_REVOKED = (4403, "session_revoked")
 USER_TOKEN_REQUIRED = (4403, "user_token_required")
@@ -58,10 +68,10 @@ ISSUER_UNAVAILABLE = (1013, "issuer_unavailable")
 TRY_AGAIN_LATER = (1013, "try_again_later")
 _QUEUE_SIZE = 256  # messages the application has not read yet; beyond it reading pauses
 # The largest text frame that may be an `authenticate` message: a token of the longest length
-# the verifier takes, plus room for the JSON around it.
-MAX_AUTHENTICATE_MESSAGE = MAX_TOKEN_LENGTH + 1024
+# the verifier takes and a DPoP proof, plus room for the JSON around them.
+MAX_AUTHENTICATE_MESSAGE = MAX_TOKEN_LENGTH + MAX_PROOF_LENGTH + 1024
 
-Authenticate = Callable[[str], Awaitable[Principal]]
+Authenticate = Callable[[str, Presentation | None], Awaitable[Principal]]
 CloseCode = tuple[int, str]
 
 
@@ -71,6 +81,8 @@ def close_code(error: AuthError) -> CloseCode:
         return ISSUER_UNAVAILABLE
     if isinstance(error, SessionRevoked):
         return SESSION_REVOKED
+    if isinstance(error, InvalidDPoPProof):
+        return INVALID_DPOP_PROOF
     if error.status == 403:
         return (4403, error.code)
     return AUTHENTICATION_REQUIRED
@@ -177,6 +189,7 @@ class WebSocketSession:
         send: Send,
         *,
         authenticate: Authenticate,
+        url: Callable[[Scope], str],
         registry: SocketRegistry,
         auth_timeout: float,
         expiry_margin: float,
@@ -185,6 +198,7 @@ class WebSocketSession:
         self._receive = receive
         self._send = send
         self._authenticate = authenticate
+        self._url = url
         self._registry = registry
         self._auth_timeout = auth_timeout
         self._margin = expiry_margin
@@ -236,15 +250,21 @@ class WebSocketSession:
         await app(self.scope, self._app_receive, self._app_send)
 
     async def _first_principal(self) -> Principal:
-        token = bearer_token(self.scope)
-        if token is not None:
-            return await self._authenticate(token)
+        presented = presentation(self.scope, self._url)
+        if presented is not None:
+            return await self._authenticate(*presented)
         async with asyncio.timeout(self._auth_timeout):
             message = await self._receive()
-        token = _authenticate_token(message)
-        if token is None:
+        credentials = _authenticate_token(message)
+        if credentials is None:
             raise AuthError("The first message must be {type: authenticate, token}.")
-        return await self._authenticate(token)
+        return await self._authenticate(*self._in_band(credentials))
+
+    def _in_band(self, credentials: tuple[str, str | None]) -> tuple[str, Presentation]:
+        """An `authenticate` message's token, presented as DPoP when it came with a proof."""
+        token, proof = credentials
+        scheme: Literal["bearer", "dpop"] = "bearer" if proof is None else "dpop"
+        return token, Presentation(scheme, proof, "GET", self._url(self.scope))
 
     # -- what the application sees ------------------------------------------------------
     async def _app_receive(self) -> Message:
@@ -276,21 +296,21 @@ class WebSocketSession:
                 if message["type"] == "websocket.disconnect":
                     return
                 continue
-            token = _authenticate_token(message)
-            if token is not None:
-                await self._renew(token)
+            credentials = _authenticate_token(message)
+            if credentials is not None:
+                await self._renew(credentials)
                 continue
             await self._inbox.put(message)
             if message["type"] == "websocket.disconnect":
                 self._closed = True
                 return
 
-    async def _renew(self, token: str) -> None:
+    async def _renew(self, credentials: tuple[str, str | None]) -> None:
         current = self.principal
         if current is None:  # not authenticated yet: renewals start after the first token
             return
         try:
-            fresh = await self._authenticate(token)
+            fresh = await self._authenticate(*self._in_band(credentials))
         except Unavailable:
             # Not the client's fault: it may try again before expiry.
             await self._send_json({"type": "token_rejected", "error": "issuer_unavailable"})
@@ -355,8 +375,9 @@ class WebSocketSession:
                 await self._send({"type": "websocket.send", "text": json.dumps(body)})
 
 
-def _authenticate_token(message: Message) -> str | None:
-    """The token of an `authenticate` message, or None for any other message. Cheap checks
+def _authenticate_token(message: Message) -> tuple[str, str | None] | None:
+    """The token (and DPoP proof, if any) of an `authenticate` message, or None for any other
+    message. Cheap checks
     first: a frame too large to carry a token, or not a JSON object naming "authenticate",
     is never parsed here (whatever its size or nesting)."""
     if message["type"] != "websocket.receive":
@@ -372,8 +393,8 @@ def _authenticate_token(message: Message) -> str | None:
         return None
     if not isinstance(body, dict) or body.get("type") != "authenticate":
         return None
-    token = body.get("token")
-    return token if isinstance(token, str) else ""
+    token, proof = body.get("token"), body.get("proof")
+    return (token if isinstance(token, str) else ""), (proof if isinstance(proof, str) else None)
 
 
 def bearer_token(scope: Scope) -> str | None:
