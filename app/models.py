@@ -4,6 +4,7 @@ from app.audit.models import AuditEvent
 from app.clients.models import ServiceClient
 from app.core.db import Base
 from app.dpop.models import SeenProof
+from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
 from app.sessions.models import RefreshToken, Session
@@ -15,6 +16,7 @@ __all__ = [
     "OutboxMessage",
     "SeenProof",
     "RefreshToken",
+    "SchemaCompatibility",
     "ServiceClient",
     "Session",
     "SigningKey",

@@ -11,12 +11,17 @@ two), on a fresh database:
 Every answer is timed by the load generator from the moment the request is built, by status.
 Targets (issue 16): at 3 x capacity, goodput >= 90 % of the peak and p99 of the admitted
 requests (the 200s) <= 250 ms.
+
+`--gateway`: every phase goes through the shipped nginx recipe (deploy/nginx/authsvc.conf, one
+nginx worker), whose in-flight limit on /auth/ refuses beyond it before the service sees the
+request (`--gateway-limit` overrides the recipe's number).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -40,6 +45,7 @@ from bench.__main__ import (
     start_service,
     stop,
 )
+from bench.gateway import nginx_in_front
 
 PEAK_CONNECTIONS = 8
 WRK_THREADS = 2
@@ -96,7 +102,9 @@ def run_phase(name: str, base: str, *, rate: float, connections: int, duration: 
         cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s"]
         cmd += ["-s", str(LUA / "refresh_overload.lua"), base]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         phase = _read_phase(name, rate, workdir / "latencies")
         used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -127,10 +135,16 @@ def measure(label: str, database_url: str, workers: int, args: argparse.Namespac
         port = _free_port()
         process = start_service(port, workers, env)
         base = f"http://127.0.0.1:{port}"
+        gateway = contextlib.ExitStack()
         try:
+            if args.gateway:
+                label_here = f"{label} via nginx"
+                base = gateway.enter_context(nginx_in_front(base, _free_port(), args.gateway_limit))
+            else:
+                label_here = label
             if admission:
                 peak = run_phase(
-                    f"{label}: peak (8 connections, closed loop)",
+                    f"{label_here}: peak (8 connections, closed loop)",
                     base,
                     rate=0,
                     connections=PEAK_CONNECTIONS,
@@ -144,7 +158,7 @@ def measure(label: str, database_url: str, workers: int, args: argparse.Namespac
             connections = max(args.connections, int(offered * TARGET_P99_S * 1.5))
             phases.append(
                 run_phase(
-                    f"{label}: {args.factor:g} x, admission {'on' if admission else 'off'}",
+                    f"{label_here}: {args.factor:g} x, admission {'on' if admission else 'off'}",
                     base,
                     rate=offered,
                     connections=connections,
@@ -152,6 +166,7 @@ def measure(label: str, database_url: str, workers: int, args: argparse.Namespac
                 )
             )
         finally:
+            gateway.close()
             stop(process)
     return phases
 
@@ -208,6 +223,8 @@ def main() -> int:
         "--connections", type=int, default=96, help="least connections when overloaded"
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--gateway", action="store_true", help="through the nginx recipe")
+    parser.add_argument("--gateway-limit", type=int, default=None, help="nginx's in-flight limit")
     parser.add_argument(
         "--admin-dsn",
         default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),

@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", help="the PEM private key of --ssl-certfile")
+    serve.add_argument(
+        "--dev-tls",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate for localhost, 127.0.0.1 and ::1, "
+        "made once under --dev-tls-dir and reused (not in production)",
+    )
+    serve.add_argument(
+        "--dev-tls-dir", help="where --dev-tls keeps its certificate (default: data/dev-tls)"
+    )
 
     sub.add_parser("migrate", help="apply database migrations and create a signing key")
     sub.add_parser("prune", help="delete expired/revoked sessions and old refresh tokens")

@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit import repository as audit_repository
-from app.core.db import create_engine
+from app.core.db import engine_for
 from app.core.settings import Settings
 from app.users import service as users
 
@@ -34,7 +34,7 @@ async def _run_audit(args: argparse.Namespace, settings: Settings) -> str:
             )
         return "\n".join(lines)
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.begin() as conn:
             return await work(conn)

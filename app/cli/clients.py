@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.clients.repository import ClientRecord
 from app.clients.service import ServiceClients
 from app.core.clock import Clock
-from app.core.db import committed_unit, create_engine
+from app.core.db import committed_unit, engine_for
 from app.core.settings import Settings
 
 T = TypeVar("T")
@@ -25,7 +25,7 @@ _SHOWN_ONCE = "(the secret is shown only now: store it; only its hash is kept)"
 async def _in_unit(
     settings: Settings, work: Callable[[ServiceClients, AsyncConnection], Awaitable[T]]
 ) -> T:
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with committed_unit(engine) as uow:
             return await work(ServiceClients(engine), await uow.connection())

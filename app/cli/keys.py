@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.clock import Clock
-from app.core.db import create_engine
+from app.core.db import engine_for
 from app.core.settings import Settings
 from app.keys import service as keys
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
 async def _run_keys(args: argparse.Namespace, settings: Settings) -> str:
     if settings.jwt_private_key_file is not None:
         raise SystemExit(f"error: keys come from JWT_PRIVATE_KEY_FILE; {_FILE_KEYS[args.action]}")
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         if args.action == "rotate":
             return await _rotate(engine, settings, now=args.now)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.account.service import AccountService, Actor, build_account_service
 from app.core.client import ClientInfo
 from app.core.clock import Clock
-from app.core.db import UnitOfWork, create_engine
+from app.core.db import UnitOfWork, engine_for
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
@@ -45,7 +45,7 @@ async def _in_unit_of_work(
     settings: Settings, work: Callable[[AccountService, UnitOfWork], Awaitable[T]]
 ) -> T:
     """One committed unit of work with the account service, as a request would have it."""
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     passwords = PasswordHasher(settings.password_hash_threads, settings.password_hash_profile)
     try:
         accounts = _accounts(settings, engine, passwords)

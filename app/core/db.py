@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import DateTime, Table, event
+from sqlalchemy import DateTime, Table, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -17,6 +17,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import greenlet_spawn
 
 from app.core.errors import is_database_unavailable
+from app.core.settings import Settings
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -53,17 +54,21 @@ def create_engine(
     pool_size: int = 10,
     pool_timeout: float = 5.0,
     serving_requests: bool = False,
+    transaction_pooled: bool = False,
 ) -> AsyncEngine:
     """The service's engine (`serving_requests`): a request that meets a database failure
     answers 503 within `pool_timeout` (docs/deploy.md, Database outages; see
     `_postgres_timeouts`). Other engines (migrations, CLI commands) may run long statements:
-    they wait up to `pool_timeout` for a connection and 30 s for a statement."""
+    they wait up to `pool_timeout` for a connection and 30 s for a statement.
+    `transaction_pooled`: DATABASE_URL is a transaction-mode pooler (see `_pooler_safe`)."""
     if database_url.startswith("sqlite"):
         return _create_sqlite_engine(database_url, pool_timeout)
     if serving_requests:
         wait, connect_args = _postgres_timeouts(pool_timeout)
     else:
         wait, connect_args = pool_timeout, {"timeout": pool_timeout, "command_timeout": 30}
+    if transaction_pooled:
+        database_url, connect_args = _pooler_safe(database_url, connect_args)
     return create_async_engine(
         database_url,
         hide_parameters=True,  # error messages must never carry emails, hashes or tokens
@@ -97,6 +102,34 @@ def _postgres_timeouts(bound: float) -> tuple[float, dict[str, Any]]:
         "command_timeout": step,
         "server_settings": {"statement_timeout": str(statement_ms)},
     }
+
+
+def engine_for(settings: Settings, **options: Any) -> AsyncEngine:
+    """The engine for DATABASE_URL as the settings describe it (what sits in front of it);
+    `options` as `create_engine` takes them."""
+    return create_engine(
+        settings.database_url, transaction_pooled=settings.transaction_pooled, **options
+    )
+
+
+def _pooler_safe(database_url: str, connect_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Behind a transaction-mode pooler each transaction (and each statement outside one) may
+    run on another server connection: a named prepared statement made on one is unknown on
+    the next ("prepared statement ... does not exist"). So no statement is kept: asyncpg's
+    cache and SQLAlchemy's are off, and SQLAlchemy prepares each statement unnamed, which
+    PostgreSQL replaces at the next statement on that connection, so nothing piles up on the
+    server connections (named ones with fresh names would). PgBouncer also refuses startup
+    parameters it does not know, statement_timeout among them: set it on the role instead
+    (docs/scaling.md); asyncpg's command_timeout still bounds every statement."""
+    url = make_url(database_url).update_query_dict({"prepared_statement_cache_size": "0"})
+    safe = {key: value for key, value in connect_args.items() if key != "server_settings"}
+    safe["statement_cache_size"] = 0
+    safe["prepared_statement_name_func"] = _unnamed
+    return url.render_as_string(hide_password=False), safe
+
+
+def _unnamed() -> str:
+    return ""
 
 
 def _create_sqlite_engine(database_url: str, pool_timeout: float) -> AsyncEngine:

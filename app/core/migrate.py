@@ -10,20 +10,23 @@ from alembic.config import Config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, *, transaction_pooled: bool = False) -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["database_url"] = database_url
+    config.attributes["transaction_pooled"] = transaction_pooled
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Blocking (Alembic runs its own event loop): call from a thread inside async code."""
-    _ensure_sqlite_directory(database_url)
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, transaction_pooled: bool = False) -> None:
+    """Blocking (Alembic runs its own event loop): call from a thread inside async code.
+    `transaction_pooled`: `database_url` is a transaction-mode pooler (app.core.db)."""
+    ensure_sqlite_directory(database_url)
+    command.upgrade(alembic_config(database_url, transaction_pooled=transaction_pooled), revision)
 
 
-def _ensure_sqlite_directory(database_url: str) -> None:
+def ensure_sqlite_directory(database_url: str) -> None:
+    """SQLite creates the file on first connect, but not its folder."""
     if database_url.startswith("sqlite") and ":///" in database_url:
         path = database_url.split(":///", 1)[1].split("?", 1)[0]
         if path and path != ":memory:":

@@ -3,6 +3,8 @@
 -- i + WRK_THREADS, ... A token is sent exactly once: each successor goes to the back of the
 -- thread's queue and each request takes the front one, so a chain never sends a token twice
 -- and never waits for its own connection, whichever connection carries its next request.
+-- With PROOFS_FILE (one DPoP proof per line, bench/dpop.py) each request also sends the next
+-- of the thread's proofs in a DPoP header: each proof once.
 local counter = 0
 function setup(thread)
   counter = counter + 1
@@ -10,6 +12,7 @@ function setup(thread)
 end
 function init(args)
   local threads = tonumber(os.getenv("WRK_THREADS"))
+  path = os.getenv("REFRESH_PATH") or "/auth/refresh"  -- bench.ceiling's /b2 for the floor
   queue, head, tail = {}, 1, 0
   if idx == 1 then
     -- At start-up wrk builds one request on the first thread to check the script
@@ -25,13 +28,26 @@ function init(args)
     end
     line_no = line_no + 1
   end
+  proofs, next_proof = {}, 1
+  local proofs_file = os.getenv("PROOFS_FILE")
+  if proofs_file then
+    line_no = 0
+    for line in io.lines(proofs_file) do
+      if line_no % threads == idx - 1 then proofs[#proofs + 1] = line end
+      line_no = line_no + 1
+    end
+  end
 end
 function request()
   local token = queue[head] or ""  -- empty only after an error lost a chain: a counted 401
   queue[head] = nil
   head = head + 1
-  return wrk.format("POST", "/auth/refresh", {["Content-Type"] = "application/json"},
-                    '{"refresh_token":"' .. token .. '"}')
+  local headers = {["Content-Type"] = "application/json"}
+  if proofs[next_proof] then  -- none left: no header, and the refresh is a counted 400
+    headers["DPoP"] = proofs[next_proof]
+    next_proof = next_proof + 1
+  end
+  return wrk.format("POST", path, headers, '{"refresh_token":"' .. token .. '"}')
 end
 function response(status, headers, body)
   local token = body:match('"refresh_token"%s*:%s*"([^"]+)"')

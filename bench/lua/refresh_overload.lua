@@ -80,6 +80,9 @@ end
 
 function response(status, headers, body)
   local id = headers["x-request-id"] or headers["X-Request-ID"]
+  if not id then
+    return -- not an answer this script can match to its request (it would lose a token)
+  end
   local entry = sent[id]
   sent[id] = nil
   if not entry then

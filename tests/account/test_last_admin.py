@@ -81,7 +81,9 @@ async def test_admins_deactivating_each_other_at_once_leave_one(kind: str, tmp_p
     both admins' rows) until each has reached it, then let go together: a check that read
     the admins without locking them would let both through and leave none."""
     async with fresh_database(kind, tmp_path) as url:
-        async for h in start_harness(make_settings(url)):
+        # The first request waits at the lock until the second gets there: under a loaded CI
+        # that took longer than the default bound's statement_timeout (1.75 s), and a 503.
+        async for h in start_harness(make_settings(url, db_pool_timeout=30)):
             emails = [await h.create_user(role="admin") for _ in range(2)]
             admins = [await h.login(email) for email in emails]
             ids = [await _user_id(h, email) for email in emails]

@@ -64,7 +64,9 @@ async def token_for(h: Harness, client_id: str, secret: str, **form: str) -> dic
 
 async def audit_details(h: Harness, event: str, client_id: str) -> list[dict[str, Any]]:
     async with h.ctx.engine.connect() as conn:
-        rows = (await conn.execute(select(_audit.c.details).where(_audit.c.event == event))).all()
+        # In the order written: without ORDER BY, PostgreSQL may return any order.
+        query = select(_audit.c.details).where(_audit.c.event == event).order_by(_audit.c.id)
+        rows = (await conn.execute(query)).all()
     return [row[0] for row in rows if row[0].get("client_id") == client_id]
 
 

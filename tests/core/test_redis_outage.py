@@ -132,6 +132,11 @@ async def test_frozen_redis_costs_at_most_the_timeout(
         async for b in start_harness(settings):
             emails = [await a.create_user() for _ in range(10)]
             await login_refresh_verify(a, emails[0])  # connections to Redis are open
+            # The same concurrent work with Redis answering: what the machine itself costs
+            # (on a loaded CI the database alone took over a second for nine at once).
+            others = [await a.create_user() for _ in range(9)]
+            baseline = await asyncio.gather(*(timed(login_refresh_verify(a, e)) for e in others))
+            floor = max(seconds for _, seconds in baseline)
 
             redis.freeze()
             try:
@@ -144,20 +149,30 @@ async def test_frozen_redis_costs_at_most_the_timeout(
             results = [statuses for statuses, _ in concurrent + one_by_one]
             latencies = [seconds for _, seconds in concurrent + one_by_one]
             assert all(r == [200, 200, 200] for r in results), results
-            print(f"frozen Redis: max latency of login+refresh+verify {max(latencies):.3f} s")
-            assert max(latencies) < 3 * BOUND  # three requests, each within BOUND
+            print(
+                f"frozen Redis: max latency of login+refresh+verify {max(latencies):.3f} s"
+                f" (answering Redis: {floor:.3f} s)"
+            )
+            assert max(latencies) < floor + 3 * BOUND  # three requests, each within BOUND more
             ready = await a.client.get("/readyz")
             assert ready.status_code == 200
 
             # Back: after the retry interval both apps count together again (4 per hour
-            # for the account between them, where each alone would allow 4).
+            # for the account between them, where each alone would allow 4). A fresh account
+            # per try: the first call after the thaw may time out reconnecting on a loaded
+            # machine, count in-process for one more interval, and the next try then shares.
             await asyncio.sleep(RETRY + 0.1)
-            fresh = await a.create_user()
-            body = {"email": fresh, "password": PASSWORD}
-            statuses = [
-                (await h.client.post("/auth/login", json=body)).status_code
-                for h in (a, b, a, b, a, b)
-            ]
+            deadline = time.monotonic() + 10
+            while True:
+                fresh = await a.create_user()
+                body = {"email": fresh, "password": PASSWORD}
+                statuses = [
+                    (await h.client.post("/auth/login", json=body)).status_code
+                    for h in (a, b, a, b, a, b)
+                ]
+                if statuses == [200, 200, 200, 200, 429, 429] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(RETRY)
             assert statuses == [200, 200, 200, 200, 429, 429]
             assert (await a.client.get("/readyz")).json()["redis"] == "ok"
 

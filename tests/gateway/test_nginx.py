@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import ECKey
 
 from app.auth.tokens import AccessTokenCodec
 from app.core import migrate
 from app.core.clock import Clock
 from app.core.db import create_engine
 from app.keys.service import KeySet, load_key_ring
+from bench.gateway import main_conf, render
 from tests.conftest import PASSWORD, TEST_SECRET
 from tests.support.pgcluster import PgCluster
 from tests.support.servers import (
@@ -46,11 +53,11 @@ def _require_nginx() -> None:
         pytest.skip("nginx is not installed")
 
 
-def _render(conf: str, *, listen: int, auth: str, upstream: str, notes: str | None) -> str:
-    rendered = (
-        conf.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{listen};")
-        .replace("server 127.0.0.1:8000;", f"server {auth.removeprefix('http://')};")
-        .replace("server 127.0.0.1:9000;", f"server {upstream.removeprefix('http://')};")
+def _render(
+    conf: str, *, listen: int, auth: str, upstream: str, notes: str | None, limit: int | None
+) -> str:
+    rendered = render(conf, listen, [auth], limit).replace(
+        "server 127.0.0.1:9000;", f"server {upstream.removeprefix('http://')};"
     )
     if notes is not None:
         rendered = rendered.replace(
@@ -59,27 +66,14 @@ def _render(conf: str, *, listen: int, auth: str, upstream: str, notes: str | No
     return rendered
 
 
-def _main_conf(prefix: Path, include: Path) -> str:
-    return f"""
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {include};
-}}
-"""
-
-
 @contextlib.contextmanager
 def run_nginx(
-    tmp_path: Path, *, auth: str, upstream: str, notes: str | None = None
+    tmp_path: Path,
+    *,
+    auth: str,
+    upstream: str,
+    notes: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[str]:
     """Real nginx with the shipped config, pointed at `auth`, `upstream` and (when given) the
     notes service; yields its URL."""
@@ -87,9 +81,11 @@ def run_nginx(
     listen = free_port()
     site = tmp_path / "authsvc.conf"
     shipped = (ROOT / "deploy/nginx/authsvc.conf").read_text()
-    site.write_text(_render(shipped, listen=listen, auth=auth, upstream=upstream, notes=notes))
+    site.write_text(
+        _render(shipped, listen=listen, auth=auth, upstream=upstream, notes=notes, limit=limit)
+    )
     conf = tmp_path / "nginx.conf"
-    conf.write_text(_main_conf(tmp_path, site))
+    conf.write_text(main_conf(tmp_path, site))
     check = subprocess.run(
         [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
     )
@@ -116,7 +112,10 @@ def run_nginx(
 
 @contextlib.contextmanager
 def gateway_stack(
-    database_url: str, tmp_path: Path, env: dict[str, str] | None = None
+    database_url: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    limit: int | None = None,
 ) -> Iterator[str]:
     """nginx, authsvc and the upstream, all on loopback; yields the gateway URL."""
     _require_nginx()
@@ -126,7 +125,7 @@ def gateway_stack(
             uvicorn_server(database_url, env=env),
             uvicorn_server(database_url, factory=upstream_app, is_factory=False),
         ) as [(auth, _), (upstream, _)],
-        run_nginx(tmp_path, auth=auth, upstream=upstream) as gateway,
+        run_nginx(tmp_path, auth=auth, upstream=upstream, limit=limit) as gateway,
     ):
         yield gateway
 
@@ -217,6 +216,94 @@ async def _end_to_end(gateway: str, email: str) -> None:
         assert time.monotonic() - started < 1.0
 
 
+def _prover() -> Callable[..., str]:
+    """Proofs by one new key: proof(method, url, token=None, nonce=None)."""
+    key = ECKey.generate_key("P-256")
+
+    def proof(method: str, url: str, token: str | None = None, nonce: str | None = None) -> str:
+        claims: dict[str, Any] = {"jti": uuid.uuid4().hex, "htm": method, "htu": url}
+        claims["iat"] = int(time.time())
+        if token is not None:
+            digest = hashlib.sha256(token.encode()).digest()
+            claims["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if nonce is not None:
+            claims["nonce"] = nonce
+        header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+        return jose_jwt.encode(header, claims, key, algorithms=["ES256"])
+
+    return proof
+
+
+async def test_nginx_passes_a_dpop_nonce_request_on(postgres_url: str, tmp_path: Path) -> None:
+    """With DPOP_NONCE_REQUIRED, the 401 use_dpop_nonce of /auth/verify reaches the client
+    with its DPoP-Nonce through the shipped config, and the retry with it passes."""
+    email = await _user(postgres_url)
+    proof = _prover()
+    with gateway_stack(postgres_url, tmp_path, env={"DPOP_NONCE_REQUIRED": "true"}) as gateway:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+            body = {"email": email, "password": PASSWORD}
+            asked = await client.post(
+                "/auth/login", json=body, headers={"DPoP": proof("POST", f"{gateway}/auth/login")}
+            )
+            nonce = asked.headers["dpop-nonce"]
+            login = await client.post(
+                "/auth/login",
+                json=body,
+                headers={"DPoP": proof("POST", f"{gateway}/auth/login", nonce=nonce)},
+            )
+            access = login.json()["access_token"]
+            url = f"{gateway}/orders/42"
+            dpop = {"Authorization": f"DPoP {access}"}
+            stale = await client.get(
+                "/orders/42", headers={**dpop, "DPoP": proof("GET", url, access, nonce="1.x")}
+            )
+            assert stale.status_code == 401, stale.text
+            assert stale.headers["x-auth-error"] == "use_dpop_nonce"
+            fresh = stale.headers["dpop-nonce"]
+            retried = await client.get(
+                "/orders/42", headers={**dpop, "DPoP": proof("GET", url, access, nonce=fresh)}
+            )
+            assert retried.status_code == 200, retried.text
+
+
+async def test_nginx_forward_auth_with_a_dpop_bound_token(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The shipped config forwards the original method and URL (X-Original-Method and -URL):
+    a bound token passes with its proof for that request, and with nothing else."""
+    email = await _user(postgres_url)
+    proof = _prover()
+
+    with gateway_stack(postgres_url, tmp_path) as gateway:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+            login = await client.post(
+                "/auth/login",
+                json={"email": email, "password": PASSWORD},
+                headers={"DPoP": proof("POST", f"{gateway}/auth/login")},
+            )
+            assert login.status_code == 200, login.text
+            assert login.json()["token_type"] == "DPoP"
+            access = login.json()["access_token"]
+            dpop = {"Authorization": f"DPoP {access}"}
+            url = f"{gateway}/orders/42"
+            ok = await client.get(
+                "/orders/42?page=2", headers={**dpop, "DPoP": proof("GET", url, access)}
+            )
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["session_id"] == login.json()["session"]["id"]
+            for headers in (
+                _bearer(access),  # the token without its proof, as a thief would send it
+                dpop,
+                {**dpop, "DPoP": proof("POST", url, access)},  # made for another request
+                {**dpop, "DPoP": proof("GET", f"{gateway}/orders/43", access)},
+            ):
+                denied = await client.get("/orders/42", headers=headers)
+                assert denied.status_code == 401, denied.text
+                assert denied.headers["x-auth-error"] == "invalid_dpop_proof"
+                assert denied.headers["www-authenticate"].startswith("DPoP ")
+                assert "upstream" not in denied.text
+
+
 async def test_nginx_expired_token_and_cookie_mode_client(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -296,3 +383,74 @@ async def test_nginx_passes_an_outage_through_as_503(pg_cluster: PgCluster, tmp_
                 assert down.json()["error"]["code"] == "service_unavailable"
             await asyncio.to_thread(pg_cluster.start)
             assert (await client.get("/orders/1", headers=headers)).status_code == 200
+
+
+async def test_nginx_refuses_beyond_its_in_flight_limit_as_authsvc_would(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The recipe's in-flight limit on /auth/: one request held open inside it (its headers
+    read, its body not yet sent) takes the only slot; the next is refused by nginx itself with
+    authsvc's own 503 overloaded envelope and Retry-After, never reaching authsvc; once the
+    held one finishes, requests pass again."""
+    email = await _user(postgres_url)
+    with gateway_stack(postgres_url, tmp_path, limit=1) as gateway:
+        host, port = gateway.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps({"email": email, "password": PASSWORD}).encode()
+        head = (
+            f"POST /auth/login HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        try:
+            async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+                login = {"email": email, "password": PASSWORD}
+
+                async def refused() -> httpx.Response | None:
+                    response = await client.post(
+                        "/auth/login", json=login, headers={"X-Request-ID": "held-1"}
+                    )
+                    return response if response.status_code == 503 else None
+
+                response = None
+                deadline = time.monotonic() + 5
+                while response is None:  # until nginx has read the held request's headers
+                    assert time.monotonic() < deadline, "nginx never counted the held request"
+                    response = await refused()
+                assert response.headers["retry-after"] == "1"
+                assert response.headers["content-type"].startswith("application/json")
+                assert response.json()["error"]["code"] == "overloaded"
+                assert response.headers["x-request-id"] == "held-1"  # echoed as authsvc does
+                evil = await client.post(
+                    "/auth/login", json=login, headers={"X-Request-ID": "a b<script>"}
+                )
+                assert evil.status_code == 503
+                assert "x-request-id" not in evil.headers
+
+                writer.write(body)
+                await writer.drain()
+                status_line = await asyncio.wait_for(reader.readline(), 10)
+                assert status_line.startswith(b"HTTP/1.1 200"), status_line
+                writer.close()
+                await writer.wait_closed()
+
+                after = await client.post("/auth/login", json=login)
+                assert after.status_code == 200, after.text
+            assert await _sessions_of(postgres_url, email) == 2  # the refused one never arrived
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+
+async def _sessions_of(database_url: str, email: str) -> int:
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = $1",
+            email,
+        )
+    finally:
+        await conn.close()
+    return count

@@ -13,7 +13,9 @@ from tests.conftest import TEST_SECRET
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    database_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -21,6 +23,7 @@ def run_cli(database_url: str, *args: str, stdin: str = "") -> subprocess.Comple
         "ENVIRONMENT": "test",
         "LOG_LEVEL": "WARNING",
         "PASSWORD_HASH_PROFILE": "test",  # near-free argon2, as make_settings
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
@@ -34,6 +37,9 @@ def run_cli(database_url: str, *args: str, stdin: str = "") -> subprocess.Comple
     )
 
 
-async def cli(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """The command in a thread, so the app under test keeps serving meanwhile."""
-    return await asyncio.to_thread(run_cli, database_url, *args, stdin=stdin)
+async def cli(
+    database_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The command in a thread, so the app under test keeps serving meanwhile. `env`: more
+    settings, over the defaults."""
+    return await asyncio.to_thread(run_cli, database_url, *args, stdin=stdin, env=env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import TypeVar
 
 import httpx
 
+from bench.processes import free_port as free_port  # re-exported: the tests' helpers
+from bench.processes import stop_process as stop_process
 from tests.conftest import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,13 +45,6 @@ def started_together(*servers: contextlib.AbstractContextManager[T]) -> Iterator
         if failure is not None:
             raise failure
         yield started
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -106,15 +100,7 @@ def uvicorn_server(
         _wait_healthy(base_url, process)
         yield base_url, process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stderr:
-            process.stderr.close()
+        stop_process(process)
 
 
 def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
