@@ -5,7 +5,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test static lint typecheck unit unit-servers unit-downstream unit-rest install bench clean
+.PHONY: run test static lint typecheck unit unit-servers unit-downstream unit-rest unit-engines js \
+	install bench clean
 
 # Two stamps: `make run` installs the service's runtime dependencies only; the development
 # tools (pytest, ruff, mypy, browsers' drivers...) come with the first `make test`.
@@ -27,15 +28,18 @@ run: $(VENV)/.runtime
 	$(PY) -m app serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
-## and every test on SQLite and PostgreSQL. The static checks and three pytest runs go side by
+## and every test on SQLite and PostgreSQL. The static checks and four pytest runs go side by
 ## side (two cores, but the tests mostly wait on servers, browsers and databases): the areas
-## that start real servers, the downstream side (kit, notes, outbox, service clients), and
-## everything else. Output is grouped per step.
+## that start real servers, the downstream side (kit, notes, outbox, service clients), the
+## three browser engines, and everything else; beside them the browser client's npm package
+## (`js`). Output is grouped per step.
 SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
 DOWNSTREAM_TESTS := tests/downstream tests/outbox tests/clients tests/dpop
+# Browser mode in Chromium, Firefox ESR and WebKit, and HTTPS serving (docs/engines.md).
+ENGINE_TESTS := tests/engines
 test: install
-	@$(MAKE) --no-print-directory -j4 --output-sync=target static unit-servers unit-downstream \
-		unit-rest
+	@$(MAKE) --no-print-directory -j6 --output-sync=target static unit-servers unit-downstream \
+		unit-rest unit-engines js
 
 static: lint typecheck
 
@@ -60,7 +64,25 @@ unit-downstream: install
 	$(VENV)/bin/pytest $(DOWNSTREAM_TESTS) $(PYTEST_ARGS)
 
 unit-rest: install
-	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS) $(DOWNSTREAM_TESTS)) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS) $(DOWNSTREAM_TESTS) $(ENGINE_TESTS)) \
+		$(PYTEST_ARGS)
+
+# Firefox is driven by puppeteer-core (npm, pinned by package-lock.json; no browser download).
+# Without npm the Firefox tests skip (fail under REQUIRE_BROWSER=1).
+tests/engines/node_modules/.installed: tests/engines/package.json tests/engines/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/engines --no-audit --no-fund \
+		--loglevel=error && touch $@; fi
+
+unit-engines: install tests/engines/node_modules/.installed
+	$(VENV)/bin/pytest $(ENGINE_TESTS) $(PYTEST_ARGS)
+
+## The browser client's npm package (clients/js): installed from its lock file, then its unit
+## tests (node's runner), its types, and the check that /static/auth-client.js is its build.
+## Without npm it says so and passes, except in CI (CI=true), where it fails.
+js:
+	@if ! command -v npm >/dev/null; then \
+		echo "js: npm not found, clients/js not tested (apt-get install npm)"; test -z "$$CI"; \
+	else cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test; fi
 
 ## Throughput and latency against the bare-FastAPI ceiling (needs wrk and PostgreSQL).
 bench: install
