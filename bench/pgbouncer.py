@@ -26,6 +26,8 @@ def through(url: str, port: int) -> str:
 
 
 def _config(folder: Path, port: int, upstream: str, server_connections: int) -> str:
+    """docs/scaling.md's settings. server_login_retry: after a failed server login PgBouncer
+    refuses every client and tries the server again only after this long (15 s by default)."""
     target = make_url(upstream)
     return f"""[databases]
 * = host={target.host or "127.0.0.1"} port={target.port or 5432}
@@ -39,6 +41,7 @@ auth_file = {folder}/users.txt
 pool_mode = transaction
 default_pool_size = {server_connections}
 max_client_conn = 1000
+server_login_retry = 2
 logfile = {folder}/pgbouncer.log
 pidfile = {folder}/pgbouncer.pid
 """
@@ -60,7 +63,10 @@ def pgbouncer(upstream: str, server_connections: int) -> Iterator[int]:
         if os.geteuid() == 0:  # it refuses to run as root: it drops to the postgres user
             folder.chmod(0o777)
             command[1:1] = ["-u", "postgres"]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # It logs to its logfile and to stderr: stderr into the folder too, never a pipe
+        # (bench.processes.output_file says why).
+        with (folder / "stderr.log").open("wb") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             _wait_listening(port, process, folder)
             yield port

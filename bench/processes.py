@@ -1,9 +1,13 @@
-"""Processes a benchmark or a test starts: a free port to give one, and a way to stop one."""
+"""Processes a benchmark or a test starts: a free port to give one, where its output goes,
+and a way to stop one."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import tempfile
+from typing import IO
 
 
 def free_port() -> int:
@@ -23,3 +27,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
             process.wait()
     if process.stderr:
         process.stderr.close()
+
+
+def output_file() -> IO[bytes]:
+    """Where a started process's stderr goes: an unnamed temporary file, never a pipe. A pipe
+    nobody reads fills after 64 KiB and then blocks the process at its next log line, for
+    good: in a soak, PgBouncer and the replicas froze that way after a minute of an outage's
+    log lines."""
+    return tempfile.TemporaryFile()
+
+
+def output_tail(output: IO[bytes], size: int = 2000) -> str:
+    """The last `size` bytes a process wrote to its `output_file`."""
+    output.flush()
+    end = output.seek(0, os.SEEK_END)
+    output.seek(max(0, end - size))
+    return output.read().decode(errors="replace")

@@ -56,6 +56,10 @@ ACCESS_TTL = 60  # seconds: a refresh per user per minute
 IDLE_TIMEOUT = 300
 LOST_RESPONSES = 0.02
 RETRYABLE = frozenset({429, 502, 503, 504})
+GIVE_UP_AFTER = 120.0  # seconds of "try again" answers before a user counts as logged out
+# PgBouncer's server connections: within docs/scaling.md's rule for the private cluster's
+# max_connections (50): twice this (cancel requests) plus a LISTEN per replica and room.
+SERVER_CONNECTIONS = 12
 
 
 @dataclass
@@ -95,18 +99,20 @@ class User:
         self.session: Session | None = None
 
     async def _send(self, what: str, method: str, path: str, **options: Any) -> httpx.Response:
-        """Send until the answer is not "try again"; the final response."""
-        while True:
-            response = None
+        """Send until the answer is not "try again", for at most GIVE_UP_AFTER (a user
+        would wait longer, but a run must end): the final response."""
+        give_up_at, last = time.monotonic() + GIVE_UP_AFTER, None
+        while time.monotonic() < give_up_at:
             try:
-                response = await self.client.request(method, path, **options)
+                last = await self.client.request(method, path, **options)
             except httpx.TransportError:
                 self.tally.network_errors += 1
             else:
-                self.tally.count(what, response)
-                if response.status_code not in RETRYABLE:
-                    return response
-            await asyncio.sleep(_wait(response))
+                self.tally.count(what, last)
+                if last.status_code not in RETRYABLE:
+                    return last
+            await asyncio.sleep(_wait(last))
+        return last or httpx.Response(599, text=f"no answer for {GIVE_UP_AFTER} s")
 
     async def login(self) -> bool:
         body = {"email": self.email, "password": PASSWORD}
@@ -122,14 +128,15 @@ class User:
         sid = sid or str(body["session"]["id"])
         return Session(sid, body["access_token"], body["refresh_token"], due)
 
-    async def access(self, session: Session) -> str | None:
-        """A usable access token: the tabs' single flight refreshes once per lifetime."""
-        if time.monotonic() < session.refresh_at:
+    async def access(self, session: Session, expired: str | None = None) -> str | None:
+        """A usable access token: the tabs' single flight refreshes once per lifetime, or
+        at once when an API call refused `expired` (as auth-client.js does on a 401)."""
+        if time.monotonic() < session.refresh_at and session.access != expired:
             return session.access
         async with session.lock:
             if session.dead:
                 return None
-            if time.monotonic() >= session.refresh_at:
+            if time.monotonic() >= session.refresh_at or session.access == expired:
                 await self._refresh(session)
         return None if session.dead else session.access
 
@@ -167,15 +174,24 @@ class User:
             if time.monotonic() >= leave_at:
                 await self.logout(session)
                 return
-            access = await self.access(session)
+            await self.call_api(session)
+
+    async def call_api(self, session: Session) -> None:
+        """One API call. A 401 is not yet a logout: the token may have expired while the
+        call waited out 503s or another tab rotated it; the client refreshes and calls
+        again, and only a refused refresh (or a refused fresh token) ends the session."""
+        expired = None
+        for _ in range(2):
+            access = await self.access(session, expired)
             if access is None:
                 return
             headers = {"Authorization": f"Bearer {access}"}
             me = await self._send("me", "GET", "/auth/me", headers=headers)
-            if me.status_code == 401 and access != session.access:
-                continue  # another tab refreshed meanwhile and this token expired: fine
-            if me.status_code != 200:
-                self._falsely_logged_out(session, f"/auth/me {me.status_code} {me.text}")
+            if me.status_code != 401:
+                break
+            expired = access
+        if me.status_code != 200:
+            self._falsely_logged_out(session, f"/auth/me {me.status_code} {me.text}")
 
     async def logout(self, session: Session) -> None:
         async with session.lock:
@@ -229,7 +245,7 @@ def topology() -> Iterator[Topology]:
     with (
         private_postgres() as cluster,
         private_redis() as redis,
-        pgbouncer(cluster.url, 20) as bouncer,
+        pgbouncer(cluster.url, SERVER_CONNECTIONS) as bouncer,
         contextlib.ExitStack() as stack,
     ):
         pooled = through(cluster.url, bouncer)

@@ -25,6 +25,7 @@ import pytest
 
 from app.cli.tls import dev_certificate
 from app.core import migrate
+from bench.processes import output_file, output_tail, stop_process
 from tests.engines import drivers
 from tests.support.servers import ROOT, free_port, server_env
 
@@ -66,20 +67,20 @@ def page_server(database_url: str, certs: Path | None) -> Iterator[Service]:
         made = dev_certificate(certs)
         tls = ["--ssl-certfile", str(made.certfile), "--ssl-keyfile", str(made.keyfile)]
     command = ["uvicorn", "tests.engines.page_app:create_app", "--factory"]
+    output = output_file()
     process = subprocess.Popen(
         [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(port), *tls],
         cwd=ROOT,
         env=server_env(database_url, **SERVICE_ENV),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=output,
     )
     scheme = "https" if certs else "http"
     try:
         give_up = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise RuntimeError(f"service exited: {err[-2000:]}")
+                raise RuntimeError(f"service exited: {output_tail(output)}")
             with contextlib.suppress(httpx.HTTPError):
                 url = f"{scheme}://127.0.0.1:{port}/healthz"
                 if httpx.get(url, verify=False, timeout=1).status_code == 200:  # noqa: S501
@@ -92,14 +93,8 @@ def page_server(database_url: str, certs: Path | None) -> Iterator[Service]:
             database_url=database_url,
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+        stop_process(process)
+        output.close()
 
 
 @contextlib.asynccontextmanager

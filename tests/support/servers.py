@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import httpx
 
 from bench.processes import free_port as free_port  # re-exported: the tests' helpers
+from bench.processes import output_file, output_tail
 from bench.processes import stop_process as stop_process
 from tests.conftest import TEST_SECRET
 
@@ -88,27 +89,31 @@ def uvicorn_server(
             *where,
             "--no-access-log",
         ]
+    output = output_file()
     process = subprocess.Popen(
         [sys.executable, "-m", *command],
         cwd=ROOT,
         env=server_env(database_url, **(env or {})),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=output,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base_url, process)
+        _wait_healthy(base_url, process, output)
         yield base_url, process
     finally:
         stop_process(process)
+        output.close()
 
 
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait_healthy(
+    base_url: str, process: subprocess.Popen[bytes], output: IO[bytes], timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"server exited with {process.returncode}: {err[-2000:]}")
+            err = output_tail(output)
+            raise RuntimeError(f"server exited with {process.returncode}: {err}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
                 return
