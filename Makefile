@@ -5,8 +5,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test static lint typecheck unit unit-servers unit-downstream unit-rest unit-engines js \
-	install bench clean
+.PHONY: run test static lint typecheck unit unit-servers unit-downstream unit-rest unit-engines unit-soak \
+	js install bench clean
 
 # Two stamps: `make run` installs the service's runtime dependencies only; the development
 # tools (pytest, ruff, mypy, browsers' drivers...) come with the first `make test`.
@@ -37,9 +37,11 @@ SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
 DOWNSTREAM_TESTS := tests/downstream tests/outbox tests/clients tests/dpop
 # Browser mode in Chromium, Firefox ESR and WebKit, and HTTPS serving (docs/engines.md).
 ENGINE_TESTS := tests/engines
+# The logout-free hour's 5-minute variant (bench.soak; docs/scaling.md).
+SOAK_TESTS := tests/soak
 test: install
-	@$(MAKE) --no-print-directory -j6 --output-sync=target static unit-servers unit-downstream \
-		unit-rest unit-engines js
+	@$(MAKE) --no-print-directory -j7 --output-sync=target static unit-servers unit-downstream \
+		unit-rest unit-engines unit-soak js
 
 static: lint typecheck
 
@@ -64,8 +66,12 @@ unit-downstream: install
 	$(VENV)/bin/pytest $(DOWNSTREAM_TESTS) $(PYTEST_ARGS)
 
 unit-rest: install
-	$(VENV)/bin/pytest $(addprefix --ignore=,$(SERVER_TESTS) $(DOWNSTREAM_TESTS) $(ENGINE_TESTS)) \
+	$(VENV)/bin/pytest \
+		$(addprefix --ignore=,$(SERVER_TESTS) $(DOWNSTREAM_TESTS) $(ENGINE_TESTS) $(SOAK_TESTS)) \
 		$(PYTEST_ARGS)
+
+unit-soak: install
+	$(VENV)/bin/pytest $(SOAK_TESTS) $(PYTEST_ARGS)
 
 # Firefox is driven by puppeteer-core (npm, pinned by package-lock.json; no browser download).
 # Without npm the Firefox tests skip (fail under REQUIRE_BROWSER=1).

@@ -22,8 +22,8 @@ the user did not end), 0 lost logouts (a 204 logout whose session is not revoked
 detected, no session revoked for any reason but the user's logout, and every user's session
 alive at the end unless the user was between a logout and the next login.
 
-Usage: python -m bench.soak [--users 1000] [--minutes 60]  (a 5-minute, 100-user run is a test:
-tests/soak/test_soak.py)
+Usage: python -m bench.soak [--users 1000] [--minutes 60]  (a 5-minute, 100-user run is a test,
+in `make test`: tests/soak/test_soak.py)
 """
 
 from __future__ import annotations
