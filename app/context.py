@@ -29,7 +29,10 @@ from app.dpop.nonce import NonceIssuer
 from app.dpop.service import DPoP, ReplayCache
 from app.gateway.service import IntrospectionService
 from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_ring, load_key_ring
-from app.outbox.service import OutboxWorker, RetryPolicy
+from app.mail.rendering import MailTemplates
+from app.mail.service import MailQueue, MailSender, Sealer
+from app.mail.transport import FileTransport, MailTransport, SmtpTransport
+from app.outbox.service import OutboxWorker, RetryPolicy, Sender
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.policy import SessionPolicy
@@ -57,6 +60,7 @@ class AppContext:
     auth: AuthService
     accounts: AccountService
     backchannel: BackchannelLogoutSender
+    mail: MailQueue
     outbox: OutboxWorker
     dpop: DPoP
 
@@ -147,7 +151,8 @@ async def build_context(
     store = open_store(engine)
     cache = SessionStateCache(settings.session_cache_ttl)
     backchannel = build_backchannel_sender(settings, keys)
-    outbox = build_outbox_worker(settings, engine, clock, backchannel)
+    mail, mail_sender = build_mail(settings)
+    outbox = build_outbox_worker(settings, engine, clock, [backchannel, mail_sender])
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
@@ -176,6 +181,7 @@ async def build_context(
             settings, passwords=passwords, sessions=sessions, clock=clock
         ),
         backchannel=backchannel,
+        mail=mail,
         outbox=outbox,
         dpop=build_dpop(settings, engine, clock),
     )
@@ -220,18 +226,38 @@ def build_backchannel_sender(settings: Settings, keys: KeySet) -> BackchannelLog
     )
 
 
+def build_mail(settings: Settings) -> tuple[MailQueue, MailSender]:
+    """What requests write email with, and the outbox sender that delivers it: over SMTP, or
+    into MAIL_DIR when SMTP_URL is unset."""
+    sealer = Sealer(settings.secret_key.get_secret_value())
+    transport: MailTransport = (
+        SmtpTransport(settings.smtp_url.get_secret_value(), timeout=settings.smtp_timeout)
+        if settings.smtp_url
+        else FileTransport(settings.mail_dir)
+    )
+    sender = MailSender(
+        transport,
+        MailTemplates(settings.mail_templates_dir),
+        sealer,
+        sender_address=settings.mail_from,
+        base_context={"service_name": settings.mail_service_name, "issuer": settings.issuer},
+        give_up_after=settings.mail_give_up_after,
+    )
+    return MailQueue(sealer, sender_address=settings.mail_from), sender
+
+
 def build_outbox_worker(
-    settings: Settings, engine: AsyncEngine, clock: Clock, backchannel: BackchannelLogoutSender
+    settings: Settings, engine: AsyncEngine, clock: Clock, senders: list[Sender]
 ) -> OutboxWorker:
     return OutboxWorker(
         engine,
-        [backchannel],
+        senders,
         clock=clock,
         poll_interval=settings.outbox_poll_interval,
         retry=RetryPolicy(base=settings.outbox_retry_base, cap=settings.outbox_retry_max),
-        # Longer than any attempt (each is bounded by the timeout): a worker's claim is not
-        # taken over while it is still waiting for the receiver.
-        lease=2 * settings.backchannel_logout_timeout + 5,
+        # Longer than any attempt (each is bounded by its timeout): a worker's claim is not
+        # taken over while it is still waiting for the receiver or the mail server.
+        lease=2 * max(settings.backchannel_logout_timeout, settings.smtp_timeout) + 5,
     )
 
 

@@ -1,4 +1,5 @@
-"""`python -m app ...`: serve, migrate, prune, keys, audit, user and service client administration.
+"""`python -m app ...`: serve, migrate, prune, keys, audit, user and service client administration,
+mail.
 
 Each command lives in its own module, imported only when it runs: a CLI call pays for the
 libraries its command uses (an account command needs no web framework, no migrations).
@@ -26,6 +27,7 @@ _MODULES = {
     "audit": "audit",
     "users": "users",
     "clients": "clients",
+    "mail": "mail",
 }
 
 
@@ -68,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a key leaked: it stops signing, verifying and appearing in JWKS on every replica "
         "within KEY_RELOAD_INTERVAL (a fresh key signs at once if it was signing)",
     ).add_argument("kid", help="the key's id (`keys list`, or a token's `kid` header)")
+
+    mail_cmd = sub.add_parser("mail", help="email delivery").add_subparsers(
+        dest="action", required=True
+    )
+    mail_cmd.add_parser(
+        "test", help="send a test message now through SMTP_URL (or into MAIL_DIR)"
+    ).add_argument("address", help="where to send it")
 
     audit_cmd = sub.add_parser("audit", help="a user's audit trail, newest first")
     audit_cmd.add_argument("user", help="email or user id")

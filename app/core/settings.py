@@ -7,6 +7,7 @@ import math
 import re
 from collections import Counter
 from datetime import timedelta
+from email.utils import parseaddr
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -83,6 +84,8 @@ class BackchannelLogoutClient(BaseModel):
 # The project's folder (app/core/settings.py is two levels down): migrations live there too.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "auth.db"
+# SMTP_URL's schemes (app/mail/transport.py says what each means).
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 # The URL schemes DATABASE_URL accepts, and the SQLAlchemy driver each one means.
 _DATABASE_DRIVERS = {
     "postgresql+asyncpg": "postgresql+asyncpg",
@@ -167,6 +170,18 @@ class Settings(BaseSettings):
     outbox_poll_interval: float = Field(default=5.0, gt=0, le=300)
     outbox_retry_base: float = Field(default=1.0, gt=0, le=3600)
     outbox_retry_max: float = Field(default=300.0, gt=0, le=24 * 3600)
+    # Email (app/mail, docs/mail.md), delivered by the outbox worker. SMTP_URL: smtp://
+    # (STARTTLS when offered), smtp+starttls:// (required) or smtps:// (TLS), with
+    # user:password@ if the server wants them. Unset: each message is written to MAIL_DIR as
+    # an .eml file instead (development; production warns).
+    smtp_url: SecretStr | None = None
+    smtp_timeout: float = Field(default=10.0, gt=0, le=120)  # one attempt, as a whole
+    mail_from: str = "authsvc <no-reply@localhost>"
+    mail_dir: Path = PROJECT_ROOT / "data" / "mail"
+    # Templates named as app/mail/templates' files replace them, file by file.
+    mail_templates_dir: Path | None = None
+    mail_service_name: str = Field(default="authsvc", min_length=1, max_length=100)
+    mail_give_up_after: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
@@ -370,6 +385,7 @@ class Settings(BaseSettings):
         if self.session_touch_interval >= self.idle_timeout:
             problems.append("SESSION_TOUCH_INTERVAL must be shorter than the idle timeout")
         problems.extend(self._pooler_problems())
+        problems.extend(self._mail_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -385,6 +401,25 @@ class Settings(BaseSettings):
             postgres
         ):
             problems.append("DATABASE_DIRECT_URL must be a PostgreSQL URL")
+        return problems
+
+    def _mail_problems(self) -> list[str]:
+        problems = []
+        if self.smtp_url is not None:
+            parts = urlsplit(self.smtp_url.get_secret_value())
+            if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+                problems.append(
+                    "SMTP_URL must look like smtp://user:password@host:587 (or smtp+starttls://,"
+                    " smtps://)"
+                )
+        if (
+            "@" not in parseaddr(self.mail_from)[1]
+            or "\n" in self.mail_from
+            or "\r" in self.mail_from
+        ):
+            problems.append('MAIL_FROM must be an address, e.g. "authsvc <no-reply@example.com>"')
+        if self.mail_templates_dir is not None and not self.mail_templates_dir.is_dir():
+            problems.append(f"MAIL_TEMPLATES_DIR is not a folder: {self.mail_templates_dir}")
         return problems
 
     @property
@@ -449,6 +484,14 @@ class Settings(BaseSettings):
         if self.metrics_token is None:
             warnings.append(
                 ("METRICS_TOKEN", "unset: /metrics is not served (404); set it to scrape")
+            )
+        if self.smtp_url is None:
+            warnings.append(
+                (
+                    "SMTP_URL",
+                    f"unset: emails (password resets, verification links) are written to "
+                    f"{self.mail_dir} instead of being sent",
+                )
             )
         if self.transaction_pooled and self.database_direct_url is None:
             warnings.append(

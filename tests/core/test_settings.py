@@ -119,11 +119,13 @@ def test_production_refuses_an_issuer_that_is_not_https(issuer: str) -> None:
 
 
 def test_production_names_each_risky_setting_it_accepts() -> None:
-    careful = _production(secret_key=STRONG, metrics_token="m" * 32)
+    smtp = "smtp://authsvc:pw@mail.example.com:587"
+    careful = _production(secret_key=STRONG, metrics_token="m" * 32, smtp_url=smtp)
     assert careful.production_warnings == []
     risky = _production(secret_key=STRONG, rate_limits_enabled=False)
     assert [name for name, _ in risky.production_warnings] == [
         "RATE_LIMITS_ENABLED",
         "METRICS_TOKEN",
+        "SMTP_URL",
     ]
     assert _settings(rate_limits_enabled=False).production_warnings == []
