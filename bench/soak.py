@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +77,21 @@ class Tally:
     lost_responses: int = 0
     faults: list[str] = field(default_factory=list)
     driver_lag: float = 0.0  # the longest the simulated users' event loop fell behind (s)
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    transport_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    slowest_answer: float = 0.0  # seconds, over every request the users sent
+
+    def took(self, seconds: float) -> None:
+        self.slowest_answer = max(self.slowest_answer, seconds)
 
     def count(self, what: str, response: httpx.Response) -> None:
         self.statuses[f"{what} {response.status_code}"] += 1
+        if response.status_code in (400, 401, 403):  # why, by error code
+            try:
+                code = response.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = response.text[:80]
+            self.refusals[f"{what} {response.status_code} {code}"] += 1
 
 
 @dataclass
@@ -109,14 +121,18 @@ class User:
         would wait longer, but a run must end): the final response."""
         give_up_at, last = time.monotonic() + GIVE_UP_AFTER, None
         while time.monotonic() < give_up_at:
+            sent = time.monotonic()
             try:
                 last = await self.client.request(method, path, **options)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 self.tally.network_errors += 1
+                self.tally.transport_errors[f"{what} {type(exc).__name__}"] += 1
             else:
                 self.tally.count(what, last)
                 if last.status_code not in RETRYABLE:
+                    self.tally.took(time.monotonic() - sent)
                     return last
+            self.tally.took(time.monotonic() - sent)
             await asyncio.sleep(_wait(last))
         return last or httpx.Response(599, text=f"no answer for {GIVE_UP_AFTER} s")
 
@@ -213,7 +229,9 @@ class User:
             if out.status_code == 204:
                 self.tally.logged_out.append(session.sid)
 
-    async def live(self, stop: asyncio.Event) -> None:
+    async def live(self, stop: asyncio.Event, arrives_after: float = 0.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), arrives_after)
         while not stop.is_set():
             if not await self.login():
                 return
@@ -386,7 +404,9 @@ async def _progress(tally: Tally, started: float, every: float) -> None:
         print(
             f"{time.monotonic() - started:6.0f} s: {answered} answers, not 200: {others}, "
             f"false logouts {len(tally.false_logouts)}, faults {len(tally.faults)}, "
-            f"driver lag max {tally.driver_lag:.2f} s",
+            f"driver lag max {tally.driver_lag:.2f} s, "
+            f"slowest answer {tally.slowest_answer:.1f} s, "
+            f"refusals {dict(tally.refusals)}, transport errors {dict(tally.transport_errors)}",
             file=sys.stderr,
             flush=True,
         )
@@ -412,18 +432,34 @@ async def _alive_at_end(users: list[User], tally: Tally) -> tuple[int, int]:
     return sum(1 for u in live if u.session is not None and not u.session.dead), len(live)
 
 
+def _browser(gateway: str) -> httpx.AsyncClient:
+    """Each user's own connections, as a browser has (at most 6 per host): one pool shared by
+    1,000 users queued a resent refresh behind the others' requests for over 30 s, past the
+    reuse interval, where no browser would."""
+    limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
+    return httpx.AsyncClient(base_url=gateway, timeout=30, limits=limits)
+
+
 async def soak(seconds: float, users: int) -> dict[str, Any]:
     tally = Tally()
     with topology() as top:
         emails = [await create_user_in(top.cluster.url, prefix="soak") for _ in range(users)]
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=top.gateway, timeout=30, limits=limits) as client:
+        async with contextlib.AsyncExitStack() as browsers:
             stop = asyncio.Event()
             people = [
-                User(client, email, tally, mean_life=max(60.0, seconds / 3)) for email in emails
+                User(
+                    await browsers.enter_async_context(_browser(top.gateway)),
+                    email,
+                    tally,
+                    mean_life=max(60.0, seconds / 3),
+                )
+                for email in emails
             ]
             started = time.monotonic()
-            load = asyncio.gather(*(person.live(stop) for person in people))
+            ramp = min(60.0, seconds / 5)  # users arrive over the first minute, not at once
+            load = asyncio.gather(
+                *(person.live(stop, i * ramp / len(people)) for i, person in enumerate(people))
+            )
             progress = asyncio.create_task(_progress(tally, started, every=min(60.0, seconds / 10)))
             watch = asyncio.create_task(_watch_driver(tally))
             await _faults(top, seconds, tally)
@@ -442,11 +478,24 @@ async def soak(seconds: float, users: int) -> dict[str, Any]:
         network_errors=tally.network_errors,
         faults=tally.faults,
         statuses=dict(sorted(tally.statuses.items())),
+        refusals=dict(sorted(tally.refusals.items())),
+        transport_errors=dict(sorted(tally.transport_errors.items())),
+        slowest_answer_s=round(tally.slowest_answer, 2),
         first_false_logouts=tally.false_logouts[:5],
         driver_saturated=tally.driver_lag > DRIVER_LAG_LIMIT,
         driver_lag_max_s=round(tally.driver_lag, 3),
     )
     return results
+
+
+async def _until_signalled(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """INT or TERM (Ctrl-C, a CI timeout, kill) cancels the run, which stops the private
+    servers on its way out."""
+    task = asyncio.ensure_future(run)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    return await task
 
 
 def main() -> int:
@@ -459,9 +508,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=60)
     args = parser.parse_args()
     started = time.monotonic()
-    # A TERM (a CI timeout, kill) unwinds like Ctrl-C: the private servers are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    results = asyncio.run(soak(args.minutes * 60, args.users))
+    results = asyncio.run(_until_signalled(soak(args.minutes * 60, args.users)))
     print(f"{args.users} users, {args.minutes:g} min (took {time.monotonic() - started:.0f} s)")
     for name, value in results.items():
         print(f"{name}: {value}")
