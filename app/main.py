@@ -30,7 +30,7 @@ from app.core.docs_page import install_docs_page, install_redoc_page, redoc_bund
 from app.core.error_handlers import install_error_handlers
 from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
-from app.core.metrics import record_pool
+from app.core.metrics import sample
 from app.core.middleware import (
     BodyLimitMiddleware,
     CORSMiddlewareExcept,
@@ -101,7 +101,7 @@ def create_app(
             asyncio.create_task(
                 every(settings.key_reload_interval, lambda: reload_keys(ctx), name="keys.reload")
             ),
-            asyncio.create_task(every(2.0, lambda: _sample_pool(ctx), name="metrics.pool")),
+            asyncio.create_task(every(2.0, lambda: _sample_metrics(ctx), name="metrics.sample")),
             # Back-channel logouts (and any other outbox message): every replica delivers.
             asyncio.create_task(ctx.outbox.run(), name="outbox"),
         ]
@@ -195,8 +195,8 @@ async def _prune(ctx: AppContext) -> None:
     await ctx.dpop.purge()
 
 
-async def _sample_pool(ctx: AppContext) -> None:
-    record_pool(ctx.engine.pool)
+async def _sample_metrics(ctx: AppContext) -> None:
+    sample(ctx.engine.pool)
 
 
 def _revocations_url(settings: Settings, engine: AsyncEngine) -> URL | None:

@@ -7,6 +7,7 @@ them, whichever worker answers the scrape.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 from typing import Any
@@ -26,11 +27,13 @@ from starlette.types import Scope
 # series are the requests by method, route and status, so no separate counter is updated on
 # every request (each update takes a lock; together they were a measurable share of a bare
 # request, docs/performance.md).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REQUESTS = Histogram(
     "authsvc_http_request_duration_seconds",
-    "HTTP requests by method, route template and status; `_count` counts them",
+    "HTTP requests by method, route template and status; `_count` counts them "
+    "(written every 2 s and at each scrape)",
     ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    buckets=REQUEST_BUCKETS,
 )
 AUTH_EVENTS = Counter(
     "authsvc_auth_events_total",
@@ -96,21 +99,59 @@ def record_request(scope: Scope, status: int, seconds: float) -> None:
     wraps every request, so measuring costs no extra middleware layer."""
     route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_LABEL) or "unmatched"
     method = scope["method"] if scope["method"] in _METHODS else "other"
-    _requests(method, route, status).observe(seconds)
+    _tally.add((method, route, status), seconds)
+
+
+class RequestTally:
+    """Finished requests of this process not yet written into REQUESTS, by labels: a bucket
+    count per bound and the sum. `Histogram.observe` takes a lock per value it updates (and
+    with several workers writes a shared memory map): a quarter of the middleware stack's
+    instructions per request (docs/performance.md). Here a request costs a dict lookup, a
+    bisection and two additions; `flush` writes everything gathered since the last one, at
+    each scrape and every 2 s (app.main), so another worker's requests reach /metrics within
+    2 s. Used from the event loop's thread only (no lock)."""
+
+    def __init__(self, histogram: Histogram, bounds: tuple[float, ...]) -> None:
+        self._histogram = histogram
+        self._bounds = bounds  # without +Inf: an index past them is the +Inf bucket
+        self._pending: dict[tuple[str, str, int], list[float]] = {}
+
+    def add(self, labels: tuple[str, str, int], seconds: float) -> None:
+        counts = self._pending.get(labels)
+        if counts is None:
+            counts = self._pending[labels] = [0.0] * (len(self._bounds) + 2)
+        counts[bisect.bisect_left(self._bounds, seconds)] += 1  # le: the first bound >= it
+        counts[-1] += seconds
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for (method, route, status), counts in pending.items():
+            child = _requests(self._histogram, method, route, status)
+            # prometheus-client has no bulk observe: its per-bucket values, as observe() does
+            # (tests/ops/test_metrics.py checks the exposition against direct observations).
+            for bucket, count in zip(child._buckets, counts[:-1], strict=True):
+                if count:
+                    bucket.inc(count)
+            child._sum.inc(counts[-1])
 
 
 # The label sets are bounded (route templates, known methods, statuses), so the children can
 # be cached: `labels()` takes a lock and builds a key on every call.
 @functools.cache
-def _requests(method: str, route: str, status: int) -> Any:
-    return REQUESTS.labels(method, route, str(status))
+def _requests(histogram: Histogram, method: str, route: str, status: int) -> Any:
+    return histogram.labels(method, route, str(status))
 
 
-def record_pool(pool: Any) -> None:
-    """Sample this process's pool: on a timer and at each scrape, not per request (two
-    multiprocess gauge writes per request were a measurable share of a bare request)."""
+_tally = RequestTally(REQUESTS, REQUEST_BUCKETS)
+
+
+def sample(pool: Any) -> None:
+    """What is written on a 2 s timer (app.main) and at each scrape, not per request: this
+    process's pool gauges (two multiprocess gauge writes per request were a measurable share
+    of a bare request) and the requests tallied since the last time."""
     POOL_CHECKED_OUT.set(pool.checkedout())
     POOL_SIZE.set(pool.size())
+    _tally.flush()
 
 
 # The outbox (app/outbox/): messages to other systems (back-channel logout), delivered by a

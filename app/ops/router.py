@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from app.core.dependencies import DatabaseDep, SettingsDep
 from app.core.errors import UnauthorizedError
 from app.core.exposure import public
-from app.core.metrics import ACTIVE_SESSIONS, record_pool, render
+from app.core.metrics import ACTIVE_SESSIONS, render, sample
 from app.sessions.dependencies import SessionServiceDep
 
 router = APIRouter(tags=["ops"])
@@ -28,7 +28,7 @@ async def metrics(
     expected = settings.metrics_token
     if expected is not None and not _presents(request, expected.get_secret_value()):
         raise UnauthorizedError()
-    record_pool(database.engine.pool)
+    sample(database.engine.pool)
     ACTIVE_SESSIONS.set(await sessions.count_live())
     body, content_type = render()
     return Response(body, media_type=content_type)
