@@ -33,6 +33,7 @@ from app.mail.rendering import MailTemplates
 from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
+from app.recovery.service import PasswordResets, ResetIssuer, ResetTokenHasher
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.policy import SessionPolicy
@@ -61,6 +62,7 @@ class AppContext:
     accounts: AccountService
     backchannel: BackchannelLogoutSender
     mail: MailQueue
+    resets: PasswordResets
     outbox: OutboxWorker
     dpop: DPoP
 
@@ -82,6 +84,7 @@ class AppContext:
             self.sessions,
             self.auth,
             self.accounts,
+            self.resets,
             Transports(
                 CsrfTokenCodec(s.secret_key.get_secret_value()),
                 allowed_origins=s.cors_origins,
@@ -152,10 +155,19 @@ async def build_context(
     cache = SessionStateCache(settings.session_cache_ttl)
     backchannel = build_backchannel_sender(settings, keys)
     mail, mail_sender = build_mail(settings)
-    outbox = build_outbox_worker(settings, engine, clock, [backchannel, mail_sender])
+    reset_hasher = ResetTokenHasher(secret)
+    issuer = ResetIssuer(
+        engine,
+        mail,
+        reset_hasher,
+        ttl=settings.password_reset_ttl,
+        reset_url=settings.password_reset_url,
+    )
+    outbox = build_outbox_worker(settings, engine, clock, [backchannel, mail_sender, issuer])
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
+    accounts = build_account_service(settings, passwords=passwords, sessions=sessions, clock=clock)
     return AppContext(
         settings=settings,
         engine=engine,
@@ -177,8 +189,15 @@ async def build_context(
             devices=DeviceTokenCodec(secret, ttl=settings.device_token_ttl),
             limiter=limiter,
         ),
-        accounts=build_account_service(
-            settings, passwords=passwords, sessions=sessions, clock=clock
+        accounts=accounts,
+        resets=PasswordResets(
+            engine,
+            hasher=reset_hasher,
+            passwords=passwords,
+            accounts=accounts,
+            clock=clock,
+            max_attempts=settings.password_reset_max_attempts,
+            on_enqueued=outbox.wake,
         ),
         backchannel=backchannel,
         mail=mail,

@@ -46,6 +46,7 @@ from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
+from app.recovery.router import router as recovery_router
 from app.sessions.push import RevocationListener
 
 logger = logging.getLogger("app")
@@ -138,6 +139,7 @@ def create_app(
         gateway_router,
         sessions_router,
         account_router,
+        recovery_router,
         admin_router,
         ops_router,
         demo_router,

@@ -7,6 +7,7 @@ from app.dpop.models import SeenProof
 from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
+from app.recovery.models import PasswordResetToken
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
 
@@ -14,6 +15,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "OutboxMessage",
+    "PasswordResetToken",
     "SeenProof",
     "RefreshToken",
     "SchemaCompatibility",

@@ -232,6 +232,13 @@ class AccountService:
         user = await service.require_by_email(await uow.connection(), email)
         return await self._replace_password(uow, actor, user, new_hash, keep_session=None)
 
+    async def reset_password(
+        self, uow: UnitOfWork, actor: Actor, user: UserRecord, new_hash: str
+    ) -> int:
+        """A reset by the account's owner (an emailed token): the new password, and every
+        session revoked. `new_hash`: hashed by the caller, before its unit of work opened."""
+        return await self._replace_password(uow, actor, user, new_hash, keep_session=None)
+
     async def _replace_password(
         self,
         uow: UnitOfWork,

@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     mail_templates_dir: Path | None = None
     mail_service_name: str = Field(default="authsvc", min_length=1, max_length=100)
     mail_give_up_after: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    # Password reset (docs/recovery.md): how long an emailed token works (seconds); where its
+    # link points, `{token}` replaced by the token (a frontend page; put it after `#`, so that
+    # it reaches no server log). Unset: the email carries the token alone. Refused new
+    # passwords beyond PASSWORD_RESET_MAX_ATTEMPTS spend the token.
+    password_reset_ttl: int = Field(default=1800, ge=60, le=24 * 3600)
+    password_reset_url: str | None = None
+    password_reset_max_attempts: int = Field(default=5, ge=1, le=100)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
@@ -227,6 +234,11 @@ class Settings(BaseSettings):
     rate_limit_verify_ip: str = "3000/minute"
     # POST /auth/password per session, counted before the password is hashed.
     rate_limit_password_change: str = "5/minute"  # noqa: S105 - a rate, not a password
+    # Password reset (docs/recovery.md): requests per client address and per email, and
+    # confirmations per client address.
+    rate_limit_password_reset_ip: str = "10/hour"  # noqa: S105 - a rate, not a password
+    rate_limit_password_reset_account: str = "5/hour"  # noqa: S105
+    rate_limit_password_reset_confirm_ip: str = "30/hour"  # noqa: S105
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
@@ -418,6 +430,14 @@ class Settings(BaseSettings):
             or "\r" in self.mail_from
         ):
             problems.append('MAIL_FROM must be an address, e.g. "authsvc <no-reply@example.com>"')
+        url = self.password_reset_url
+        if url is not None and (
+            "{token}" not in url or urlsplit(url).scheme not in ("https", "http")
+        ):
+            problems.append(
+                "PASSWORD_RESET_URL must be an http(s):// URL with {token} in it, e.g. "
+                "https://app.example.com/reset#token={token}"
+            )
         if self.mail_templates_dir is not None and not self.mail_templates_dir.is_dir():
             problems.append(f"MAIL_TEMPLATES_DIR is not a folder: {self.mail_templates_dir}")
         return problems
@@ -521,6 +541,9 @@ class Settings(BaseSettings):
             "verify_ip": self.rate_limit_verify_ip,
             "introspect_failures": self.rate_limit_introspect_failures,
             "password_change": self.rate_limit_password_change,
+            "password_reset_ip": self.rate_limit_password_reset_ip,
+            "password_reset_account": self.rate_limit_password_reset_account,
+            "password_reset_confirm_ip": self.rate_limit_password_reset_confirm_ip,
             "client_token_ip": self.rate_limit_client_token_ip,
             "client_token_client": self.rate_limit_client_token_client,
         }

@@ -143,3 +143,9 @@ async def reset_login_failures(conn: AsyncConnection, user_id: uuid.UUID) -> Non
     await conn.execute(
         update(_users).where(_users.c.id == user_id).values(failed_logins=0, locked_until=None)
     )
+
+
+async def password_changed_at(conn: AsyncConnection, user_id: uuid.UUID) -> datetime | None:
+    query = select(_users.c.password_changed_at).where(_users.c.id == user_id)
+    row = (await conn.execute(query)).first()
+    return row[0] if row else None

@@ -1,0 +1,1 @@
+"""Account recovery: password reset by an emailed single-use token."""

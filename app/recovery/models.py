@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, UTCDateTime
+
+
+class PasswordResetToken(Base):
+    """A password reset token, by its hash (HMAC-SHA256 under a key derived from SECRET_KEY):
+    the token itself is only in the email. Usable while `spent_at` is unset, before
+    `expires_at`, and only if the password has not changed since `created_at`."""
+
+    __tablename__ = "password_reset_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    # The request this token answers: a request processed twice (a worker that crashed after
+    # its commit) issues one token and one email.
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False, unique=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Failed confirmations (a new password the policy refused): bounded.
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # used | superseded (a newer request) | too_many_attempts
+    spent_reason: Mapped[str | None] = mapped_column(String(32))

@@ -1,0 +1,108 @@
+"""All SQL of password reset tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.db import table_of
+from app.recovery.models import PasswordResetToken
+
+_tokens = table_of(PasswordResetToken)
+
+
+@dataclass(frozen=True, slots=True)
+class ResetToken:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    created_at: datetime
+    expires_at: datetime
+    attempts: int
+    spent_at: datetime | None
+
+
+async def insert(
+    conn: AsyncConnection,
+    *,
+    user_id: uuid.UUID,
+    request_id: uuid.UUID,
+    token_hash: bytes,
+    now: datetime,
+    expires_at: datetime,
+) -> uuid.UUID | None:
+    """The new token's id; None when this request already has its token (processed again)."""
+    insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    token_id = uuid.uuid4()
+    row = {
+        "id": token_id,
+        "user_id": user_id,
+        "request_id": request_id,
+        "token_hash": token_hash,
+        "created_at": now,
+        "expires_at": expires_at,
+        "attempts": 0,
+    }
+    result = await conn.execute(
+        insert_(_tokens).values(row).on_conflict_do_nothing(index_elements=["request_id"])
+    )
+    return token_id if result.rowcount == 1 else None
+
+
+async def spend_unspent(
+    conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime, reason: str, except_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        update(_tokens)
+        .where(
+            _tokens.c.user_id == user_id, _tokens.c.spent_at.is_(None), _tokens.c.id != except_id
+        )
+        .values(spent_at=now, spent_reason=reason)
+    )
+
+
+async def spend(conn: AsyncConnection, token_id: uuid.UUID, *, now: datetime, reason: str) -> None:
+    await conn.execute(
+        update(_tokens).where(_tokens.c.id == token_id).values(spent_at=now, spent_reason=reason)
+    )
+
+
+async def find(
+    conn: AsyncConnection, token_hash: bytes, *, for_update: bool = False
+) -> ResetToken | None:
+    query = select(
+        _tokens.c.id,
+        _tokens.c.user_id,
+        _tokens.c.created_at,
+        _tokens.c.expires_at,
+        _tokens.c.attempts,
+        _tokens.c.spent_at,
+    ).where(_tokens.c.token_hash == token_hash)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return ResetToken(*row) if row else None
+
+
+async def count_failure(
+    conn: AsyncConnection, token_id: uuid.UUID, *, now: datetime, max_attempts: int
+) -> None:
+    """One more refused confirmation; the last allowed one spends the token."""
+    await conn.execute(
+        update(_tokens)
+        .where(_tokens.c.id == token_id, _tokens.c.spent_at.is_(None))
+        .values(attempts=_tokens.c.attempts + 1)
+    )
+    await conn.execute(
+        update(_tokens)
+        .where(
+            _tokens.c.id == token_id,
+            _tokens.c.spent_at.is_(None),
+            _tokens.c.attempts >= max_attempts,
+        )
+        .values(spent_at=now, spent_reason="too_many_attempts")
+    )

@@ -1,0 +1,68 @@
+"""Password reset by email: a request (answered alike for every address) and a confirmation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.core.dependencies import ClientDep, DbSession, LimiterDep
+from app.core.exposure import public
+from app.recovery.dependencies import PasswordResetsDep
+from app.recovery.schemas import ResetAccepted, ResetConfirm, ResetRequest
+from app.users.service import check_email
+
+router = APIRouter(prefix="/auth/password-reset", tags=["account"])
+
+
+@router.post(
+    "/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        422: {"description": "`invalid_email`: not an email address"},
+        429: {
+            "description": "`rate_limited`: RATE_LIMIT_PASSWORD_RESET_IP per address, "
+            "RATE_LIMIT_PASSWORD_RESET_ACCOUNT per email (Retry-After)"
+        },
+    },
+)
+@public
+async def request_reset(
+    body: ResetRequest,
+    resets: PasswordResetsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> ResetAccepted:
+    """Ask for a password reset link by email.
+
+    The answer is the same, in the same time, whether an account exists for the address or
+    not; only its owner's mailbox learns. The link holds a single-use token valid for
+    PASSWORD_RESET_TTL seconds; a newer request or any password change voids it."""
+    email = check_email(body.email)
+    await limiter.hit("password_reset_ip", client.ip or "unknown")
+    await limiter.hit("password_reset_account", email)
+    await resets.request(uow, client, email)
+    return ResetAccepted()
+
+
+@router.post(
+    "/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        400: {"description": "`reset_token_invalid`: unknown, used, superseded or expired"},
+        422: {"description": "`invalid_password`: the new password breaks the policy"},
+        429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_RESET_CONFIRM_IP"},
+    },
+)
+@public
+async def confirm_reset(
+    body: ResetConfirm,
+    resets: PasswordResetsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> None:
+    """Set a new password with the emailed token. Every session of the account ends (and
+    back-channel logout tells the services that asked); the token cannot be used again.
+    PASSWORD_RESET_MAX_ATTEMPTS refused new passwords spend the token too."""
+    await limiter.hit("password_reset_confirm_ip", client.ip or "unknown")
+    await resets.confirm(uow, client, body.token, body.new_password)
