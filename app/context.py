@@ -33,7 +33,8 @@ from app.mail.rendering import MailTemplates
 from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
-from app.recovery.service import PasswordResets, ResetIssuer, ResetTokenHasher
+from app.recovery.service import PasswordResets, ResetIssuer, TokenHasher
+from app.recovery.verification import EmailVerification
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.policy import SessionPolicy
@@ -63,6 +64,7 @@ class AppContext:
     backchannel: BackchannelLogoutSender
     mail: MailQueue
     resets: PasswordResets
+    verification: EmailVerification
     outbox: OutboxWorker
     dpop: DPoP
 
@@ -85,6 +87,7 @@ class AppContext:
             self.auth,
             self.accounts,
             self.resets,
+            self.verification,
             Transports(
                 CsrfTokenCodec(s.secret_key.get_secret_value()),
                 allowed_origins=s.cors_origins,
@@ -155,7 +158,7 @@ async def build_context(
     cache = SessionStateCache(settings.session_cache_ttl)
     backchannel = build_backchannel_sender(settings, keys)
     mail, mail_sender = build_mail(settings)
-    reset_hasher = ResetTokenHasher(secret)
+    reset_hasher = TokenHasher(secret, "password_reset")
     issuer = ResetIssuer(
         engine,
         mail,
@@ -168,6 +171,15 @@ async def build_context(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
     accounts = build_account_service(settings, passwords=passwords, sessions=sessions, clock=clock)
+    verification = EmailVerification(
+        hasher=TokenHasher(secret, "verify_email"),
+        mail=mail,
+        limiter=limiter,
+        clock=clock,
+        ttl=settings.email_verification_ttl,
+        url=settings.email_verification_url,
+        on_enqueued=outbox.wake,
+    )
     return AppContext(
         settings=settings,
         engine=engine,
@@ -188,6 +200,7 @@ async def build_context(
             lockout=Lockout.of(settings),
             devices=DeviceTokenCodec(secret, ttl=settings.device_token_ttl),
             limiter=limiter,
+            unverified=verification if settings.require_verified_email else None,
         ),
         accounts=accounts,
         resets=PasswordResets(
@@ -199,6 +212,7 @@ async def build_context(
             max_attempts=settings.password_reset_max_attempts,
             on_enqueued=outbox.wake,
         ),
+        verification=verification,
         backchannel=backchannel,
         mail=mail,
         outbox=outbox,

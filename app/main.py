@@ -47,6 +47,7 @@ from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
 from app.recovery.router import router as recovery_router
+from app.recovery.router import verify_router
 from app.sessions.push import RevocationListener
 
 logger = logging.getLogger("app")
@@ -140,6 +141,7 @@ def create_app(
         sessions_router,
         account_router,
         recovery_router,
+        verify_router,
         admin_router,
         ops_router,
         demo_router,

@@ -7,15 +7,15 @@ from app.dpop.models import SeenProof
 from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
-from app.recovery.models import PasswordResetToken
+from app.recovery.models import AccountToken
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
 
 __all__ = [
+    "AccountToken",
     "AuditEvent",
     "Base",
     "OutboxMessage",
-    "PasswordResetToken",
     "SeenProof",
     "RefreshToken",
     "SchemaCompatibility",

@@ -83,7 +83,10 @@ class AccountService:
         password: str,
         role: str = "user",
         now: datetime | None = None,
+        verified: bool = True,
     ) -> uuid.UUID:
+        """`verified`: an operator's account counts as proven; a registration does not until
+        its owner follows an emailed link (REQUIRE_VERIFIED_EMAIL)."""
         email = service.check_email(email)
         role = service.check_role(role, self._roles)  # before the hash and any connection
         password_hash = await service.hash_new_password(self._passwords, password, email=email)
@@ -93,6 +96,7 @@ class AccountService:
             password_hash=password_hash,
             now=now or self._clock.now(),
             role=role,
+            verified=verified,
         )
 
     async def register(
@@ -100,7 +104,9 @@ class AccountService:
     ) -> tuple[uuid.UUID, str]:
         """Self-registration; returns the new user's id and stored (normalised) email."""
         now = self._clock.now()
-        user_id = await self.create_user(uow, email=email, password=password, now=now)
+        user_id = await self.create_user(
+            uow, email=email, password=password, now=now, verified=False
+        )
         await record(
             await uow.connection(),
             "user.registered",

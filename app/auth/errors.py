@@ -75,3 +75,14 @@ class OAuthError(DomainError):
 
     def headers(self) -> dict[str, str]:
         return {"Cache-Control": "no-store", "Pragma": "no-cache", **self._headers}
+
+
+class EmailNotVerified(DomainError):
+    """With REQUIRE_VERIFIED_EMAIL: the right password, an unproven address."""
+
+    status_code = 403
+    code = "email_not_verified"
+    message = (
+        "This account's email address is not verified yet: follow the link just sent to it, "
+        "then log in again."
+    )

@@ -21,7 +21,7 @@ from app.auth.dependencies import (
     refuse_service_caller,
 )
 from app.auth.devices import DeviceProof
-from app.auth.errors import InvalidCredentials, NotAuthenticated, OAuthError
+from app.auth.errors import EmailNotVerified, InvalidCredentials, NotAuthenticated, OAuthError
 from app.auth.grants import refresh_after, seconds_until
 from app.auth.schemas import (
     MAX_PRESENTED_REFRESH_TOKEN,
@@ -40,7 +40,7 @@ from app.auth.transport import Transports
 from app.core.components import components_of
 from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, get_client_info
 from app.core.error_handlers import domain_error_response
-from app.core.errors import UnauthorizedError
+from app.core.errors import DomainError, UnauthorizedError
 from app.core.exposure import passive, public
 from app.core.json_body import openapi_body, parse_json_body
 from app.core.ratelimit import RateLimiter
@@ -84,7 +84,14 @@ async def _limit_login(
 
 @router.post(
     "/login",
-    responses={400: _400_DPOP, 401: _401, 403: _403},
+    responses={
+        400: _400_DPOP,
+        401: _401,
+        403: {
+            "description": "`csrf_failed` (cookie transport); `email_not_verified`: the right "
+            "password, but REQUIRE_VERIFIED_EMAIL and an unproven address (a fresh link was sent)"
+        },
+    },
     description=_COOKIE_DOC + _DPOP_DOC,
     dependencies=[CookieGuard],
     response_model=TokenResponse,
@@ -111,8 +118,16 @@ async def login(
     )
     if isinstance(result, LoginRefused):
         # Returned, not raised: the failure's records commit with the unit of work.
-        return domain_error_response(InvalidCredentials())
+        return domain_error_response(_refusal(result))
     return _with_nonce(transport.token_response(result), dpop)
+
+
+def _refusal(refused: LoginRefused) -> DomainError:
+    """Every refusal looks the same (no oracle), but for an unproven address behind the right
+    password, which only its owner can act on."""
+    if refused.reason == "email_not_verified":
+        return EmailNotVerified()
+    return InvalidCredentials()
 
 
 @router.post(
@@ -209,7 +224,7 @@ async def token(
             )
             if isinstance(result, LoginRefused):
                 # Returned, not raised: the failure's records commit with the unit of work.
-                refused = OAuthError("invalid_grant", InvalidCredentials.message)
+                refused = OAuthError("invalid_grant", _refusal(result).detail)
                 return domain_error_response(refused)
             grant = result
         elif grant_type == "refresh_token":

@@ -7,7 +7,7 @@ import hmac
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +34,15 @@ class LoginRefused:
     reason: str
 
 
+class UnverifiedLogin(Protocol):
+    """What a login of an account whose address is unproven does besides refusing (with
+    REQUIRE_VERIFIED_EMAIL: send a fresh link; app.recovery.verification)."""
+
+    async def on_unverified_login(
+        self, uow: UnitOfWork, client: ClientInfo, user: UserRecord, now: datetime
+    ) -> None: ...
+
+
 class AuthService:
     def __init__(
         self,
@@ -45,7 +54,9 @@ class AuthService:
         lockout: Lockout,
         devices: DeviceTokenCodec,
         limiter: RateLimiter,
+        unverified: UnverifiedLogin | None = None,
     ) -> None:
+        self._unverified = unverified
         self._sessions = sessions
         self._passwords = passwords
         self._access = access
@@ -85,6 +96,8 @@ class AuthService:
             # The one-trip start clears the account's failures (as read now, not as seen
             # before the hash): never the owner's device's job, so it takes the general path.
             and not trusted
+            # An address still to prove is refused on the general path (with a fresh link).
+            and (self._unverified is None or candidate.email_verified_at is not None)
         ):
             issued = await self._sessions.start(candidate, client, device_name, now, dpop_jkt)
             if issued is not None:
@@ -122,6 +135,19 @@ class AuthService:
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
             user = replace(user, password_hash=new_hash)
+        if self._unverified is not None and user.email_verified_at is None:
+            # The right password: the owner (or someone who knows it) learns only that the
+            # address needs proving, and the link goes to the address.
+            await self._unverified.on_unverified_login(uow, client, user, now)
+            await record(
+                conn,
+                "login.failed",
+                now=now,
+                client=client,
+                user_id=user.id,
+                reason="email_not_verified",
+            )
+            return LoginRefused("email_not_verified")
         issued = await self._sessions.start_in(uow, user, client, device_name, now, dpop_jkt)
         return self._granted(issued, user, device if trusted else None, dpop_jkt)
 

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         ("deactivate", "deactivate a user and revoke all their sessions"),
         ("activate", "re-activate a user"),
         ("set-password", "set a new password (stdin or prompt) and revoke all sessions"),
+        ("verify", "mark a user's email address as verified (the operator vouches for it)"),
     ):
         user_cmd.add_parser(action, help=text).add_argument("email")
     _clients_parser(sub)

@@ -1,4 +1,5 @@
-"""users create | deactivate | activate | set-password: the operator's account commands."""
+"""users create | deactivate | activate | set-password | verify: the operator's account
+commands."""
 
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
             )
         )
         return f"password changed; {revoked} sessions revoked"
+    if args.action == "verify":
+        return asyncio.run(_in_unit_of_work(settings, lambda _, uow: _verify(uow, args.email)))
     active = args.action == "activate"
 
     async def set_active(accounts: AccountService, uow: UnitOfWork) -> tuple[int, bool]:
@@ -115,6 +118,15 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
     if not admin_remains:
         print(_NO_ADMIN_WARNING, file=sys.stderr)
     return f"user {args.action}d; {revoked} sessions revoked"
+
+
+async def _verify(uow: UnitOfWork, email: str) -> str:
+    conn = await uow.connection()
+    user = await users.require_by_email(conn, email)
+    if user.email_verified_at is not None:
+        return f"{user.email} was verified already ({user.email_verified_at.isoformat()})"
+    await users.mark_email_verified(conn, user.id, now=Clock().now())
+    return f"{user.email} is verified"
 
 
 def _list_users(settings: Settings, *, email: str | None, limit: int) -> str:

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     password_reset_ttl: int = Field(default=1800, ge=60, le=24 * 3600)
     password_reset_url: str | None = None
     password_reset_max_attempts: int = Field(default=5, ge=1, le=100)
+    # Email verification (docs/recovery.md): with REQUIRE_VERIFIED_EMAIL a login of an account
+    # whose address is unproven is refused (403 email_not_verified) and a fresh link is sent.
+    # The link: EMAIL_VERIFICATION_URL with {token} replaced (unset: the token alone).
+    require_verified_email: bool = False
+    email_verification_ttl: int = Field(default=24 * 3600, ge=300, le=30 * 24 * 3600)
+    email_verification_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (uvicorn's
     # forwarded_allow_ips): a JSON list of IPs or CIDRs. Empty: forwarded headers are ignored.
@@ -239,6 +245,8 @@ class Settings(BaseSettings):
     rate_limit_password_reset_ip: str = "10/hour"  # noqa: S105 - a rate, not a password
     rate_limit_password_reset_account: str = "5/hour"  # noqa: S105
     rate_limit_password_reset_confirm_ip: str = "30/hour"  # noqa: S105
+    # Verification links asked for per account (the Bearer route and refused logins alike).
+    rate_limit_verify_email_account: str = "5/hour"
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
@@ -430,14 +438,17 @@ class Settings(BaseSettings):
             or "\r" in self.mail_from
         ):
             problems.append('MAIL_FROM must be an address, e.g. "authsvc <no-reply@example.com>"')
-        url = self.password_reset_url
-        if url is not None and (
-            "{token}" not in url or urlsplit(url).scheme not in ("https", "http")
+        for name, url in (
+            ("PASSWORD_RESET_URL", self.password_reset_url),
+            ("EMAIL_VERIFICATION_URL", self.email_verification_url),
         ):
-            problems.append(
-                "PASSWORD_RESET_URL must be an http(s):// URL with {token} in it, e.g. "
-                "https://app.example.com/reset#token={token}"
-            )
+            if url is not None and (
+                "{token}" not in url or urlsplit(url).scheme not in ("https", "http")
+            ):
+                problems.append(
+                    f"{name} must be an http(s):// URL with {{token}} in it, e.g. "
+                    "https://app.example.com/page#token={token}"
+                )
         if self.mail_templates_dir is not None and not self.mail_templates_dir.is_dir():
             problems.append(f"MAIL_TEMPLATES_DIR is not a folder: {self.mail_templates_dir}")
         return problems
@@ -544,6 +555,7 @@ class Settings(BaseSettings):
             "password_reset_ip": self.rate_limit_password_reset_ip,
             "password_reset_account": self.rate_limit_password_reset_account,
             "password_reset_confirm_ip": self.rate_limit_password_reset_confirm_ip,
+            "verify_email_account": self.rate_limit_verify_email_account,
             "client_token_ip": self.rate_limit_client_token_ip,
             "client_token_client": self.rate_limit_client_token_client,
         }

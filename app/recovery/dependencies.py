@@ -6,5 +6,7 @@ from fastapi import Depends
 
 from app.core.components import provider
 from app.recovery.service import PasswordResets
+from app.recovery.verification import EmailVerification
 
 PasswordResetsDep = Annotated[PasswordResets, Depends(provider(PasswordResets))]
+EmailVerificationDep = Annotated[EmailVerification, Depends(provider(EmailVerification))]

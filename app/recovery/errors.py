@@ -10,3 +10,15 @@ class ResetTokenInvalid(DomainError):
         "This reset token is unknown, used, superseded by a newer request or expired; "
         "request a new one."
     )
+
+
+class VerificationTokenInvalid(DomainError):
+    status_code = 400
+    code = "verification_token_invalid"
+    message = "This verification token is unknown, used, superseded or expired; ask for a new link."
+
+
+class EmailAlreadyVerified(DomainError):
+    status_code = 409
+    code = "email_already_verified"
+    message = "This account's email address is verified already."

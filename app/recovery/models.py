@@ -9,14 +9,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, UTCDateTime
 
 
-class PasswordResetToken(Base):
-    """A password reset token, by its hash (HMAC-SHA256 under a key derived from SECRET_KEY):
-    the token itself is only in the email. Usable while `spent_at` is unset, before
-    `expires_at`, and only if the password has not changed since `created_at`."""
+class AccountToken(Base):
+    """A single-use token emailed to an account's owner (a password reset, an address
+    verification), by its hash: HMAC-SHA256 under a key derived from SECRET_KEY for its
+    purpose, so a token of one purpose is no token of another. The token itself is only in
+    the email. Usable while `spent_at` is unset and before `expires_at`; a reset token only
+    if the password has not changed since `created_at`."""
 
-    __tablename__ = "password_reset_tokens"
+    __tablename__ = "account_tokens"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    purpose: Mapped[str] = mapped_column(
+        String(32), nullable=False
+    )  # password_reset | verify_email
     user_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )

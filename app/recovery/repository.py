@@ -1,4 +1,4 @@
-"""All SQL of password reset tokens."""
+"""All SQL of account tokens (password reset, address verification)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
-from app.recovery.models import PasswordResetToken
+from app.recovery.models import AccountToken
 
-_tokens = table_of(PasswordResetToken)
+_tokens = table_of(AccountToken)
 
 
 @dataclass(frozen=True, slots=True)
-class ResetToken:
+class FoundToken:
     id: uuid.UUID
     user_id: uuid.UUID
     created_at: datetime
@@ -29,6 +29,7 @@ class ResetToken:
 async def insert(
     conn: AsyncConnection,
     *,
+    purpose: str,
     user_id: uuid.UUID,
     request_id: uuid.UUID,
     token_hash: bytes,
@@ -40,6 +41,7 @@ async def insert(
     token_id = uuid.uuid4()
     row = {
         "id": token_id,
+        "purpose": purpose,
         "user_id": user_id,
         "request_id": request_id,
         "token_hash": token_hash,
@@ -53,16 +55,22 @@ async def insert(
     return token_id if result.rowcount == 1 else None
 
 
-async def spend_unspent(
-    conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime, reason: str, except_id: uuid.UUID
+async def spend_others(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    *,
+    purpose: str,
+    now: datetime,
+    reason: str,
+    except_id: uuid.UUID | None = None,
 ) -> None:
-    await conn.execute(
-        update(_tokens)
-        .where(
-            _tokens.c.user_id == user_id, _tokens.c.spent_at.is_(None), _tokens.c.id != except_id
-        )
-        .values(spent_at=now, spent_reason=reason)
+    """Every open token of this purpose and user (but `except_id`)."""
+    query = update(_tokens).where(
+        _tokens.c.user_id == user_id, _tokens.c.purpose == purpose, _tokens.c.spent_at.is_(None)
     )
+    if except_id is not None:
+        query = query.where(_tokens.c.id != except_id)
+    await conn.execute(query.values(spent_at=now, spent_reason=reason))
 
 
 async def spend(conn: AsyncConnection, token_id: uuid.UUID, *, now: datetime, reason: str) -> None:
@@ -72,8 +80,8 @@ async def spend(conn: AsyncConnection, token_id: uuid.UUID, *, now: datetime, re
 
 
 async def find(
-    conn: AsyncConnection, token_hash: bytes, *, for_update: bool = False
-) -> ResetToken | None:
+    conn: AsyncConnection, purpose: str, token_hash: bytes, *, for_update: bool = False
+) -> FoundToken | None:
     query = select(
         _tokens.c.id,
         _tokens.c.user_id,
@@ -81,11 +89,11 @@ async def find(
         _tokens.c.expires_at,
         _tokens.c.attempts,
         _tokens.c.spent_at,
-    ).where(_tokens.c.token_hash == token_hash)
+    ).where(_tokens.c.token_hash == token_hash, _tokens.c.purpose == purpose)
     if for_update:
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
-    return ResetToken(*row) if row else None
+    return FoundToken(*row) if row else None
 
 
 async def count_failure(

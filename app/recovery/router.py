@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from app.auth.dependencies import CurrentSession
 from app.core.dependencies import ClientDep, DbSession, LimiterDep
 from app.core.exposure import public
-from app.recovery.dependencies import PasswordResetsDep
-from app.recovery.schemas import ResetAccepted, ResetConfirm, ResetRequest
+from app.recovery.dependencies import EmailVerificationDep, PasswordResetsDep
+from app.recovery.schemas import (
+    ResetAccepted,
+    ResetConfirm,
+    ResetRequest,
+    VerificationSent,
+    VerifyEmailConfirm,
+)
 from app.users.service import check_email
 
 router = APIRouter(prefix="/auth/password-reset", tags=["account"])
+verify_router = APIRouter(prefix="/auth/verify-email", tags=["account"])
 
 
 @router.post(
@@ -66,3 +74,40 @@ async def confirm_reset(
     PASSWORD_RESET_MAX_ATTEMPTS refused new passwords spend the token too."""
     await limiter.hit("password_reset_confirm_ip", client.ip or "unknown")
     await resets.confirm(uow, client, body.token, body.new_password)
+
+
+@verify_router.post(
+    "/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        409: {"description": "`email_already_verified`"},
+        429: {"description": "`rate_limited`: RATE_LIMIT_VERIFY_EMAIL_ACCOUNT (Retry-After)"},
+    },
+)
+async def request_verification(
+    auth: CurrentSession, verification: EmailVerificationDep, uow: DbSession, client: ClientDep
+) -> VerificationSent:
+    """Email a verification link to your address (older links stop working)."""
+    await verification.request(uow, client, auth.session.user_id)
+    return VerificationSent()
+
+
+@verify_router.post(
+    "/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        400: {"description": "`verification_token_invalid`: unknown, used, superseded, expired"},
+        429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_RESET_CONFIRM_IP"},
+    },
+)
+@public
+async def confirm_verification(
+    body: VerifyEmailConfirm,
+    verification: EmailVerificationDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> None:
+    """Prove the address with the emailed token: the account counts as verified."""
+    await limiter.hit("password_reset_confirm_ip", client.ip or "unknown")
+    await verification.confirm(uow, client, body.token)

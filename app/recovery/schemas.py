@@ -24,3 +24,11 @@ class ResetAccepted(BaseModel):
         "If an account exists for this address, a reset link is on its way. It works once, "
         "for a limited time."
     )
+
+
+class VerifyEmailConfirm(RequestBody):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class VerificationSent(BaseModel):
+    status: Literal["sent"] = "sent"

@@ -30,7 +30,7 @@ from app.outbox.repository import NewMessage
 from app.outbox.service import Attempt, ClaimedMessage, Subject
 from app.recovery import repository
 from app.recovery.errors import ResetTokenInvalid
-from app.recovery.repository import ResetToken
+from app.recovery.repository import FoundToken
 from app.users import repository as users
 from app.users import service as user_rules
 from app.users.errors import InvalidPassword
@@ -39,12 +39,14 @@ KIND = "password_reset"
 TEMPLATE = "password_reset"
 
 
-class ResetTokenHasher:
-    """Tokens are stored as HMAC-SHA256 under a key of their own (derived from SECRET_KEY):
-    a copy of the table alone cannot be turned into working tokens."""
+class TokenHasher:
+    """Tokens are stored as HMAC-SHA256 under a key of their purpose's own (derived from
+    SECRET_KEY): a copy of the table alone yields no working token, and a token of one
+    purpose hashes to nothing of another's."""
 
-    def __init__(self, secret: str) -> None:
-        self._key = derive_key(secret, "password-reset-token")
+    def __init__(self, secret: str, purpose: str) -> None:
+        self.purpose = purpose
+        self._key = derive_key(secret, f"account-token:{purpose}")
 
     def new(self) -> tuple[str, bytes]:
         token = new_opaque_token()
@@ -67,7 +69,7 @@ class ResetIssuer:
         self,
         engine: AsyncEngine,
         mail: MailQueue,
-        hasher: ResetTokenHasher,
+        hasher: TokenHasher,
         *,
         ttl: int,
         reset_url: str | None,
@@ -96,6 +98,7 @@ class ResetIssuer:
         token, token_hash = self._hasher.new()
         issued = await repository.insert(
             conn,
+            purpose=KIND,
             user_id=user.id,
             request_id=request_id,
             token_hash=token_hash,
@@ -104,8 +107,8 @@ class ResetIssuer:
         )
         if issued is None:
             return  # this request's token and email were written by an earlier attempt
-        await repository.spend_unspent(
-            conn, user.id, now=now, reason="superseded", except_id=issued
+        await repository.spend_others(
+            conn, user.id, purpose=KIND, now=now, reason="superseded", except_id=issued
         )
         link = self._reset_url.replace("{token}", token) if self._reset_url else ""
         await self._mail.queue(
@@ -127,7 +130,7 @@ class PasswordResets:
         self,
         engine: AsyncEngine,
         *,
-        hasher: ResetTokenHasher,
+        hasher: TokenHasher,
         passwords: PasswordHasher,
         accounts: AccountService,
         clock: Clock,
@@ -194,8 +197,8 @@ class PasswordResets:
 
     async def _usable(
         self, conn: AsyncConnection, token_hash: bytes, *, lock: bool = False
-    ) -> tuple[ResetToken, users.UserRecord]:
-        found = await repository.find(conn, token_hash, for_update=lock)
+    ) -> tuple[FoundToken, users.UserRecord]:
+        found = await repository.find(conn, KIND, token_hash, for_update=lock)
         now = self._clock.now()
         if found is None or found.spent_at is not None or found.expires_at <= now:
             raise ResetTokenInvalid()

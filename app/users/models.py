@@ -19,6 +19,8 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # When the owner proved the address (an emailed link, or an operator's `users verify`).
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Consecutive wrong passwords, and the lock they caused (account lockout with backoff).
     failed_logins: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -24,6 +24,7 @@ class UserRecord:
     is_active: bool
     failed_logins: int
     locked_until: datetime | None
+    email_verified_at: datetime | None = None
 
     def is_locked_at(self, now: datetime) -> bool:
         """Whether a lockout (after too many wrong passwords) is in force at `now`."""
@@ -38,6 +39,7 @@ _COLUMNS = (
     _users.c.is_active,
     _users.c.failed_logins,
     _users.c.locked_until,
+    _users.c.email_verified_at,
 )
 
 
@@ -76,7 +78,13 @@ async def lock_for_login(conn: AsyncConnection, user_id: uuid.UUID) -> UserRecor
 
 
 async def insert_user(
-    conn: AsyncConnection, *, email: str, password_hash: str, role: str, now: datetime
+    conn: AsyncConnection,
+    *,
+    email: str,
+    password_hash: str,
+    role: str,
+    now: datetime,
+    verified: bool = True,
 ) -> uuid.UUID:
     user_id = uuid.uuid4()
     await conn.execute(
@@ -88,6 +96,7 @@ async def insert_user(
             is_active=True,
             created_at=now,
             password_changed_at=now,
+            email_verified_at=now if verified else None,
         )
     )
     return user_id
@@ -149,3 +158,11 @@ async def password_changed_at(conn: AsyncConnection, user_id: uuid.UUID) -> date
     query = select(_users.c.password_changed_at).where(_users.c.id == user_id)
     row = (await conn.execute(query)).first()
     return row[0] if row else None
+
+
+async def mark_email_verified(conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime) -> None:
+    await conn.execute(
+        update(_users)
+        .where(_users.c.id == user_id, _users.c.email_verified_at.is_(None))
+        .values(email_verified_at=now)
+    )

@@ -138,14 +138,22 @@ async def find_users(
 
 
 async def insert_new_user(
-    conn: AsyncConnection, *, email: str, password_hash: str, now: datetime, role: str = "user"
+    conn: AsyncConnection,
+    *,
+    email: str,
+    password_hash: str,
+    now: datetime,
+    role: str = "user",
+    verified: bool = True,
 ) -> uuid.UUID:
+    """`verified`: the address counts as proven (an operator's account); a registration's
+    is not until its owner follows the emailed link."""
     email = check_email(email)
     if await repository.get_by_email(conn, email) is not None:
         raise EmailTaken()
     try:
         return await repository.insert_user(
-            conn, email=email, password_hash=password_hash, role=role, now=now
+            conn, email=email, password_hash=password_hash, role=role, now=now, verified=verified
         )
     except IntegrityError as exc:  # a concurrent create of the same email
         raise EmailTaken() from exc
@@ -239,3 +247,7 @@ class Lockout:
         await repository.record_login_failure(
             conn, user.id, failed_logins=failed, locked_until=locked_until
         )
+
+
+async def mark_email_verified(conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime) -> None:
+    await repository.mark_email_verified(conn, user_id, now=now)

@@ -53,9 +53,21 @@ def _normal_form(email: str) -> str:
 def upgrade() -> None:
     conn = op.get_bind()
     # Options on the statement: the connection's own would outlive this migration.
-    rows = conn.execute(sa.select(_users.c.id, _users.c.email).execution_options(yield_per=1000))
-    # Read to the end before writing: one connection, one statement at a time.
-    candidates = [(user_id, email) for user_id, email in rows if not email.isascii()]
+    # Read to the end before writing, a page at a time (keyset, by id): a server-side cursor
+    # (yield_per) stayed open to the end of the transaction on PostgreSQL even when closed, and
+    # a later migration run in the same transaction could not ALTER users ("being used by
+    # active queries in this session"). What this migration changes is as it was.
+    candidates = []
+    last = None
+    while True:
+        page = sa.select(_users.c.id, _users.c.email).order_by(_users.c.id).limit(1000)
+        if last is not None:
+            page = page.where(_users.c.id > last)
+        rows = conn.execute(page).all()
+        if not rows:
+            break
+        last = rows[-1][0]
+        candidates += [(user_id, email) for user_id, email in rows if not email.isascii()]
     for user_id, email in candidates:
         new = _normal_form(email)
         if new == email:

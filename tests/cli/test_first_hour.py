@@ -159,6 +159,7 @@ def test_production_serve_warns_of_each_risky_setting(tmp_path: Path) -> None:
     assert [line.split()[2] for line in lines] == [
         "setting=RATE_LIMITS_ENABLED",
         "setting=METRICS_TOKEN",
+        "setting=SMTP_URL",
     ]
 
 

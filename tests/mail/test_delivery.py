@@ -148,9 +148,9 @@ async def test_sent_twice_after_a_crash_both_copies_carry_one_message_id(
     smtp.stop()
     await _queue(probe, "probe:crash")
 
-    async def failed_once() -> bool:
+    async def failed_once() -> bool:  # recorded: attempts counts a claim, not an outcome
         rows = await _ours(probe, "probe:crash")
-        return bool(rows) and rows[0].attempts >= 1
+        return bool(rows) and rows[0].last_error == "connect_error"
 
     await eventually(failed_once, what="the worker's failed attempt")
     smtp.start()

@@ -89,7 +89,8 @@ async def outbox_rows(h: Harness, session_id: uuid.UUID | str | None = None) -> 
         rows = list(await conn.execute(stmt))
     if session_id is None:
         return rows
-    return [row for row in rows if row.payload["sid"] == str(session_id)]
+    # Other kinds (email) have no sid: the run's database holds them too.
+    return [row for row in rows if row.payload.get("sid") == str(session_id)]
 
 
 async def audit_events(h: Harness, event: str, session_id: str) -> list[Any]:

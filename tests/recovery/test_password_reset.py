@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from app.audit.models import AuditEvent
 from app.core.db import table_of
-from app.recovery.models import PasswordResetToken
+from app.recovery.models import AccountToken
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
 from tests.mail.conftest import SmtpServer, mail_settings
 from tests.outbox.conftest import outbox_rows
@@ -26,7 +26,7 @@ from tests.support.receiver import eventually
 
 NEW_PASSWORD = "a brand new passphrase 42"  # noqa: S105 - a test value
 _audit = table_of(AuditEvent)
-_tokens = table_of(PasswordResetToken)
+_tokens = table_of(AccountToken)
 
 
 @pytest.fixture

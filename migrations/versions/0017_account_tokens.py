@@ -1,11 +1,12 @@
-"""Password reset tokens (issue 21)
+"""Account tokens (password reset, address verification) and users.email_verified_at (issue 21)
 
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-01 11:40:00
 
-An expand step: a new table the previous release never reads, so schema_compatibility's
-oldest release stays 0015.
+An expand step: a new table and a nullable column the previous release never reads, so
+schema_compatibility's oldest release stays 0015. Accounts that exist already count as verified
+(they were made by an operator or registered before verification existed).
 """
 
 from collections.abc import Sequence
@@ -22,9 +23,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # The column first: on PostgreSQL, once this transaction has created a foreign key to
+    # users, ALTER TABLE users is refused ("being used by active queries in this session").
+    with op.batch_alter_table("users") as users:
+        users.add_column(
+            sa.Column("email_verified_at", app.core.db.UTCDateTime(timezone=True), nullable=True)
+        )
+    op.execute("UPDATE users SET email_verified_at = created_at")
     op.create_table(
-        "password_reset_tokens",
+        "account_tokens",
         sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("purpose", sa.String(32), nullable=False),
         sa.Column(
             "user_id",
             sa.Uuid(),
@@ -41,11 +50,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("request_id"),
         sa.UniqueConstraint("token_hash"),
     )
-    op.create_index(
-        op.f("ix_password_reset_tokens_user_id"), "password_reset_tokens", ["user_id"]
-    )
+    op.create_index(op.f("ix_account_tokens_user_id"), "account_tokens", ["user_id"])
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_password_reset_tokens_user_id"), table_name="password_reset_tokens")
-    op.drop_table("password_reset_tokens")
+    with op.batch_alter_table("users") as users:
+        users.drop_column("email_verified_at")
+    op.drop_index(op.f("ix_account_tokens_user_id"), table_name="account_tokens")
+    op.drop_table("account_tokens")

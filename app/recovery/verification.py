@@ -1,0 +1,109 @@
+"""Email verification (docs/recovery.md): a link proves the owner reads the address. The
+token is issued and its email written in the caller's transaction; following the link sets
+`users.email_verified_at`. With REQUIRE_VERIFIED_EMAIL, a login whose password is right but
+whose address is unproven is refused and sends a fresh link (the auth service calls
+`on_unverified_login`, so the login layer needs nothing of this one)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.audit.service import record
+from app.core.client import ClientInfo
+from app.core.clock import Clock
+from app.core.db import UnitOfWork
+from app.core.ratelimit import RateLimiter
+from app.mail.service import MailQueue
+from app.recovery import repository
+from app.recovery.errors import EmailAlreadyVerified, VerificationTokenInvalid
+from app.recovery.service import TokenHasher
+from app.users import repository as users
+from app.users.repository import UserRecord
+from app.users.service import require_by_id
+
+PURPOSE = "verify_email"
+
+
+class EmailVerification:
+    def __init__(
+        self,
+        *,
+        hasher: TokenHasher,
+        mail: MailQueue,
+        limiter: RateLimiter,
+        clock: Clock,
+        ttl: int,
+        url: str | None,
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._hasher = hasher
+        self._mail = mail
+        self._limiter = limiter
+        self._clock = clock
+        self._ttl = timedelta(seconds=ttl)
+        self._url = url
+        self._on_enqueued = on_enqueued
+
+    async def request(self, uow: UnitOfWork, client: ClientInfo, user_id: uuid.UUID) -> None:
+        """A fresh link for the signed-in user (older links stop working)."""
+        conn = await uow.connection()
+        user = await require_by_id(conn, user_id)
+        if user.email_verified_at is not None:
+            raise EmailAlreadyVerified()
+        await self._limiter.hit("verify_email_account", str(user.id))
+        await self._send_link(conn, user, client, now=self._clock.now())
+        uow.after_commit(self._on_enqueued)
+
+    async def on_unverified_login(
+        self, uow: UnitOfWork, client: ClientInfo, user: UserRecord, now: datetime
+    ) -> None:
+        """A refused login's fresh link, within the per-account limit (beyond it, none: the
+        refusal itself still says what is missing)."""
+        if await self._limiter.allows("verify_email_account", str(user.id)):
+            await self._limiter.count("verify_email_account", str(user.id))
+            await self._send_link(await uow.connection(), user, client, now=now)
+            uow.after_commit(self._on_enqueued)
+
+    async def confirm(self, uow: UnitOfWork, client: ClientInfo, token: str) -> None:
+        conn = await uow.connection()
+        found = await repository.find(conn, PURPOSE, self._hasher.hash(token), for_update=True)
+        now = self._clock.now()
+        if found is None or found.spent_at is not None or found.expires_at <= now:
+            raise VerificationTokenInvalid()
+        await repository.spend(conn, found.id, now=now, reason="used")
+        await users.mark_email_verified(conn, found.user_id, now=now)
+        await record(conn, "email.verified", now=now, client=client, user_id=found.user_id)
+
+    async def _send_link(
+        self, conn: AsyncConnection, user: UserRecord, client: ClientInfo, *, now: datetime
+    ) -> None:
+        request_id = uuid.uuid4()
+        token, token_hash = self._hasher.new()
+        issued = await repository.insert(
+            conn,
+            purpose=PURPOSE,
+            user_id=user.id,
+            request_id=request_id,
+            token_hash=token_hash,
+            now=now,
+            expires_at=now + self._ttl,
+        )
+        await repository.spend_others(
+            conn, user.id, purpose=PURPOSE, now=now, reason="superseded", except_id=issued
+        )
+        link = self._url.replace("{token}", token) if self._url else ""
+        await self._mail.queue(
+            conn,
+            to=user.email,
+            template="verify_email",
+            key=f"{PURPOSE}:{request_id}",
+            now=now,
+            context={"hours": str(int(self._ttl.total_seconds() // 3600))},
+            secrets={"token": token, "verify_url": link},
+            user_id=user.id,
+        )
+        await record(conn, "email.verification_sent", now=now, client=client, user_id=user.id)
