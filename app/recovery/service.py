@@ -56,6 +56,35 @@ class TokenHasher:
         return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
 
 
+async def issue(
+    conn: AsyncConnection,
+    hasher: TokenHasher,
+    user_id: uuid.UUID,
+    request_id: uuid.UUID,
+    *,
+    now: datetime,
+    ttl: timedelta,
+) -> str | None:
+    """A token of the hasher's purpose for this request, voiding the user's older ones of
+    that purpose; None when this request has its token already (processed again)."""
+    token, token_hash = hasher.new()
+    issued = await repository.insert(
+        conn,
+        purpose=hasher.purpose,
+        user_id=user_id,
+        request_id=request_id,
+        token_hash=token_hash,
+        now=now,
+        expires_at=now + ttl,
+    )
+    if issued is None:
+        return None
+    await repository.spend_others(
+        conn, user_id, purpose=hasher.purpose, now=now, reason="superseded", except_id=issued
+    )
+    return token
+
+
 class ResetIssuer:
     """The outbox's sender of kind "password_reset": issues the token and writes its email.
     Idempotent per request: a job processed twice (its worker died after the commit) finds
@@ -95,21 +124,9 @@ class ResetIssuer:
         if user is None or not user.is_active:
             return  # nothing is sent: the 202 said only that a request was taken
         request_id = uuid.UUID(payload["request_id"])
-        token, token_hash = self._hasher.new()
-        issued = await repository.insert(
-            conn,
-            purpose=KIND,
-            user_id=user.id,
-            request_id=request_id,
-            token_hash=token_hash,
-            now=now,
-            expires_at=now + self._ttl,
-        )
-        if issued is None:
+        token = await issue(conn, self._hasher, user.id, request_id, now=now, ttl=self._ttl)
+        if token is None:
             return  # this request's token and email were written by an earlier attempt
-        await repository.spend_others(
-            conn, user.id, purpose=KIND, now=now, reason="superseded", except_id=issued
-        )
         link = self._reset_url.replace("{token}", token) if self._reset_url else ""
         await self._mail.queue(
             conn,

@@ -20,7 +20,7 @@ from app.core.ratelimit import RateLimiter
 from app.mail.service import MailQueue
 from app.recovery import repository
 from app.recovery.errors import EmailAlreadyVerified, VerificationTokenInvalid
-from app.recovery.service import TokenHasher
+from app.recovery.service import TokenHasher, issue
 from app.users import repository as users
 from app.users.repository import UserRecord
 from app.users.service import require_by_id
@@ -82,19 +82,9 @@ class EmailVerification:
         self, conn: AsyncConnection, user: UserRecord, client: ClientInfo, *, now: datetime
     ) -> None:
         request_id = uuid.uuid4()
-        token, token_hash = self._hasher.new()
-        issued = await repository.insert(
-            conn,
-            purpose=PURPOSE,
-            user_id=user.id,
-            request_id=request_id,
-            token_hash=token_hash,
-            now=now,
-            expires_at=now + self._ttl,
-        )
-        await repository.spend_others(
-            conn, user.id, purpose=PURPOSE, now=now, reason="superseded", except_id=issued
-        )
+        token = await issue(conn, self._hasher, user.id, request_id, now=now, ttl=self._ttl)
+        if token is None:  # pragma: no cover - a fresh request id is never taken
+            return
         link = self._url.replace("{token}", token) if self._url else ""
         await self._mail.queue(
             conn,
