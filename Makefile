@@ -30,11 +30,11 @@ run: $(VENV)/.runtime
 ## The whole test suite: lint (ruff, import-linter architecture contracts) and strict typing,
 ## and every test on SQLite and PostgreSQL. The static checks and four pytest runs go side by
 ## side (two cores, but the tests mostly wait on servers, browsers and databases): the areas
-## that start real servers, the downstream side (kit, notes, outbox, service clients), the
+## that start real servers, the downstream side (kit, notes, outbox and mail, service clients), the
 ## three browser engines, and everything else; beside them the browser client's npm package
 ## (`js`). Output is grouped per step.
 SERVER_TESTS := tests/sessions tests/browser tests/gateway tests/keys tests/cli
-DOWNSTREAM_TESTS := tests/downstream tests/outbox tests/clients tests/dpop
+DOWNSTREAM_TESTS := tests/downstream tests/outbox tests/clients tests/dpop tests/mail tests/recovery
 # Browser mode in Chromium, Firefox ESR and WebKit, and HTTPS serving (docs/engines.md).
 ENGINE_TESTS := tests/engines
 # The logout-free hour's 5-minute variant (bench.soak; docs/scaling.md).
