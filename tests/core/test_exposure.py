@@ -28,6 +28,10 @@ PUBLIC = {
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/.well-known/oauth-authorization-server",
+    # Account recovery (issue 21): the emailed token in the body is the credential.
+    "/auth/password-reset/request",
+    "/auth/password-reset/confirm",
+    "/auth/verify-email/confirm",
 }
 PASSIVE = {"/auth/session-status"}
 
