@@ -33,8 +33,9 @@ from app.mail.rendering import MailTemplates
 from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
+from app.recovery.registration import RegistrationProcessor, Registrations
 from app.recovery.service import PasswordResets, ResetIssuer, TokenHasher
-from app.recovery.verification import EmailVerification
+from app.recovery.verification import EmailVerification, VerificationLinks
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.policy import SessionPolicy
@@ -65,6 +66,7 @@ class AppContext:
     mail: MailQueue
     resets: PasswordResets
     verification: EmailVerification
+    registrations: Registrations
     outbox: OutboxWorker
     dpop: DPoP
 
@@ -88,6 +90,7 @@ class AppContext:
             self.accounts,
             self.resets,
             self.verification,
+            self.registrations,
             Transports(
                 CsrfTokenCodec(s.secret_key.get_secret_value()),
                 allowed_origins=s.cors_origins,
@@ -166,19 +169,23 @@ async def build_context(
         ttl=settings.password_reset_ttl,
         reset_url=settings.password_reset_url,
     )
-    outbox = build_outbox_worker(settings, engine, clock, [backchannel, mail_sender, issuer])
+    links = VerificationLinks(
+        hasher=TokenHasher(secret, "verify_email"),
+        mail=mail,
+        ttl=settings.email_verification_ttl,
+        url=settings.email_verification_url,
+    )
+    sealer = Sealer(secret)
+    registration = RegistrationProcessor(engine, mail, links, sealer)
+    outbox = build_outbox_worker(
+        settings, engine, clock, [backchannel, mail_sender, issuer, registration]
+    )
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
     accounts = build_account_service(settings, passwords=passwords, sessions=sessions, clock=clock)
     verification = EmailVerification(
-        hasher=TokenHasher(secret, "verify_email"),
-        mail=mail,
-        limiter=limiter,
-        clock=clock,
-        ttl=settings.email_verification_ttl,
-        url=settings.email_verification_url,
-        on_enqueued=outbox.wake,
+        links=links, limiter=limiter, clock=clock, on_enqueued=outbox.wake
     )
     return AppContext(
         settings=settings,
@@ -213,6 +220,14 @@ async def build_context(
             on_enqueued=outbox.wake,
         ),
         verification=verification,
+        registrations=Registrations(
+            accounts=accounts,
+            links=links,
+            passwords=passwords,
+            sealer=sealer,
+            clock=clock,
+            on_enqueued=outbox.wake,
+        ),
         backchannel=backchannel,
         mail=mail,
         outbox=outbox,

@@ -46,8 +46,8 @@ from app.gateway.router import router as gateway_router
 from app.health.router import router as health_router
 from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
+from app.recovery.router import register_router, verify_router
 from app.recovery.router import router as recovery_router
-from app.recovery.router import verify_router
 from app.sessions.push import RevocationListener
 
 logger = logging.getLogger("app")
@@ -140,6 +140,7 @@ def create_app(
         gateway_router,
         sessions_router,
         account_router,
+        register_router,
         recovery_router,
         verify_router,
         admin_router,

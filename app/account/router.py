@@ -1,4 +1,4 @@
-"""Account self-service: your password, your device sessions, and (when enabled) sign-up."""
+"""Account self-service: your password and your device sessions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.account.dependencies import AccountServiceDep
-from app.account.schemas import ChangePasswordRequest, RegisterRequest
+from app.account.schemas import ChangePasswordRequest
 from app.account.service import Actor, PasswordChangeRefused
 from app.audit.service import record
 from app.auth.dependencies import CurrentSession
@@ -18,16 +18,13 @@ from app.core.dependencies import (
     DatabaseDep,
     DbSession,
     LimiterDep,
-    SettingsDep,
 )
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError
-from app.core.exposure import public
 from app.sessions.dependencies import SessionServiceDep
 from app.sessions.errors import SessionRevoked
 from app.sessions.schemas import DeviceSessionOut
-from app.users.errors import RegistrationClosed, WrongCurrentPassword
-from app.users.schemas import UserOut
+from app.users.errors import WrongCurrentPassword
 
 router = APIRouter(prefix="/auth", tags=["account"])
 sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
@@ -78,31 +75,6 @@ def _password_refusal(refused: PasswordChangeRefused) -> DomainError:
     if refused.session_ended:
         return SessionRevoked("Too many wrong current passwords: this session has been ended.")
     return WrongCurrentPassword()
-
-
-@router.post(
-    "/register",
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        403: {"description": "`registration_closed`"},
-        409: {"description": "`email_taken`"},
-    },
-)
-@public
-async def register(
-    body: RegisterRequest,
-    accounts: AccountServiceDep,
-    settings: SettingsDep,
-    limiter: LimiterDep,
-    uow: DbSession,
-    client: ClientDep,
-) -> UserOut:
-    """Create an account (only when ALLOW_REGISTRATION=true)."""
-    if not settings.allow_registration:
-        raise RegistrationClosed()
-    await limiter.hit("login_ip", client.ip or "unknown")
-    user_id, email = await accounts.register(uow, client, body.email, body.password)
-    return UserOut(id=user_id, email=email, role="user", is_active=True)
 
 
 @sessions_router.get("")

@@ -247,6 +247,8 @@ class Settings(BaseSettings):
     rate_limit_password_reset_confirm_ip: str = "30/hour"  # noqa: S105
     # Verification links asked for per account (the Bearer route and refused logins alike).
     rate_limit_verify_email_account: str = "5/hour"
+    # With REQUIRE_VERIFIED_EMAIL, registrations per email (each may email the address).
+    rate_limit_register_account: str = "5/hour"
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
@@ -556,6 +558,7 @@ class Settings(BaseSettings):
             "password_reset_account": self.rate_limit_password_reset_account,
             "password_reset_confirm_ip": self.rate_limit_password_reset_confirm_ip,
             "verify_email_account": self.rate_limit_verify_email_account,
+            "register_account": self.rate_limit_register_account,
             "client_token_ip": self.rate_limit_client_token_ip,
             "client_token_client": self.rate_limit_client_token_client,
         }

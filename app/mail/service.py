@@ -48,6 +48,10 @@ class Sealer:
         return dict(line.split("=", 1) for line in lines if line)
 
 
+def _outbox_key(key: str) -> str:
+    return f"{KIND}:{key}"
+
+
 class MailQueue:
     def __init__(self, sealer: Sealer, *, sender_address: str) -> None:
         self._sealer = sealer
@@ -77,9 +81,12 @@ class MailQueue:
         }
         if secrets:
             payload["sealed"] = self._sealer.seal(secrets)
-        await outbox.enqueue(
-            conn, [NewMessage(kind=KIND, idempotency_key=f"{KIND}:{key}", payload=payload)], now=now
-        )
+        message = NewMessage(kind=KIND, idempotency_key=_outbox_key(key), payload=payload)
+        await outbox.enqueue(conn, [message], now=now)
+
+    async def written(self, conn: AsyncConnection, key: str) -> bool:
+        """Whether a message was queued under `key` (see `queue`)."""
+        return await outbox.has_key(conn, _outbox_key(key))
 
 
 class MailSender:

@@ -59,6 +59,14 @@ async def enqueue(conn: AsyncConnection, messages: Sequence[NewMessage], *, now:
     )
 
 
+async def has_key(conn: AsyncConnection, idempotency_key: str) -> bool:
+    """Whether a message was written under this key (and not yet purged)."""
+    found = await conn.scalar(
+        select(_outbox.c.id).where(_outbox.c.idempotency_key == idempotency_key).limit(1)
+    )
+    return found is not None
+
+
 async def claim_due(
     conn: AsyncConnection, *, now: datetime, lease_until: datetime, limit: int
 ) -> list[ClaimedMessage]:

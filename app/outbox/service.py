@@ -206,6 +206,9 @@ class OutboxWorker:
             if self._saturated:
                 self._wake.set()  # a slot is free and more may be due
 
+    def sender(self, kind: str) -> Sender | None:
+        return self._senders.get(kind)
+
     async def _deliver(self, message: ClaimedMessage) -> None:
         sender = self._senders.get(message.kind)
         if sender is None:

@@ -1,24 +1,81 @@
-"""Password reset by email: a request (answered alike for every address) and a confirmation."""
+"""Registration, password reset and address verification: the routes whose proof is an email."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 
 from app.auth.dependencies import CurrentSession
-from app.core.dependencies import ClientDep, DbSession, LimiterDep
+from app.core.dependencies import ClientDep, DbSession, LimiterDep, SettingsDep
 from app.core.exposure import public
-from app.recovery.dependencies import EmailVerificationDep, PasswordResetsDep
+from app.recovery.dependencies import (
+    EmailVerificationDep,
+    PasswordResetsDep,
+    RegistrationsDep,
+)
 from app.recovery.schemas import (
+    RegisterRequest,
+    RegistrationAccepted,
     ResetAccepted,
     ResetConfirm,
     ResetRequest,
     VerificationSent,
     VerifyEmailConfirm,
 )
+from app.users.errors import RegistrationClosed
+from app.users.schemas import UserOut
 from app.users.service import check_email
 
+register_router = APIRouter(prefix="/auth", tags=["account"])
 router = APIRouter(prefix="/auth/password-reset", tags=["account"])
 verify_router = APIRouter(prefix="/auth/verify-email", tags=["account"])
+
+
+@register_router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses={
+        202: {
+            "model": RegistrationAccepted,
+            "description": "REQUIRE_VERIFIED_EMAIL: accepted, for a new address and a known "
+            "one alike; the new account is made as its verification link is emailed",
+        },
+        403: {"description": "`registration_closed`"},
+        409: {"description": "`email_taken` (only without REQUIRE_VERIFIED_EMAIL)"},
+        422: {"description": "`invalid_email`, `invalid_password`"},
+        429: {
+            "description": "`rate_limited`: RATE_LIMIT_LOGIN_IP per address, "
+            "RATE_LIMIT_REGISTER_ACCOUNT per email (Retry-After)"
+        },
+    },
+)
+@public
+async def register(
+    body: RegisterRequest,
+    registrations: RegistrationsDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> UserOut | JSONResponse:
+    """Create an account (only when ALLOW_REGISTRATION=true); a verification link is emailed.
+
+    Without REQUIRE_VERIFIED_EMAIL the account exists on return (201), and a taken address
+    answers 409. With it, every address gets the same 202 in the same time: the account is
+    made by the outbox worker, and the owner of a taken address is emailed instead, so the
+    answer tells nobody which addresses have accounts."""
+    if not settings.allow_registration:
+        raise RegistrationClosed()
+    await limiter.hit("login_ip", client.ip or "unknown")
+    if settings.require_verified_email:
+        email = check_email(body.email)
+        await limiter.hit("register_account", email)
+        await registrations.request(uow, client, email, body.password)
+        accepted = RegistrationAccepted().model_dump()
+        return JSONResponse(accepted, status_code=status.HTTP_202_ACCEPTED)
+    user_id, email = await registrations.register(uow, client, body.email, body.password)
+    return UserOut(id=user_id, email=email, role="user", is_active=True)
 
 
 @router.post(

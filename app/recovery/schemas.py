@@ -32,3 +32,16 @@ class VerifyEmailConfirm(RequestBody):
 
 class VerificationSent(BaseModel):
     status: Literal["sent"] = "sent"
+
+
+class RegisterRequest(RequestBody):
+    email: PlainText = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
+
+
+class RegistrationAccepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    message: str = (
+        "Check your inbox: a link to confirm the address is on its way. The account can "
+        "sign in once the address is confirmed."
+    )

@@ -28,24 +28,61 @@ from app.users.service import require_by_id
 PURPOSE = "verify_email"
 
 
+class VerificationLinks:
+    """Issues a verification token and writes its email in the caller's transaction (older
+    links of the user stop working)."""
+
+    def __init__(self, *, hasher: TokenHasher, mail: MailQueue, ttl: int, url: str | None) -> None:
+        self._hasher = hasher
+        self._mail = mail
+        self._ttl = timedelta(seconds=ttl)
+        self._url = url
+
+    def hash(self, token: str) -> bytes:
+        return self._hasher.hash(token)
+
+    async def send(
+        self,
+        conn: AsyncConnection,
+        user: UserRecord,
+        client: ClientInfo,
+        *,
+        now: datetime,
+        request_id: uuid.UUID | None = None,
+        mail_key: str | None = None,
+    ) -> None:
+        """`request_id` and `mail_key`: what makes a retried caller's second run write
+        nothing (fresh ones by default)."""
+        request_id = request_id or uuid.uuid4()
+        token = await issue(conn, self._hasher, user.id, request_id, now=now, ttl=self._ttl)
+        if token is None:
+            return  # this request's link was written by an earlier run
+        link = self._url.replace("{token}", token) if self._url else ""
+        await self._mail.queue(
+            conn,
+            to=user.email,
+            template="verify_email",
+            key=mail_key or f"{PURPOSE}:{request_id}",
+            now=now,
+            context={"hours": str(int(self._ttl.total_seconds() // 3600))},
+            secrets={"token": token, "verify_url": link},
+            user_id=user.id,
+        )
+        await record(conn, "email.verification_sent", now=now, client=client, user_id=user.id)
+
+
 class EmailVerification:
     def __init__(
         self,
         *,
-        hasher: TokenHasher,
-        mail: MailQueue,
+        links: VerificationLinks,
         limiter: RateLimiter,
         clock: Clock,
-        ttl: int,
-        url: str | None,
         on_enqueued: Callable[[], None] = lambda: None,
     ) -> None:
-        self._hasher = hasher
-        self._mail = mail
+        self._links = links
         self._limiter = limiter
         self._clock = clock
-        self._ttl = timedelta(seconds=ttl)
-        self._url = url
         self._on_enqueued = on_enqueued
 
     async def request(self, uow: UnitOfWork, client: ClientInfo, user_id: uuid.UUID) -> None:
@@ -55,7 +92,7 @@ class EmailVerification:
         if user.email_verified_at is not None:
             raise EmailAlreadyVerified()
         await self._limiter.hit("verify_email_account", str(user.id))
-        await self._send_link(conn, user, client, now=self._clock.now())
+        await self._links.send(conn, user, client, now=self._clock.now())
         uow.after_commit(self._on_enqueued)
 
     async def on_unverified_login(
@@ -65,35 +102,15 @@ class EmailVerification:
         refusal itself still says what is missing)."""
         if await self._limiter.allows("verify_email_account", str(user.id)):
             await self._limiter.count("verify_email_account", str(user.id))
-            await self._send_link(await uow.connection(), user, client, now=now)
+            await self._links.send(await uow.connection(), user, client, now=now)
             uow.after_commit(self._on_enqueued)
 
     async def confirm(self, uow: UnitOfWork, client: ClientInfo, token: str) -> None:
         conn = await uow.connection()
-        found = await repository.find(conn, PURPOSE, self._hasher.hash(token), for_update=True)
+        found = await repository.find(conn, PURPOSE, self._links.hash(token), for_update=True)
         now = self._clock.now()
         if found is None or found.spent_at is not None or found.expires_at <= now:
             raise VerificationTokenInvalid()
         await repository.spend(conn, found.id, now=now, reason="used")
         await users.mark_email_verified(conn, found.user_id, now=now)
         await record(conn, "email.verified", now=now, client=client, user_id=found.user_id)
-
-    async def _send_link(
-        self, conn: AsyncConnection, user: UserRecord, client: ClientInfo, *, now: datetime
-    ) -> None:
-        request_id = uuid.uuid4()
-        token = await issue(conn, self._hasher, user.id, request_id, now=now, ttl=self._ttl)
-        if token is None:  # pragma: no cover - a fresh request id is never taken
-            return
-        link = self._url.replace("{token}", token) if self._url else ""
-        await self._mail.queue(
-            conn,
-            to=user.email,
-            template="verify_email",
-            key=f"{PURPOSE}:{request_id}",
-            now=now,
-            context={"hours": str(int(self._ttl.total_seconds() // 3600))},
-            secrets={"token": token, "verify_url": link},
-            user_id=user.id,
-        )
-        await record(conn, "email.verification_sent", now=now, client=client, user_id=user.id)

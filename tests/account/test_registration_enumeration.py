@@ -1,7 +1,8 @@
-"""`409 email_taken` tells an open registration's caller that an address has an account: the
-trade-off kept until email delivery exists (docs/abuse.md). What bounds it: registration is
-off by default, and each attempt, taken address or not, counts toward the per-IP login limit
-(RATE_LIMIT_LOGIN_IP) that logins from that IP share."""
+"""Without REQUIRE_VERIFIED_EMAIL, `409 email_taken` tells an open registration's caller that an
+address has an account: the trade-off kept where an account may sign in at once (docs/abuse.md;
+with it, every address gets 202: tests/recovery/test_registration.py). What bounds it:
+registration is off by default, and each attempt, taken address or not, counts toward the
+per-IP login limit (RATE_LIMIT_LOGIN_IP) that logins from that IP share."""
 
 from __future__ import annotations
 

@@ -1,0 +1,219 @@
+"""Open registration (issue 21), against a real SMTP server. With REQUIRE_VERIFIED_EMAIL every
+address gets the same 202 in the same time: a new one gets its account and a verification
+link, a taken one's owner a "someone tried to register" email and nothing else changes.
+Without it, the account exists at once (201) and its link is emailed too."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.audit.models import AuditEvent
+from app.core.db import table_of
+from app.outbox.service import ClaimedMessage
+from app.recovery.registration import RegistrationProcessor
+from app.users.models import User
+from tests.conftest import PASSWORD, Harness, error_code, start_harness
+from tests.mail.conftest import SmtpServer, mail_settings
+from tests.outbox.conftest import outbox_rows
+from tests.recovery.test_email_verification import _link_token
+from tests.support.cli import cli
+from tests.support.receiver import eventually
+
+OTHER_PASSWORD = "somebody else's passphrase 9"  # noqa: S105 - a test value
+NOTICE_SUBJECT = "Someone tried to create a authsvc account with your address"
+_audit = table_of(AuditEvent)
+_users = table_of(User)
+
+
+@pytest.fixture
+async def strict(database_url: str, smtp: SmtpServer) -> AsyncIterator[Harness]:
+    settings = mail_settings(
+        database_url, smtp, require_verified_email=True, allow_registration=True
+    )
+    async for harness in start_harness(settings):
+        yield harness
+
+
+def _fresh(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def _register(h: Harness, email: str, password: str = PASSWORD) -> httpx.Response:
+    return await h.client.post("/auth/register", json={"email": email, "password": password})
+
+
+async def _login(h: Harness, email: str, password: str = PASSWORD) -> httpx.Response:
+    return await h.client.post("/auth/login", json={"email": email, "password": password})
+
+
+async def _user_count(h: Harness, email: str) -> int:
+    async with h.ctx.engine.connect() as conn:
+        found = await conn.scalar(select(func.count()).where(_users.c.email == email))
+    return int(found or 0)
+
+
+async def _registration_jobs(h: Harness, *emails: str) -> list[Any]:
+    """The jobs of these addresses (the run's database holds other tests' too)."""
+    rows = await outbox_rows(h)
+    return [r for r in rows if r.kind == "registration" and r.payload["email"] in emails]
+
+
+async def _processed(h: Harness, email: str) -> bool:
+    rows = await _registration_jobs(h, email)
+    return bool(rows) and all(r.delivered_at is not None for r in rows)
+
+
+async def test_a_new_address_gets_202_then_its_link_then_signs_in(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    email = _fresh("new")
+    accepted = await _register(strict, email)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status"] == "accepted"
+    await _link_token(smtp, email)
+    assert await _user_count(strict, email) == 1
+    refused = await _login(strict, email)
+    assert (refused.status_code, error_code(refused)) == (403, "email_not_verified")
+    token = await _link_token(smtp, email, 2)  # the refusal's fresh link voids the first
+    confirmed = await strict.client.post("/auth/verify-email/confirm", json={"token": token})
+    assert confirmed.status_code == 204
+    assert (await _login(strict, email)).status_code == 200
+
+
+async def test_a_taken_address_gets_the_same_answer_and_its_owner_a_notice(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    email = await strict.create_user()
+    new = await _register(strict, _fresh("other"))
+    taken = await _register(strict, email, OTHER_PASSWORD)
+    assert (taken.status_code, taken.json()) == (new.status_code, new.json())
+    await eventually(lambda: len(smtp.mailbox.to(email)) == 1, what="the owner's notice")
+    [notice] = smtp.mailbox.to(email)
+    assert notice["Subject"] == NOTICE_SUBJECT
+    body = notice.get_body(("plain",))
+    assert body is not None
+    assert "already has an account" in body.get_content()
+    # Nothing else changed: one account, its own password.
+    assert await _user_count(strict, email) == 1
+    assert (await _login(strict, email)).status_code == 200
+    assert (await _login(strict, email, OTHER_PASSWORD)).status_code == 401
+    async with strict.ctx.engine.connect() as conn:
+        events = await conn.scalars(
+            select(_audit.c.event).where(_audit.c.event == "registration.address_taken")
+        )
+        assert list(events) == ["registration.address_taken"]
+
+
+async def test_a_deactivated_account_gets_the_same_answer_and_no_mail(
+    strict: Harness, smtp: SmtpServer, database_url: str
+) -> None:
+    email = await strict.create_user()
+    deactivated = await cli(database_url, "users", "deactivate", email)
+    assert deactivated.returncode == 0, deactivated.stderr
+    answer = await _register(strict, email)
+    assert answer.status_code == 202
+    await eventually(lambda: _processed(strict, email), what="the job processed")
+    assert smtp.mailbox.to(email) == []
+    assert await _user_count(strict, email) == 1
+
+
+async def test_new_and_taken_addresses_take_the_same_time(strict: Harness) -> None:
+    """The method of the login timing test: interleaved, medians compared, the same factor.
+    The request's own work is the same for both (one job each, alike but for the address and
+    the sealed hash, checked below); the worker's differs, after the answer."""
+    email = await strict.create_user()
+    taken: list[float] = []
+    new: list[float] = []
+    addresses = [email]
+    for _ in range(12):
+        addresses.append(_fresh("timing"))
+        for series, address in ((taken, email), (new, addresses[-1])):
+            started = time.perf_counter()
+            response = await _register(strict, address)
+            series.append(time.perf_counter() - started)
+            assert response.status_code == 202
+    ratio = statistics.median(new) / statistics.median(taken)
+    assert 1 / 3 < ratio < 3, (ratio, taken, new)
+    jobs = await _registration_jobs(strict, *addresses)
+    assert len(jobs) == 24
+    fields = frozenset({"email", "request_id", "ip", "sealed"})
+    assert {frozenset(job.payload) for job in jobs} == {fields}
+
+
+async def test_the_password_is_checked_before_anything_is_written(strict: Harness) -> None:
+    addresses = (await strict.create_user(), _fresh("weak"))
+    for email in addresses:
+        weak = await _register(strict, email, "short")
+        assert weak.status_code == 422
+        same = await _register(strict, email, email)  # the address as its password
+        assert (same.status_code, error_code(same)) == (422, "invalid_password")
+    assert await _registration_jobs(strict, *addresses) == []
+
+
+async def test_the_password_hash_lies_sealed_in_the_job(strict: Harness) -> None:
+    email = _fresh("sealed")
+    await _register(strict, email)
+    [job] = await _registration_jobs(strict, email)
+    assert "argon2" not in str(job.payload)
+    assert PASSWORD not in str(job.payload)
+
+
+async def test_a_job_processed_twice_writes_one_email(strict: Harness, smtp: SmtpServer) -> None:
+    """A worker that died after its commit leaves the job to be processed again."""
+    email = _fresh("twice")
+    await _register(strict, email)
+    await _link_token(smtp, email)
+    [job] = await _registration_jobs(strict, email)
+    processor = strict.ctx.outbox.sender("registration")
+    assert isinstance(processor, RegistrationProcessor)
+    message = ClaimedMessage(job.id, job.kind, job.payload, job.created_at, job.attempts)
+    attempt = await processor.send(message, datetime.now(UTC))
+    assert attempt.delivered
+    mails = [r for r in await outbox_rows(strict) if r.kind == "email"]
+    assert len([m for m in mails if m.payload["to"] == email]) == 1
+    assert len(smtp.mailbox.to(email)) == 1
+    assert await _user_count(strict, email) == 1
+
+
+async def test_registrations_are_rate_limited_per_address(
+    database_url: str, smtp: SmtpServer
+) -> None:
+    settings = mail_settings(
+        database_url,
+        smtp,
+        require_verified_email=True,
+        allow_registration=True,
+        rate_limits_enabled=True,
+        rate_limit_register_account="2/hour",
+        rate_limit_namespace=f"register-{uuid.uuid4().hex[:6]}",
+    )
+    async for h in start_harness(settings):
+        email = await h.create_user()
+        answers = [(await _register(h, email)).status_code for _ in range(3)]
+        assert answers == [202, 202, 429]
+        assert (await _register(h, _fresh("another"))).status_code == 202
+
+
+async def test_without_required_verification_the_account_exists_at_once_and_gets_a_link(
+    database_url: str, smtp: SmtpServer
+) -> None:
+    settings = mail_settings(database_url, smtp, allow_registration=True)
+    async for h in start_harness(settings):
+        email = _fresh("open")
+        created = await _register(h, email)
+        assert created.status_code == 201, created.text
+        assert (await _login(h, email)).status_code == 200  # no proof needed here
+        token = await _link_token(smtp, email)
+        confirmed = await h.client.post("/auth/verify-email/confirm", json={"token": token})
+        assert confirmed.status_code == 204
+        taken = await _register(h, email)
+        assert (taken.status_code, error_code(taken)) == (409, "email_taken")
