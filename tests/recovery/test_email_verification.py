@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
 from tests.conftest import PASSWORD, Harness, bearer, error_code, start_harness
 from tests.mail.conftest import SmtpServer, mail_settings
 from tests.support.cli import cli
 from tests.support.receiver import eventually
-
-
-@pytest.fixture
-async def strict(database_url: str, smtp: SmtpServer) -> AsyncIterator[Harness]:
-    settings = mail_settings(
-        database_url, smtp, require_verified_email=True, allow_registration=True
-    )
-    async for harness in start_harness(settings):
-        yield harness
 
 
 async def _register(h: Harness, smtp: SmtpServer, email: str) -> None:
