@@ -166,5 +166,33 @@ def _ceiling(lifespan_: object = None) -> FastAPI:
 
 
 app = _ceiling(lifespan)
-stacked_app = _ceiling()
-add_middleware_stack(stacked_app, Settings(_env_file=None), exposure_of(stacked_app.routes))
+
+
+def _stacked() -> FastAPI:
+    stacked = _ceiling()
+    add_middleware_stack(stacked, Settings(_env_file=None), exposure_of(stacked.routes))
+    return stacked
+
+
+stacked_app = _stacked()
+
+
+def stack_layers() -> list[str]:
+    """The layers of the stack, by class name, outermost first."""
+    return [ADMISSION, *(m.cls.__name__ for m in _stacked().user_middleware)]  # type: ignore[attr-defined]
+
+
+ADMISSION = "AdmissionMiddleware"  # wraps what Starlette builds (app.main.shed_outermost)
+
+
+def stacked_without(layer: str) -> FastAPI:
+    """The stack without one of its layers (bench.callgrind --layers)."""
+    stacked = _stacked()
+    if layer == ADMISSION:
+        del stacked.build_middleware_stack  # the class's own again
+    else:
+        kept = [m for m in stacked.user_middleware if m.cls.__name__ != layer]  # type: ignore[attr-defined]
+        if len(kept) == len(stacked.user_middleware):
+            raise SystemExit(f"no layer {layer} in the stack: {stack_layers()}")
+        stacked.user_middleware = kept
+    return stacked

@@ -29,7 +29,10 @@ from tests.support.servers import create_user_in, uvicorn_server
 pytestmark = pytest.mark.slow
 
 POOL_TIMEOUT = 2.0  # DB_POOL_TIMEOUT of the server under test: the documented bound
-SLACK = 0.5  # the client's own share (a loaded 2-core machine, the test's event loop)
+# The rest of a request's time, beyond its database wait: its own CPU work and both event
+# loops'. Alone here 0.5 s holds; with `make test`'s seven groups sharing 2 cores a smart
+# shutdown's slowest answer took 2.71 s (a 503 after the pool wait, then CPU queueing).
+SLACK = 1.0
 READYZ_BOUND = 2.0
 CLIENTS = 3
 

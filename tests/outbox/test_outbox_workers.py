@@ -29,7 +29,11 @@ SESSIONS = 150
 async def test_workers_of_three_replicas_deliver_each_message_once(
     postgres_url: str, receiver: Receiver
 ) -> None:
-    settings = backchannel_settings(postgres_url, receiver, outbox_poll_interval=0.05)
+    # Exactly once needs every first attempt to succeed: on a loaded CI machine the receiver
+    # once answered some after the 2 s default timeout (the clock is frozen, so no retry came).
+    settings = backchannel_settings(
+        postgres_url, receiver, outbox_poll_interval=0.05, backchannel_logout_timeout=10.0
+    )
     runner = start_harness(settings)
     h = await runner.__anext__()
     engines = [create_engine(postgres_url) for _ in range(2)]
@@ -43,7 +47,7 @@ async def test_workers_of_three_replicas_deliver_each_message_once(
             clock=h.clock,
             poll_interval=0.05,
             retry=RetryPolicy(base=1, cap=2),
-            lease=10,
+            lease=30,  # longer than an attempt, as the service's own (app.context)
             batch_size=5,
         )
         for engine, sender in zip(engines, senders, strict=True)
