@@ -176,7 +176,8 @@ async def build_context(
         url=settings.email_verification_url,
     )
     sealer = Sealer(secret)
-    registration = RegistrationProcessor(engine, mail, links, sealer)
+    registration_hasher = TokenHasher(secret, "register")
+    registration = RegistrationProcessor(engine, links, registration_hasher, mail)
     outbox = build_outbox_worker(
         settings, engine, clock, [backchannel, mail_sender, issuer, registration]
     )
@@ -223,6 +224,7 @@ async def build_context(
         registrations=Registrations(
             accounts=accounts,
             links=links,
+            hasher=registration_hasher,
             passwords=passwords,
             sealer=sealer,
             clock=clock,

@@ -48,6 +48,7 @@ from app.keys.router import router as keys_router
 from app.ops.router import router as ops_router
 from app.recovery.router import register_router, verify_router
 from app.recovery.router import router as recovery_router
+from app.recovery.service import purge_expired
 from app.sessions.push import RevocationListener
 
 logger = logging.getLogger("app")
@@ -198,6 +199,7 @@ def _application(settings: Settings, lifespan: Lifespan) -> FastAPI:
 async def _prune(ctx: AppContext) -> None:
     await ctx.sessions.prune(ctx.settings.refresh_token_retention)
     await ctx.dpop.purge()
+    await purge_expired(ctx.engine, now=ctx.clock.now())
 
 
 async def _sample_metrics(ctx: AppContext) -> None:

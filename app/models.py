@@ -7,7 +7,7 @@ from app.dpop.models import SeenProof
 from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
 from app.outbox.models import OutboxMessage
-from app.recovery.models import AccountToken
+from app.recovery.models import AccountToken, PendingRegistration
 from app.sessions.models import RefreshToken, Session
 from app.users.models import User
 
@@ -16,6 +16,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "OutboxMessage",
+    "PendingRegistration",
     "SeenProof",
     "RefreshToken",
     "SchemaCompatibility",

@@ -288,11 +288,19 @@ class Harness:
         return ctx
 
     async def create_user(
-        self, email: str | None = None, password: str = PASSWORD, role: str = "user"
+        self,
+        email: str | None = None,
+        password: str = PASSWORD,
+        role: str = "user",
+        *,
+        verified: bool = True,
     ) -> str:
+        """An operator's account (its address counts as proven unless `verified` is False)."""
         email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
         uow = UnitOfWork(self.ctx.engine)
-        await self.ctx.accounts.create_user(uow, email=email, password=password, role=role)
+        await self.ctx.accounts.create_user(
+            uow, email=email, password=password, role=role, verified=verified
+        )
         await uow.finish(commit=True)
         return email
 

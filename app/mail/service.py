@@ -35,6 +35,10 @@ KIND = "email"
 FAILURE_EVENT = "mail.failed"
 
 
+class Unsealable(Exception):
+    """Sealed under another SECRET_KEY (or not sealed by us)."""
+
+
 class Sealer:
     def __init__(self, secret: str) -> None:
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret, "mail-secrets")))
@@ -44,7 +48,10 @@ class Sealer:
         return self._fernet.encrypt(joined.encode()).decode()
 
     def open(self, sealed: str) -> dict[str, str]:
-        lines = self._fernet.decrypt(sealed.encode()).decode().split("\n")
+        try:
+            lines = self._fernet.decrypt(sealed.encode()).decode().split("\n")
+        except InvalidToken as exc:
+            raise Unsealable() from exc
         return dict(line.split("=", 1) for line in lines if line)
 
 
@@ -123,7 +130,7 @@ class MailSender:
         payload = message.payload
         try:
             secrets = self._sealer.open(payload["sealed"]) if payload.get("sealed") else {}
-        except InvalidToken:  # SECRET_KEY changed since it was written
+        except Unsealable:  # SECRET_KEY changed since it was written
             return Attempt(delivered=False, error="unsealable", definitive=True)
         context = {**payload["context"], **secrets}
         try:

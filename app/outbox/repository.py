@@ -67,6 +67,10 @@ async def has_key(conn: AsyncConnection, idempotency_key: str) -> bool:
     return found is not None
 
 
+async def set_payload(conn: AsyncConnection, message_id: int, payload: dict[str, Any]) -> None:
+    await conn.execute(update(_outbox).where(_outbox.c.id == message_id).values(payload=payload))
+
+
 async def claim_due(
     conn: AsyncConnection, *, now: datetime, lease_until: datetime, limit: int
 ) -> list[ClaimedMessage]:

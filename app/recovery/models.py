@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Uuid
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, UTCDateTime
@@ -36,3 +36,22 @@ class AccountToken(Base):
     spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # used | superseded (a newer request) | too_many_attempts
     spent_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class PendingRegistration(Base):
+    """A registration waiting for its address to be proven (REQUIRE_VERIFIED_EMAIL): the
+    account is made only when the emailed link is followed, so until then no account exists
+    for the address (a login answers as for any unknown one) and a later registration of the
+    same address replaces this one. The password's hash lies sealed (Fernet, a key derived
+    from SECRET_KEY); the row is deleted when the link is followed, replaced or expired."""
+
+    __tablename__ = "pending_registrations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False, index=True)
+    # The registration request: processed twice, it writes one row and one email.
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False, unique=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
+    sealed_password_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)

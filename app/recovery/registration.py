@@ -3,12 +3,19 @@
 Without REQUIRE_VERIFIED_EMAIL an account is created at once (201, or 409 `email_taken`) and
 its verification link is written in the same transaction.
 
-With it, the answer is 202 whatever the address, so registration no longer tells who has an
-account: the request checks and hashes the password and writes one outbox job, the same
-statements for every address. The outbox worker then (`RegistrationProcessor`), in one
-transaction, creates the account and writes its verification link, or, when the address has
-an account already, writes its owner an email saying someone tried to register with it. The
-account exists only once its link is on the way; logging in needs the link anyway."""
+With it, registration tells nobody which addresses have accounts, neither by its answer nor
+by what a login answers afterwards:
+
+- every address gets the same 202 after the same work: the password is checked and hashed,
+  and one outbox job is written with the hash sealed in it;
+- the outbox worker (`RegistrationProcessor`) then, for a new address, keeps the registration
+  pending and emails its link; for an address with an account, emails the owner (at most once
+  a day) that someone tried to register with it, and changes nothing;
+- the account is made only when the link is followed (`Registrations.confirm`). Until then no
+  account exists, so a login with the registered password answers as for any unknown
+  address, and a later registration of the address (its owner's own) replaces the pending
+  one: nobody can hold an address, or choose its password, without its mailbox.
+"""
 
 from __future__ import annotations
 
@@ -25,17 +32,21 @@ from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.security import PasswordHasher
-from app.mail.service import MailQueue, Sealer
+from app.mail.service import MailQueue, Sealer, Unsealable
 from app.outbox import repository as outbox
 from app.outbox.repository import NewMessage
 from app.outbox.service import Attempt, ClaimedMessage, Subject
+from app.recovery import repository
+from app.recovery.errors import VerificationTokenInvalid
+from app.recovery.service import TokenHasher
 from app.recovery.verification import VerificationLinks
 from app.users import repository as users
 from app.users import service as user_rules
-from app.users.errors import EmailTaken
+from app.users.repository import UserRecord
 
 KIND = "registration"
 NOTICE_TEMPLATE = "registration_attempt"
+PURPOSE = "register"
 
 
 class Registrations:
@@ -44,6 +55,7 @@ class Registrations:
         *,
         accounts: AccountService,
         links: VerificationLinks,
+        hasher: TokenHasher,
         passwords: PasswordHasher,
         sealer: Sealer,
         clock: Clock,
@@ -51,6 +63,7 @@ class Registrations:
     ) -> None:
         self._accounts = accounts
         self._links = links
+        self._hasher = hasher
         self._passwords = passwords
         self._sealer = sealer
         self._clock = clock
@@ -87,74 +100,102 @@ class Registrations:
         )
         uow.after_commit(self._on_enqueued)
 
+    async def confirm(self, uow: UnitOfWork, client: ClientInfo, token: str) -> bool:
+        """Makes the account of a pending registration whose link this is (its address
+        proven); False when `token` is no such link."""
+        conn = await uow.connection()
+        pending = await repository.take_pending(conn, self._hasher.hash(token))
+        if pending is None:
+            return False
+        now = self._clock.now()
+        if pending.expires_at <= now:
+            raise VerificationTokenInvalid()
+        try:
+            password_hash = self._sealer.open(pending.sealed_password_hash)["password_hash"]
+        except Unsealable as exc:  # SECRET_KEY changed since: register again
+            raise VerificationTokenInvalid() from exc
+        user_id = await user_rules.insert_new_user(
+            conn, email=pending.email, password_hash=password_hash, now=now, verified=True
+        )
+        await record(conn, "user.registered", now=now, client=client, user_id=user_id)
+        await record(conn, "email.verified", now=now, client=client, user_id=user_id)
+        return True
+
 
 class RegistrationProcessor:
-    """The outbox's sender of kind "registration". Idempotent per request: the account's
-    link and the owner's notice are written under one mail key, so a job processed again (its
-    worker died after the commit) finds that key taken and writes nothing."""
+    """The outbox's sender of kind "registration". Idempotent per job: the transaction that
+    acts on it also takes the sealed hash out of it, so a job processed again (its worker
+    died after the commit) finds nothing to do, and a finished job holds no password hash."""
 
     kind = KIND
     failure_event = "registration.failed"
     give_up_after = timedelta(hours=1)
 
     def __init__(
-        self, engine: AsyncEngine, mail: MailQueue, links: VerificationLinks, sealer: Sealer
+        self, engine: AsyncEngine, links: VerificationLinks, hasher: TokenHasher, mail: MailQueue
     ) -> None:
         self._engine = engine
-        self._mail = mail
         self._links = links
-        self._sealer = sealer
+        self._hasher = hasher
+        self._mail = mail
 
     def subject(self, payload: Mapping[str, Any]) -> Subject:
         return Subject(details={"request_id": str(payload.get("request_id"))})
 
     async def send(self, message: ClaimedMessage, now: datetime) -> Attempt:
-        try:
-            async with self._engine.begin() as conn:
-                await self._process(conn, message.payload, now)
-        except EmailTaken:  # registered by a concurrent job: the next attempt tells the owner
-            return Attempt(delivered=False, error="registered_meanwhile")
+        payload = message.payload
+        if "sealed" not in payload:
+            return Attempt(delivered=True)  # acted on by an earlier attempt
+        async with self._engine.begin() as conn:
+            await self._act(conn, payload, now)
+            spent = {key: value for key, value in payload.items() if key != "sealed"}
+            await outbox.set_payload(conn, message.id, spent)
         return Attempt(delivered=True)
 
-    async def _process(
-        self, conn: AsyncConnection, payload: Mapping[str, Any], now: datetime
-    ) -> None:
-        request_id = uuid.UUID(payload["request_id"])
-        mail_key = f"{KIND}:{request_id}"
-        if await self._mail.written(conn, mail_key):
-            return  # processed by an earlier attempt
+    async def _act(self, conn: AsyncConnection, payload: Mapping[str, Any], now: datetime) -> None:
         client = ClientInfo(ip=payload.get("ip"))
         existing = await users.get_by_email(conn, payload["email"])
         if existing is None:
-            await self._create(conn, payload, client, now, request_id, mail_key)
+            await self._pend(conn, payload, now)
         elif existing.is_active:
-            await self._mail.queue(
-                conn,
-                to=existing.email,
-                template=NOTICE_TEMPLATE,
-                key=mail_key,
-                now=now,
-                user_id=existing.id,
-            )
+            await self._notify_owner(conn, existing, client, now)
+        else:
             await record(
-                conn, "registration.address_taken", now=now, client=client, user_id=existing.id
+                conn,
+                "registration.address_taken",
+                now=now,
+                client=client,
+                user_id=existing.id,
+                reason="deactivated",
             )
 
-    async def _create(
-        self,
-        conn: AsyncConnection,
-        payload: Mapping[str, Any],
-        client: ClientInfo,
-        now: datetime,
-        request_id: uuid.UUID,
-        mail_key: str,
+    async def _pend(self, conn: AsyncConnection, payload: Mapping[str, Any], now: datetime) -> None:
+        """The registration, pending its link; an older one of the address is replaced."""
+        request_id = uuid.UUID(payload["request_id"])
+        token, token_hash = self._hasher.new()
+        pending_id = await repository.insert_pending(
+            conn,
+            email=payload["email"],
+            request_id=request_id,
+            token_hash=token_hash,
+            sealed_password_hash=payload["sealed"],
+            now=now,
+            expires_at=now + self._links.ttl,
+        )
+        if pending_id is None:  # pragma: no cover - the job's hash is taken out with the row
+            return
+        await repository.delete_pending_of(conn, payload["email"], except_id=pending_id)
+        key = f"{KIND}:{request_id}"
+        await self._links.queue(conn, to=payload["email"], token=token, key=key, now=now)
+
+    async def _notify_owner(
+        self, conn: AsyncConnection, owner: UserRecord, client: ClientInfo, now: datetime
     ) -> None:
-        password_hash = self._sealer.open(payload["sealed"])["password_hash"]
-        user_id = await user_rules.insert_new_user(
-            conn, email=payload["email"], password_hash=password_hash, now=now, verified=False
+        """At most one notice a day per account, however many attempts: no mail bomb."""
+        key = f"{NOTICE_TEMPLATE}:{owner.id}:{now.date().isoformat()}"
+        if await self._mail.written(conn, key):
+            return
+        await self._mail.queue(
+            conn, to=owner.email, template=NOTICE_TEMPLATE, key=key, now=now, user_id=owner.id
         )
-        await record(conn, "user.registered", now=now, client=client, user_id=user_id)
-        user = await user_rules.require_by_id(conn, user_id)
-        await self._links.send(
-            conn, user, client, now=now, request_id=request_id, mail_key=mail_key
-        )
+        await record(conn, "registration.address_taken", now=now, client=client, user_id=owner.id)

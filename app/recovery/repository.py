@@ -1,4 +1,5 @@
-"""All SQL of account tokens (password reset, address verification)."""
+"""All SQL of account tokens (password reset, address verification) and of pending
+registrations."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
-from app.recovery.models import AccountToken
+from app.recovery.models import AccountToken, PendingRegistration
 
 _tokens = table_of(AccountToken)
+_pending = table_of(PendingRegistration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +116,67 @@ async def count_failure(
         )
         .values(spent_at=now, spent_reason="too_many_attempts")
     )
+
+
+async def delete_expired_tokens(conn: AsyncConnection, *, before: datetime) -> int:
+    result = await conn.execute(delete(_tokens).where(_tokens.c.expires_at < before))
+    return int(result.rowcount or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    email: str
+    sealed_password_hash: str
+    expires_at: datetime
+
+
+async def insert_pending(
+    conn: AsyncConnection,
+    *,
+    email: str,
+    request_id: uuid.UUID,
+    token_hash: bytes,
+    sealed_password_hash: str,
+    now: datetime,
+    expires_at: datetime,
+) -> uuid.UUID | None:
+    """The new row's id; None when this request has its row already (processed again)."""
+    insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    pending_id = uuid.uuid4()
+    row = {
+        "id": pending_id,
+        "email": email,
+        "request_id": request_id,
+        "token_hash": token_hash,
+        "sealed_password_hash": sealed_password_hash,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    result = await conn.execute(
+        insert_(_pending).values(row).on_conflict_do_nothing(index_elements=["request_id"])
+    )
+    return pending_id if result.rowcount == 1 else None
+
+
+async def delete_pending_of(conn: AsyncConnection, email: str, *, except_id: uuid.UUID) -> None:
+    await conn.execute(
+        delete(_pending).where(_pending.c.email == email, _pending.c.id != except_id)
+    )
+
+
+async def take_pending(conn: AsyncConnection, token_hash: bytes) -> Pending | None:
+    """Deletes and returns the registration of this token: of two confirmations at once,
+    one gets it."""
+    row = (
+        await conn.execute(
+            delete(_pending)
+            .where(_pending.c.token_hash == token_hash)
+            .returning(_pending.c.email, _pending.c.sealed_password_hash, _pending.c.expires_at)
+        )
+    ).first()
+    return Pending(*row) if row else None
+
+
+async def delete_expired_pending(conn: AsyncConnection, *, now: datetime) -> int:
+    result = await conn.execute(delete(_pending).where(_pending.c.expires_at <= now))
+    return int(result.rowcount or 0)

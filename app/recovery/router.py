@@ -39,7 +39,7 @@ verify_router = APIRouter(prefix="/auth/verify-email", tags=["account"])
         202: {
             "model": RegistrationAccepted,
             "description": "REQUIRE_VERIFIED_EMAIL: accepted, for a new address and a known "
-            "one alike; the new account is made as its verification link is emailed",
+            "one alike; the account is made when the emailed link is followed",
         },
         403: {"description": "`registration_closed`"},
         409: {"description": "`email_taken` (only without REQUIRE_VERIFIED_EMAIL)"},
@@ -62,9 +62,10 @@ async def register(
     """Create an account (only when ALLOW_REGISTRATION=true); a verification link is emailed.
 
     Without REQUIRE_VERIFIED_EMAIL the account exists on return (201), and a taken address
-    answers 409. With it, every address gets the same 202 in the same time: the account is
-    made by the outbox worker, and the owner of a taken address is emailed instead, so the
-    answer tells nobody which addresses have accounts."""
+    answers 409. With it, every address gets the same 202 in the same time; a new address is
+    emailed a link, and the account is made when it is followed (POST
+    /auth/verify-email/confirm); the owner of a taken address is emailed instead. So neither
+    the answer nor a login afterwards tells which addresses have accounts."""
     if not settings.allow_registration:
         raise RegistrationClosed()
     await limiter.hit("login_ip", client.ip or "unknown")
@@ -154,6 +155,7 @@ async def request_verification(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
         400: {"description": "`verification_token_invalid`: unknown, used, superseded, expired"},
+        409: {"description": "`email_taken`: the address got an account meanwhile"},
         429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_RESET_CONFIRM_IP"},
     },
 )
@@ -161,10 +163,13 @@ async def request_verification(
 async def confirm_verification(
     body: VerifyEmailConfirm,
     verification: EmailVerificationDep,
+    registrations: RegistrationsDep,
     limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
 ) -> None:
-    """Prove the address with the emailed token: the account counts as verified."""
+    """Prove the address with the emailed token: the account counts as verified. With
+    REQUIRE_VERIFIED_EMAIL, a registration's link makes its account here."""
     await limiter.hit("password_reset_confirm_ip", client.ip or "unknown")
-    await verification.confirm(uow, client, body.token)
+    if not await registrations.confirm(uow, client, body.token):
+        await verification.confirm(uow, client, body.token)

@@ -85,6 +85,15 @@ async def issue(
     return token
 
 
+async def purge_expired(engine: AsyncEngine, *, now: datetime) -> tuple[int, int]:
+    """(account tokens, pending registrations) deleted: tokens a day after they expired (a
+    late click still finds its token and is told it expired), registrations at once."""
+    async with engine.begin() as conn:
+        tokens = await repository.delete_expired_tokens(conn, before=now - timedelta(days=1))
+        pending = await repository.delete_expired_pending(conn, now=now)
+    return tokens, pending
+
+
 class ResetIssuer:
     """The outbox's sender of kind "password_reset": issues the token and writes its email.
     Idempotent per request: a job processed twice (its worker died after the commit) finds
@@ -201,6 +210,8 @@ class PasswordResets:
         now = self._clock.now()
         await repository.spend(conn, found.id, now=now, reason="used")
         await users.reset_login_failures(conn, user.id)
+        if user.email_verified_at is None:  # the emailed link proves the mailbox too
+            await users.mark_email_verified(conn, user.id, now=now)
         revoked = await self._accounts.reset_password(uow, Actor(client), user, new_hash)
         await record(
             conn,

@@ -38,37 +38,52 @@ class VerificationLinks:
         self._ttl = timedelta(seconds=ttl)
         self._url = url
 
+    @property
+    def ttl(self) -> timedelta:
+        return self._ttl
+
     def hash(self, token: str) -> bytes:
         return self._hasher.hash(token)
 
     async def send(
-        self,
-        conn: AsyncConnection,
-        user: UserRecord,
-        client: ClientInfo,
-        *,
-        now: datetime,
-        request_id: uuid.UUID | None = None,
-        mail_key: str | None = None,
+        self, conn: AsyncConnection, user: UserRecord, client: ClientInfo, *, now: datetime
     ) -> None:
-        """`request_id` and `mail_key`: what makes a retried caller's second run write
-        nothing (fresh ones by default)."""
-        request_id = request_id or uuid.uuid4()
+        request_id = uuid.uuid4()
         token = await issue(conn, self._hasher, user.id, request_id, now=now, ttl=self._ttl)
-        if token is None:
-            return  # this request's link was written by an earlier run
-        link = self._url.replace("{token}", token) if self._url else ""
-        await self._mail.queue(
+        if token is None:  # pragma: no cover - a fresh request id is never taken
+            return
+        await self.queue(
             conn,
             to=user.email,
-            template="verify_email",
-            key=mail_key or f"{PURPOSE}:{request_id}",
+            token=token,
+            key=f"{PURPOSE}:{request_id}",
             now=now,
-            context={"hours": str(int(self._ttl.total_seconds() // 3600))},
-            secrets={"token": token, "verify_url": link},
             user_id=user.id,
         )
         await record(conn, "email.verification_sent", now=now, client=client, user_id=user.id)
+
+    async def queue(
+        self,
+        conn: AsyncConnection,
+        *,
+        to: str,
+        token: str,
+        key: str,
+        now: datetime,
+        user_id: uuid.UUID | None = None,
+    ) -> None:
+        """The email of a link holding `token` (a pending registration's too)."""
+        link = self._url.replace("{token}", token) if self._url else ""
+        await self._mail.queue(
+            conn,
+            to=to,
+            template="verify_email",
+            key=key,
+            now=now,
+            context={"hours": str(int(self._ttl.total_seconds() // 3600))},
+            secrets={"token": token, "verify_url": link},
+            user_id=user_id,
+        )
 
 
 class EmailVerification:

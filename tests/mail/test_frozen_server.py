@@ -127,7 +127,8 @@ async def test_a_frozen_mail_server_holds_up_no_request_and_loses_no_mail(
     os.kill(mail_server.process.pid, signal.SIGCONT)
     h.clock.advance(3)  # past the retry delay (OUTBOX_RETRY_MAX 2 s)
     h.ctx.outbox.wake()
-    await eventually(lambda: mail_server.recipients() == [email], what="the mail, later")
+    # Other tests' leftover mail may come too (the run's database is shared): count ours.
+    await eventually(lambda: email in mail_server.recipients(), what="the mail, later")
 
     async def delivered() -> bool:
         rows = await _reset_mail_rows(h, email)
@@ -135,4 +136,4 @@ async def test_a_frozen_mail_server_holds_up_no_request_and_loses_no_mail(
 
     await eventually(delivered, what="the delivery recorded")
     await asyncio.sleep(0.5)
-    assert mail_server.recipients() == [email]  # once
+    assert mail_server.recipients().count(email) == 1  # once

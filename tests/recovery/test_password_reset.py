@@ -17,6 +17,7 @@ from sqlalchemy import select
 from app.audit.models import AuditEvent
 from app.core.db import table_of
 from app.recovery.models import AccountToken
+from app.users import repository as users_repository
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
 from tests.mail.conftest import SmtpServer, mail_settings
 from tests.outbox.conftest import outbox_rows
@@ -244,3 +245,13 @@ async def test_confirmations_racing_with_one_token_change_the_password_once(
     assert statuses == [204, 400, 400, 400, 400], [a.text for a in answers]
     [winner] = [p for p, a in zip(passwords, answers, strict=True) if a.status_code == 204]
     await h.login(email, winner)
+
+
+async def test_a_reset_proves_the_address(h: Harness, smtp: SmtpServer) -> None:
+    email = await h.create_user(verified=False)
+    await _request(h, email)
+    assert (await _confirm(h, await _mailed_token(smtp, email))).status_code == 204
+    async with h.ctx.engine.connect() as conn:
+        user = await users_repository.get_by_email(conn, email)
+    assert user is not None
+    assert user.email_verified_at is not None

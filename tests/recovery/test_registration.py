@@ -1,10 +1,12 @@
 """Open registration (issue 21), against a real SMTP server. With REQUIRE_VERIFIED_EMAIL every
-address gets the same 202 in the same time: a new one gets its account and a verification
-link, a taken one's owner a "someone tried to register" email and nothing else changes.
-Without it, the account exists at once (201) and its link is emailed too."""
+address gets the same 202 in the same time: a new one a link that makes its account, a taken
+one's owner a "someone tried to register" email (once a day), and nothing else changes; a
+login afterwards tells nothing either. Without it, the account exists at once (201) and its
+link is emailed too."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +17,9 @@ from sqlalchemy import func, select
 from app.audit.models import AuditEvent
 from app.core.db import table_of
 from app.outbox.service import ClaimedMessage
+from app.recovery.models import PendingRegistration
 from app.recovery.registration import RegistrationProcessor
+from app.recovery.service import purge_expired
 from app.users.models import User
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
 from tests.mail.conftest import SmtpServer, mail_settings
@@ -24,6 +28,8 @@ from tests.recovery.test_email_verification import _link_token
 from tests.support.cli import cli
 from tests.support.receiver import eventually
 from tests.support.timing import assert_same_time, interleaved
+
+_pending = table_of(PendingRegistration)
 
 OTHER_PASSWORD = "somebody else's passphrase 9"  # noqa: S105 - a test value
 NOTICE_SUBJECT = "Someone tried to create a authsvc account with your address"
@@ -56,28 +62,107 @@ async def _registration_jobs(h: Harness, *emails: str) -> list[Any]:
 
 
 async def _processed(h: Harness, email: str) -> bool:
-    rows = await _registration_jobs(h, email)
-    return bool(rows) and all(r.delivered_at is not None for r in rows)
+    return await _all_processed(h, email)
 
 
-async def test_a_new_address_gets_202_then_its_link_then_signs_in(
+async def _all_processed(h: Harness, *emails: str) -> bool:
+    rows = await _registration_jobs(h, *emails)
+    return len({r.payload["email"] for r in rows}) == len(emails) and all(
+        r.delivered_at is not None for r in rows
+    )
+
+
+async def _confirm(h: Harness, token: str) -> httpx.Response:
+    return await h.client.post("/auth/verify-email/confirm", json={"token": token})
+
+
+async def _pending_count(h: Harness, email: str) -> int:
+    async with h.ctx.engine.connect() as conn:
+        found = await conn.scalar(select(func.count()).where(_pending.c.email == email))
+    return int(found or 0)
+
+
+async def test_a_new_address_gets_202_and_its_account_when_the_link_is_followed(
     strict: Harness, smtp: SmtpServer
 ) -> None:
     email = _fresh("new")
     accepted = await _register(strict, email)
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["status"] == "accepted"
-    await _link_token(smtp, email)
-    assert await _user_count(strict, email) == 1
-    refused = await _login(strict, email)
-    assert (refused.status_code, error_code(refused)) == (403, "email_not_verified")
-    token = await _link_token(smtp, email, 2)  # the refusal's fresh link voids the first
-    confirmed = await strict.client.post("/auth/verify-email/confirm", json={"token": token})
-    assert confirmed.status_code == 204
+    token = await _link_token(smtp, email)
+    assert (await _user_count(strict, email), await _pending_count(strict, email)) == (0, 1)
+    early = await _login(strict, email)  # as for any address without an account
+    assert (early.status_code, error_code(early)) == (401, "invalid_credentials")
+    assert (await _confirm(strict, token)).status_code == 204
+    assert (await _user_count(strict, email), await _pending_count(strict, email)) == (1, 0)
+    assert (await _login(strict, email)).status_code == 200  # proven: no second link
+    again = await _confirm(strict, token)
+    assert (again.status_code, error_code(again)) == (400, "verification_token_invalid")
+
+
+async def test_a_login_after_registering_says_nothing_about_the_address(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    """Register an address with a password of your choosing, then log in with it: the same
+    401 whether the address had an account or not."""
+    taken, new = await strict.create_user(), _fresh("probe")
+    for email in (taken, new):
+        assert (await _register(strict, email, OTHER_PASSWORD)).status_code == 202
+    await eventually(lambda: _all_processed(strict, taken, new), what="the jobs processed")
+    answers = [await _login(strict, email, OTHER_PASSWORD) for email in (taken, new)]
+    assert [(a.status_code, a.json()) for a in answers] == [(401, answers[1].json())] * 2
+
+
+async def test_the_owners_later_registration_replaces_a_squatters(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    """Someone registers your address first, with a password of theirs: until its link is
+    followed there is no account, and your own registration replaces theirs."""
+    email = _fresh("squatted")
+    await _register(strict, email, OTHER_PASSWORD)
+    squatters = await _link_token(smtp, email)
+    await _register(strict, email)
+    owners = await _link_token(smtp, email, 2)
+    stale = await _confirm(strict, squatters)
+    assert (stale.status_code, error_code(stale)) == (400, "verification_token_invalid")
+    assert (await _confirm(strict, owners)).status_code == 204
     assert (await _login(strict, email)).status_code == 200
+    assert (await _login(strict, email, OTHER_PASSWORD)).status_code == 401
 
 
-async def test_a_taken_address_gets_the_same_answer_and_its_owner_a_notice(
+async def test_an_expired_link_makes_no_account_and_is_purged(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    email = _fresh("late")
+    await _register(strict, email)
+    token = await _link_token(smtp, email)
+    strict.clock.advance(strict.ctx.settings.email_verification_ttl + 1)
+    late = await _confirm(strict, token)
+    assert (late.status_code, error_code(late)) == (400, "verification_token_invalid")
+    assert await _user_count(strict, email) == 0
+    await purge_expired(strict.ctx.engine, now=strict.clock.now())
+    assert await _pending_count(strict, email) == 0
+
+
+async def test_two_confirmations_of_one_link_make_one_account(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    email = _fresh("twice-clicked")
+    await _register(strict, email)
+    token = await _link_token(smtp, email)
+    answers = await asyncio.gather(_confirm(strict, token), _confirm(strict, token))
+    assert sorted(a.status_code for a in answers) == [204, 400]
+    assert await _user_count(strict, email) == 1
+
+
+async def _events_of(h: Harness, email: str, event: str) -> list[Any]:
+    async with h.ctx.engine.connect() as conn:
+        owner = await conn.scalar(select(_users.c.id).where(_users.c.email == email))
+        query = select(_audit).where(_audit.c.event == event, _audit.c.user_id == owner)
+        return list(await conn.execute(query))
+
+
+async def test_a_taken_address_gets_the_same_answer_and_its_owner_one_notice_a_day(
     strict: Harness, smtp: SmtpServer
 ) -> None:
     email = await strict.create_user()
@@ -94,14 +179,18 @@ async def test_a_taken_address_gets_the_same_answer_and_its_owner_a_notice(
     assert await _user_count(strict, email) == 1
     assert (await _login(strict, email)).status_code == 200
     assert (await _login(strict, email, OTHER_PASSWORD)).status_code == 401
-    async with strict.ctx.engine.connect() as conn:
-        events = await conn.scalars(
-            select(_audit.c.event).where(_audit.c.event == "registration.address_taken")
-        )
-        assert list(events) == ["registration.address_taken"]
+    # More attempts the same day: no more mail (no mail bomb), no more audit rows.
+    for _ in range(2):
+        assert (await _register(strict, email, OTHER_PASSWORD)).status_code == 202
+    await eventually(lambda: _processed(strict, email), what="the jobs processed")
+    assert len(smtp.mailbox.to(email)) == 1
+    assert len(await _events_of(strict, email, "registration.address_taken")) == 1
+    strict.clock.advance(86400)  # the next day: one more
+    await _register(strict, email, OTHER_PASSWORD)
+    await eventually(lambda: len(smtp.mailbox.to(email)) == 2, what="the next day's notice")
 
 
-async def test_a_deactivated_account_gets_the_same_answer_and_no_mail(
+async def test_a_deactivated_account_gets_the_same_answer_no_mail_and_an_audit_row(
     strict: Harness, smtp: SmtpServer, database_url: str
 ) -> None:
     email = await strict.create_user()
@@ -112,6 +201,8 @@ async def test_a_deactivated_account_gets_the_same_answer_and_no_mail(
     await eventually(lambda: _processed(strict, email), what="the job processed")
     assert smtp.mailbox.to(email) == []
     assert await _user_count(strict, email) == 1
+    [event] = await _events_of(strict, email, "registration.address_taken")
+    assert event.details["reason"] == "deactivated"
 
 
 async def test_new_and_taken_addresses_take_the_same_time(strict: Harness) -> None:
@@ -131,8 +222,9 @@ async def test_new_and_taken_addresses_take_the_same_time(strict: Harness) -> No
     assert_same_time(taken, new)
     jobs = await _registration_jobs(strict, *addresses)
     assert len(jobs) == 24
-    fields = frozenset({"email", "request_id", "ip", "sealed"})
-    assert {frozenset(job.payload) for job in jobs} == {fields}
+    # Each written with these and the sealed hash, which the worker takes out as it acts.
+    fields = frozenset({"email", "request_id", "ip"})
+    assert {frozenset(job.payload) - {"sealed"} for job in jobs} == {fields}
 
 
 async def test_the_password_is_checked_before_anything_is_written(strict: Harness) -> None:
@@ -145,19 +237,29 @@ async def test_the_password_is_checked_before_anything_is_written(strict: Harnes
     assert await _registration_jobs(strict, *addresses) == []
 
 
-async def test_the_password_hash_lies_sealed_in_the_job(strict: Harness) -> None:
+async def test_the_password_hash_lies_sealed_and_leaves_the_job(
+    strict: Harness, smtp: SmtpServer
+) -> None:
     email = _fresh("sealed")
     await _register(strict, email)
+    await _link_token(smtp, email)
+    await eventually(lambda: _processed(strict, email), what="the job processed")
     [job] = await _registration_jobs(strict, email)
-    assert "argon2" not in str(job.payload)
-    assert PASSWORD not in str(job.payload)
+    assert "sealed" not in job.payload  # a finished job holds no hash at all
+    async with strict.ctx.engine.connect() as conn:
+        [sealed] = await conn.scalars(
+            select(_pending.c.sealed_password_hash).where(_pending.c.email == email)
+        )
+    assert "argon2" not in sealed
+    assert PASSWORD not in sealed
 
 
-async def test_a_job_processed_twice_writes_one_email(strict: Harness, smtp: SmtpServer) -> None:
-    """A worker that died after its commit leaves the job to be processed again."""
+async def test_a_job_processed_again_does_nothing(strict: Harness, smtp: SmtpServer) -> None:
+    """A worker that died after its commit leaves the job to be claimed again."""
     email = _fresh("twice")
     await _register(strict, email)
     await _link_token(smtp, email)
+    await eventually(lambda: _processed(strict, email), what="the job processed")
     [job] = await _registration_jobs(strict, email)
     processor = strict.ctx.outbox.sender("registration")
     assert isinstance(processor, RegistrationProcessor)
@@ -166,8 +268,7 @@ async def test_a_job_processed_twice_writes_one_email(strict: Harness, smtp: Smt
     assert attempt.delivered
     mails = [r for r in await outbox_rows(strict) if r.kind == "email"]
     assert len([m for m in mails if m.payload["to"] == email]) == 1
-    assert len(smtp.mailbox.to(email)) == 1
-    assert await _user_count(strict, email) == 1
+    assert (await _pending_count(strict, email), await _user_count(strict, email)) == (1, 0)
 
 
 async def test_registrations_are_rate_limited_per_address(
