@@ -222,6 +222,7 @@ async def build_context(
         ),
         verification=verification,
         registrations=Registrations(
+            engine,
             accounts=accounts,
             links=links,
             hasher=registration_hasher,

@@ -67,8 +67,17 @@ async def has_key(conn: AsyncConnection, idempotency_key: str) -> bool:
     return found is not None
 
 
-async def set_payload(conn: AsyncConnection, message_id: int, payload: dict[str, Any]) -> None:
-    await conn.execute(update(_outbox).where(_outbox.c.id == message_id).values(payload=payload))
+async def replace_payload(
+    conn: AsyncConnection, message: ClaimedMessage, payload: dict[str, Any]
+) -> bool:
+    """False when another worker has claimed the message since (its lease ran out): the
+    caller then leaves it to that one."""
+    result = await conn.execute(
+        update(_outbox)
+        .where(_outbox.c.id == message.id, _outbox.c.attempts == message.attempts)
+        .values(payload=payload)
+    )
+    return bool(result.rowcount == 1)
 
 
 async def claim_due(

@@ -22,3 +22,21 @@ class EmailAlreadyVerified(DomainError):
     status_code = 409
     code = "email_already_verified"
     message = "This account's email address is verified already."
+
+
+class RegistrationPasswordRequired(DomainError):
+    status_code = 400
+    code = "password_required"
+    message = (
+        "This link confirms a registration: send it with the password the account was "
+        "registered with."
+    )
+
+
+class RegistrationPasswordMismatch(DomainError):
+    status_code = 400
+    code = "password_mismatch"
+    message = (
+        "This is not the password this registration was made with. After a few wrong ones the "
+        "link stops working; registering again sends a new one."
+    )

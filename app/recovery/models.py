@@ -30,7 +30,7 @@ class AccountToken(Base):
     request_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False, unique=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
     # Failed confirmations (a new password the policy refused): bounded.
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -40,10 +40,11 @@ class AccountToken(Base):
 
 class PendingRegistration(Base):
     """A registration waiting for its address to be proven (REQUIRE_VERIFIED_EMAIL): the
-    account is made only when the emailed link is followed, so until then no account exists
-    for the address (a login answers as for any unknown one) and a later registration of the
-    same address replaces this one. The password's hash lies sealed (Fernet, a key derived
-    from SECRET_KEY); the row is deleted when the link is followed, replaced or expired."""
+    account is made only when the emailed link is followed with the password the
+    registration chose, so until then no account exists for the address (a login answers as
+    for any unknown one), and a link sent to someone who did not register it is of no use to
+    the one who did. The password's hash lies sealed (Fernet, a key derived from SECRET_KEY);
+    the row is deleted when its account is made, after too many wrong passwords, or expired."""
 
     __tablename__ = "pending_registrations"
 
@@ -53,5 +54,7 @@ class PendingRegistration(Base):
     request_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False, unique=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     sealed_password_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    # Wrong passwords sent with the link: bounded.
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)

@@ -11,14 +11,17 @@ by what a login answers afterwards:
 - the outbox worker (`RegistrationProcessor`) then, for a new address, keeps the registration
   pending and emails its link; for an address with an account, emails the owner (at most once
   a day) that someone tried to register with it, and changes nothing;
-- the account is made only when the link is followed (`Registrations.confirm`). Until then no
-  account exists, so a login with the registered password answers as for any unknown
-  address, and a later registration of the address (its owner's own) replaces the pending
-  one: nobody can hold an address, or choose its password, without its mailbox.
+- the account is made only when the link is followed with the password the registration
+  chose (`Registrations.confirm`). Until then no account exists, so a login with that
+  password answers as for any unknown address. A link holds one registration's password:
+  whoever follows it must know that password, so a registration made by someone else in the
+  owner's name is of no use to its maker (who cannot read the mail) nor to the owner (who
+  does not know its password), and does not stand in the way of the owner's own.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -30,14 +33,18 @@ from app.account.service import AccountService
 from app.audit.service import record
 from app.core.client import ClientInfo
 from app.core.clock import Clock
-from app.core.db import UnitOfWork
+from app.core.db import UnitOfWork, committed_unit
 from app.core.security import PasswordHasher
 from app.mail.service import MailQueue, Sealer, Unsealable
 from app.outbox import repository as outbox
 from app.outbox.repository import NewMessage
 from app.outbox.service import Attempt, ClaimedMessage, Subject
 from app.recovery import repository
-from app.recovery.errors import VerificationTokenInvalid
+from app.recovery.errors import (
+    RegistrationPasswordMismatch,
+    RegistrationPasswordRequired,
+    VerificationTokenInvalid,
+)
 from app.recovery.service import TokenHasher
 from app.recovery.verification import VerificationLinks
 from app.users import repository as users
@@ -46,12 +53,21 @@ from app.users.repository import UserRecord
 
 KIND = "registration"
 NOTICE_TEMPLATE = "registration_attempt"
+LINK_TEMPLATE = "confirm_registration"
 PURPOSE = "register"
+MAX_PASSWORD_ATTEMPTS = 5  # wrong passwords with one link before it stops working
+
+
+class Confirmation(enum.Enum):
+    NOT_A_REGISTRATION = "not_a_registration"  # the token is no registration's link
+    CONFIRMED = "confirmed"
+    ADDRESS_TAKEN = "address_taken"  # an account was made for the address meanwhile
 
 
 class Registrations:
     def __init__(
         self,
+        engine: AsyncEngine,
         *,
         accounts: AccountService,
         links: VerificationLinks,
@@ -61,6 +77,7 @@ class Registrations:
         clock: Clock,
         on_enqueued: Callable[[], None] = lambda: None,
     ) -> None:
+        self._engine = engine
         self._accounts = accounts
         self._links = links
         self._hasher = hasher
@@ -100,26 +117,50 @@ class Registrations:
         )
         uow.after_commit(self._on_enqueued)
 
-    async def confirm(self, uow: UnitOfWork, client: ClientInfo, token: str) -> bool:
-        """Makes the account of a pending registration whose link this is (its address
-        proven); False when `token` is no such link."""
-        conn = await uow.connection()
-        pending = await repository.take_pending(conn, self._hasher.hash(token))
+    async def confirm(
+        self, uow: UnitOfWork, client: ClientInfo, token: str, password: str | None
+    ) -> Confirmation:
+        """Makes the account of the pending registration whose link this is, given the
+        password it was made with. The password is checked before the unit of work opens (an
+        argon2 run holds no connection); wrong ones are counted and bounded."""
+        token_hash = self._hasher.hash(token)
+        async with self._engine.connect() as conn:
+            pending = await repository.find_pending(conn, token_hash)
         if pending is None:
-            return False
-        now = self._clock.now()
-        if pending.expires_at <= now:
+            return Confirmation.NOT_A_REGISTRATION
+        if pending.expires_at <= self._clock.now():
             raise VerificationTokenInvalid()
-        try:
-            password_hash = self._sealer.open(pending.sealed_password_hash)["password_hash"]
-        except Unsealable as exc:  # SECRET_KEY changed since: register again
-            raise VerificationTokenInvalid() from exc
+        password_hash = await self._checked_password(pending, password)
+        conn = await uow.connection()
+        if not await repository.take_pending(conn, pending.id):
+            raise VerificationTokenInvalid()  # a concurrent confirmation took it
+        await repository.delete_pending_of(conn, pending.email)
+        if await users.get_by_email(conn, pending.email) is not None:
+            return Confirmation.ADDRESS_TAKEN  # its pending rows go, with this unit of work
+        now = self._clock.now()
         user_id = await user_rules.insert_new_user(
             conn, email=pending.email, password_hash=password_hash, now=now, verified=True
         )
         await record(conn, "user.registered", now=now, client=client, user_id=user_id)
         await record(conn, "email.verified", now=now, client=client, user_id=user_id)
-        return True
+        return Confirmation.CONFIRMED
+
+    async def _checked_password(self, pending: repository.Pending, password: str | None) -> str:
+        """The registration's password hash, once `password` matches it."""
+        if not password:
+            raise RegistrationPasswordRequired()
+        try:
+            password_hash = self._sealer.open(pending.sealed_password_hash)["password_hash"]
+        except Unsealable as exc:  # SECRET_KEY changed since: register again
+            raise VerificationTokenInvalid() from exc
+        matches, _ = await self._passwords.verify_and_update(password, password_hash)
+        if not matches:
+            async with committed_unit(self._engine) as failure:
+                await repository.count_pending_failure(
+                    await failure.connection(), pending.id, max_attempts=MAX_PASSWORD_ATTEMPTS
+                )
+            raise RegistrationPasswordMismatch()
+        return password_hash
 
 
 class RegistrationProcessor:
@@ -146,10 +187,13 @@ class RegistrationProcessor:
         payload = message.payload
         if "sealed" not in payload:
             return Attempt(delivered=True)  # acted on by an earlier attempt
+        spent = {key: value for key, value in payload.items() if key != "sealed"}
         async with self._engine.begin() as conn:
+            # First, and only while this claim is the message's latest: a worker whose lease
+            # ran out must not act on its stale copy after another has acted on the message.
+            if not await outbox.replace_payload(conn, message, spent):
+                return Attempt(delivered=False, error="claimed_elsewhere")
             await self._act(conn, payload, now)
-            spent = {key: value for key, value in payload.items() if key != "sealed"}
-            await outbox.set_payload(conn, message.id, spent)
         return Attempt(delivered=True)
 
     async def _act(self, conn: AsyncConnection, payload: Mapping[str, Any], now: datetime) -> None:
@@ -170,10 +214,11 @@ class RegistrationProcessor:
             )
 
     async def _pend(self, conn: AsyncConnection, payload: Mapping[str, Any], now: datetime) -> None:
-        """The registration, pending its link; an older one of the address is replaced."""
+        """The registration, pending its link (other pending ones of the address stay: each
+        link works only with its own registration's password)."""
         request_id = uuid.UUID(payload["request_id"])
         token, token_hash = self._hasher.new()
-        pending_id = await repository.insert_pending(
+        await repository.insert_pending(
             conn,
             email=payload["email"],
             request_id=request_id,
@@ -182,11 +227,14 @@ class RegistrationProcessor:
             now=now,
             expires_at=now + self._links.ttl,
         )
-        if pending_id is None:  # pragma: no cover - the job's hash is taken out with the row
-            return
-        await repository.delete_pending_of(conn, payload["email"], except_id=pending_id)
-        key = f"{KIND}:{request_id}"
-        await self._links.queue(conn, to=payload["email"], token=token, key=key, now=now)
+        await self._links.queue(
+            conn,
+            to=payload["email"],
+            token=token,
+            key=f"{KIND}:{request_id}",
+            now=now,
+            template=LINK_TEMPLATE,
+        )
 
     async def _notify_owner(
         self, conn: AsyncConnection, owner: UserRecord, client: ClientInfo, now: datetime

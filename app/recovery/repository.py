@@ -125,9 +125,18 @@ async def delete_expired_tokens(conn: AsyncConnection, *, before: datetime) -> i
 
 @dataclass(frozen=True, slots=True)
 class Pending:
+    id: uuid.UUID
     email: str
     sealed_password_hash: str
     expires_at: datetime
+
+
+_PENDING_COLUMNS = (
+    _pending.c.id,
+    _pending.c.email,
+    _pending.c.sealed_password_hash,
+    _pending.c.expires_at,
+)
 
 
 async def insert_pending(
@@ -139,42 +148,51 @@ async def insert_pending(
     sealed_password_hash: str,
     now: datetime,
     expires_at: datetime,
-) -> uuid.UUID | None:
-    """The new row's id; None when this request has its row already (processed again)."""
+) -> bool:
+    """False when this request has its row already (processed again)."""
     insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    pending_id = uuid.uuid4()
     row = {
-        "id": pending_id,
+        "id": uuid.uuid4(),
         "email": email,
         "request_id": request_id,
         "token_hash": token_hash,
         "sealed_password_hash": sealed_password_hash,
+        "attempts": 0,
         "created_at": now,
         "expires_at": expires_at,
     }
     result = await conn.execute(
         insert_(_pending).values(row).on_conflict_do_nothing(index_elements=["request_id"])
     )
-    return pending_id if result.rowcount == 1 else None
+    return bool(result.rowcount == 1)
 
 
-async def delete_pending_of(conn: AsyncConnection, email: str, *, except_id: uuid.UUID) -> None:
-    await conn.execute(
-        delete(_pending).where(_pending.c.email == email, _pending.c.id != except_id)
-    )
-
-
-async def take_pending(conn: AsyncConnection, token_hash: bytes) -> Pending | None:
-    """Deletes and returns the registration of this token: of two confirmations at once,
-    one gets it."""
-    row = (
-        await conn.execute(
-            delete(_pending)
-            .where(_pending.c.token_hash == token_hash)
-            .returning(_pending.c.email, _pending.c.sealed_password_hash, _pending.c.expires_at)
-        )
-    ).first()
+async def find_pending(conn: AsyncConnection, token_hash: bytes) -> Pending | None:
+    query = select(*_PENDING_COLUMNS).where(_pending.c.token_hash == token_hash)
+    row = (await conn.execute(query)).first()
     return Pending(*row) if row else None
+
+
+async def take_pending(conn: AsyncConnection, pending_id: uuid.UUID) -> bool:
+    """Deletes the registration; of two confirmations at once, one gets True."""
+    result = await conn.execute(delete(_pending).where(_pending.c.id == pending_id))
+    return bool(result.rowcount == 1)
+
+
+async def delete_pending_of(conn: AsyncConnection, email: str) -> None:
+    await conn.execute(delete(_pending).where(_pending.c.email == email))
+
+
+async def count_pending_failure(
+    conn: AsyncConnection, pending_id: uuid.UUID, *, max_attempts: int
+) -> None:
+    """One more wrong password; the last allowed one deletes the registration."""
+    await conn.execute(
+        update(_pending).where(_pending.c.id == pending_id).values(attempts=_pending.c.attempts + 1)
+    )
+    await conn.execute(
+        delete(_pending).where(_pending.c.id == pending_id, _pending.c.attempts >= max_attempts)
+    )
 
 
 async def delete_expired_pending(conn: AsyncConnection, *, now: datetime) -> int:

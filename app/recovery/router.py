@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
 from app.auth.dependencies import CurrentSession
 from app.core.dependencies import ClientDep, DbSession, LimiterDep, SettingsDep
+from app.core.error_handlers import domain_error_response
 from app.core.exposure import public
 from app.recovery.dependencies import (
     EmailVerificationDep,
     PasswordResetsDep,
     RegistrationsDep,
 )
+from app.recovery.registration import Confirmation
 from app.recovery.schemas import (
     RegisterRequest,
     RegistrationAccepted,
@@ -22,7 +24,7 @@ from app.recovery.schemas import (
     VerificationSent,
     VerifyEmailConfirm,
 )
-from app.users.errors import RegistrationClosed
+from app.users.errors import EmailTaken, RegistrationClosed
 from app.users.schemas import UserOut
 from app.users.service import check_email
 
@@ -154,7 +156,11 @@ async def request_verification(
     "/confirm",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
-        400: {"description": "`verification_token_invalid`: unknown, used, superseded, expired"},
+        400: {
+            "description": "`verification_token_invalid`: unknown, used, superseded, expired; "
+            "for a registration's link `password_required`, `password_mismatch` (after 5 "
+            "wrong ones the link stops working)"
+        },
         409: {"description": "`email_taken`: the address got an account meanwhile"},
         429: {"description": "`rate_limited`: RATE_LIMIT_PASSWORD_RESET_CONFIRM_IP"},
     },
@@ -164,12 +170,22 @@ async def confirm_verification(
     body: VerifyEmailConfirm,
     verification: EmailVerificationDep,
     registrations: RegistrationsDep,
+    settings: SettingsDep,
     limiter: LimiterDep,
     uow: DbSession,
     client: ClientDep,
-) -> None:
-    """Prove the address with the emailed token: the account counts as verified. With
-    REQUIRE_VERIFIED_EMAIL, a registration's link makes its account here."""
+) -> Response:
+    """Prove the address with the emailed token: the account counts as verified.
+
+    With REQUIRE_VERIFIED_EMAIL a registration's link makes its account here, and needs the
+    `password` the registration chose (`password_required` without it): a link someone else's
+    registration sent you is of no use to them, nor to you."""
     await limiter.hit("password_reset_confirm_ip", client.ip or "unknown")
-    if not await registrations.confirm(uow, client, body.token):
-        await verification.confirm(uow, client, body.token)
+    if settings.allow_registration:
+        done = await registrations.confirm(uow, client, body.token, body.password)
+        if done is Confirmation.ADDRESS_TAKEN:
+            return domain_error_response(EmailTaken())  # returned: the unit of work commits
+        if done is Confirmation.CONFIRMED:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+    await verification.confirm(uow, client, body.token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -28,6 +28,8 @@ class ResetAccepted(BaseModel):
 
 class VerifyEmailConfirm(RequestBody):
     token: str = Field(min_length=1, max_length=200)
+    # A registration's link (REQUIRE_VERIFIED_EMAIL) needs the password it was made with.
+    password: str | None = Field(default=None, max_length=PASSWORD_MAX_LENGTH)
 
 
 class VerificationSent(BaseModel):

@@ -71,13 +71,14 @@ class VerificationLinks:
         key: str,
         now: datetime,
         user_id: uuid.UUID | None = None,
+        template: str = "verify_email",
     ) -> None:
         """The email of a link holding `token` (a pending registration's too)."""
         link = self._url.replace("{token}", token) if self._url else ""
         await self._mail.queue(
             conn,
             to=to,
-            template="verify_email",
+            template=template,
             key=key,
             now=now,
             context={"hours": str(int(self._ttl.total_seconds() // 3600))},

@@ -1,4 +1,5 @@
-"""Pending registrations: with REQUIRE_VERIFIED_EMAIL an account is made when its link is followed
+"""Pending registrations: with REQUIRE_VERIFIED_EMAIL an account is made when its link is followed;
+account tokens are purged by expiry
 
 Revision ID: 0018
 Revises: 0017
@@ -29,6 +30,7 @@ def upgrade() -> None:
         sa.Column("request_id", sa.Uuid(), nullable=False),
         sa.Column("token_hash", sa.LargeBinary(32), nullable=False),
         sa.Column("sealed_password_hash", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("created_at", app.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", app.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("request_id"),
@@ -38,9 +40,11 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_pending_registrations_expires_at"), "pending_registrations", ["expires_at"]
     )
+    op.create_index(op.f("ix_account_tokens_expires_at"), "account_tokens", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_account_tokens_expires_at"), table_name="account_tokens")
     op.drop_index(op.f("ix_pending_registrations_expires_at"), table_name="pending_registrations")
     op.drop_index(op.f("ix_pending_registrations_email"), table_name="pending_registrations")
     op.drop_table("pending_registrations")

@@ -7,8 +7,9 @@ link is emailed too."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,9 +17,12 @@ from sqlalchemy import func, select
 
 from app.audit.models import AuditEvent
 from app.core.db import table_of
+from app.mail.service import Sealer
+from app.outbox import repository as outbox_repository
+from app.outbox.repository import NewMessage
 from app.outbox.service import ClaimedMessage
 from app.recovery.models import PendingRegistration
-from app.recovery.registration import RegistrationProcessor
+from app.recovery.registration import MAX_PASSWORD_ATTEMPTS, RegistrationProcessor
 from app.recovery.service import purge_expired
 from app.users.models import User
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
@@ -72,14 +76,27 @@ async def _all_processed(h: Harness, *emails: str) -> bool:
     )
 
 
-async def _confirm(h: Harness, token: str) -> httpx.Response:
-    return await h.client.post("/auth/verify-email/confirm", json={"token": token})
+async def _confirm(h: Harness, token: str, password: str | None = PASSWORD) -> httpx.Response:
+    body = {"token": token} if password is None else {"token": token, "password": password}
+    return await h.client.post("/auth/verify-email/confirm", json=body)
 
 
 async def _pending_count(h: Harness, email: str) -> int:
     async with h.ctx.engine.connect() as conn:
         found = await conn.scalar(select(func.count()).where(_pending.c.email == email))
     return int(found or 0)
+
+
+async def _registration_link(smtp: SmtpServer, email: str, count: int = 1) -> str:
+    """The token of the `count`-th registration link sent to `email`."""
+    await eventually(lambda: len(smtp.mailbox.to(email)) >= count, what=f"email {count}")
+    message = smtp.mailbox.to(email)[count - 1]
+    assert message["Subject"] == "Confirm your new authsvc account"
+    body = message.get_body(("plain",))
+    assert body is not None
+    found = re.search(r"the password you registered with: (\S+)", body.get_content())
+    assert found is not None, body.get_content()
+    return found.group(1)
 
 
 async def test_a_new_address_gets_202_and_its_account_when_the_link_is_followed(
@@ -89,10 +106,14 @@ async def test_a_new_address_gets_202_and_its_account_when_the_link_is_followed(
     accepted = await _register(strict, email)
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["status"] == "accepted"
-    token = await _link_token(smtp, email)
+    token = await _registration_link(smtp, email)
     assert (await _user_count(strict, email), await _pending_count(strict, email)) == (0, 1)
     early = await _login(strict, email)  # as for any address without an account
     assert (early.status_code, error_code(early)) == (401, "invalid_credentials")
+    bare = await _confirm(strict, token, None)
+    assert (bare.status_code, error_code(bare)) == (400, "password_required")
+    wrong = await _confirm(strict, token, OTHER_PASSWORD)
+    assert (wrong.status_code, error_code(wrong)) == (400, "password_mismatch")
     assert (await _confirm(strict, token)).status_code == 204
     assert (await _user_count(strict, email), await _pending_count(strict, email)) == (1, 0)
     assert (await _login(strict, email)).status_code == 200  # proven: no second link
@@ -113,21 +134,35 @@ async def test_a_login_after_registering_says_nothing_about_the_address(
     assert [(a.status_code, a.json()) for a in answers] == [(401, answers[1].json())] * 2
 
 
-async def test_the_owners_later_registration_replaces_a_squatters(
+async def test_a_registration_in_someone_elses_name_is_of_no_use(
     strict: Harness, smtp: SmtpServer
 ) -> None:
-    """Someone registers your address first, with a password of theirs: until its link is
-    followed there is no account, and your own registration replaces theirs."""
+    """Someone registers your address first, with a password of theirs. Its link reaches
+    you, who cannot use it without their password; your own registration works alongside."""
     email = _fresh("squatted")
     await _register(strict, email, OTHER_PASSWORD)
-    squatters = await _link_token(smtp, email)
+    squatters = await _registration_link(smtp, email)
     await _register(strict, email)
-    owners = await _link_token(smtp, email, 2)
-    stale = await _confirm(strict, squatters)
-    assert (stale.status_code, error_code(stale)) == (400, "verification_token_invalid")
+    owners = await _registration_link(smtp, email, 2)
+    refused = await _confirm(strict, squatters)  # the owner, with the owner's password
+    assert (refused.status_code, error_code(refused)) == (400, "password_mismatch")
     assert (await _confirm(strict, owners)).status_code == 204
     assert (await _login(strict, email)).status_code == 200
     assert (await _login(strict, email, OTHER_PASSWORD)).status_code == 401
+    late = await _confirm(strict, squatters, OTHER_PASSWORD)  # the account exists: all gone
+    assert (late.status_code, error_code(late)) == (400, "verification_token_invalid")
+
+
+async def test_wrong_passwords_with_a_link_are_bounded(strict: Harness, smtp: SmtpServer) -> None:
+    email = _fresh("guessed")
+    await _register(strict, email)
+    token = await _registration_link(smtp, email)
+    for _ in range(MAX_PASSWORD_ATTEMPTS):
+        wrong = await _confirm(strict, token, OTHER_PASSWORD)
+        assert error_code(wrong) == "password_mismatch"
+    dead = await _confirm(strict, token)
+    assert (dead.status_code, error_code(dead)) == (400, "verification_token_invalid")
+    assert await _user_count(strict, email) == 0
 
 
 async def test_an_expired_link_makes_no_account_and_is_purged(
@@ -135,7 +170,7 @@ async def test_an_expired_link_makes_no_account_and_is_purged(
 ) -> None:
     email = _fresh("late")
     await _register(strict, email)
-    token = await _link_token(smtp, email)
+    token = await _registration_link(smtp, email)
     strict.clock.advance(strict.ctx.settings.email_verification_ttl + 1)
     late = await _confirm(strict, token)
     assert (late.status_code, error_code(late)) == (400, "verification_token_invalid")
@@ -149,10 +184,24 @@ async def test_two_confirmations_of_one_link_make_one_account(
 ) -> None:
     email = _fresh("twice-clicked")
     await _register(strict, email)
-    token = await _link_token(smtp, email)
+    token = await _registration_link(smtp, email)
     answers = await asyncio.gather(_confirm(strict, token), _confirm(strict, token))
     assert sorted(a.status_code for a in answers) == [204, 400]
     assert await _user_count(strict, email) == 1
+
+
+async def test_an_address_given_an_account_meanwhile_ends_its_links(
+    strict: Harness, smtp: SmtpServer
+) -> None:
+    email = _fresh("meanwhile")
+    await _register(strict, email)
+    token = await _registration_link(smtp, email)
+    await strict.create_user(email)  # an operator's, before the link was followed
+    taken = await _confirm(strict, token)
+    assert (taken.status_code, error_code(taken)) == (409, "email_taken")
+    assert await _pending_count(strict, email) == 0
+    again = await _confirm(strict, token)
+    assert (again.status_code, error_code(again)) == (400, "verification_token_invalid")
 
 
 async def _events_of(h: Harness, email: str, event: str) -> list[Any]:
@@ -242,7 +291,7 @@ async def test_the_password_hash_lies_sealed_and_leaves_the_job(
 ) -> None:
     email = _fresh("sealed")
     await _register(strict, email)
-    await _link_token(smtp, email)
+    await _registration_link(smtp, email)
     await eventually(lambda: _processed(strict, email), what="the job processed")
     [job] = await _registration_jobs(strict, email)
     assert "sealed" not in job.payload  # a finished job holds no hash at all
@@ -258,17 +307,45 @@ async def test_a_job_processed_again_does_nothing(strict: Harness, smtp: SmtpSer
     """A worker that died after its commit leaves the job to be claimed again."""
     email = _fresh("twice")
     await _register(strict, email)
-    await _link_token(smtp, email)
+    await _registration_link(smtp, email)
     await eventually(lambda: _processed(strict, email), what="the job processed")
     [job] = await _registration_jobs(strict, email)
-    processor = strict.ctx.outbox.sender("registration")
-    assert isinstance(processor, RegistrationProcessor)
-    message = ClaimedMessage(job.id, job.kind, job.payload, job.created_at, job.attempts)
-    attempt = await processor.send(message, datetime.now(UTC))
+    attempt = await _processor(strict).send(_claimed(job), datetime.now(UTC))
     assert attempt.delivered
     mails = [r for r in await outbox_rows(strict) if r.kind == "email"]
     assert len([m for m in mails if m.payload["to"] == email]) == 1
     assert (await _pending_count(strict, email), await _user_count(strict, email)) == (1, 0)
+
+
+async def test_a_stale_claim_does_not_act(strict: Harness) -> None:
+    """A worker whose lease ran out while another claimed the job acts on nothing; the
+    latest claim acts."""
+    email = _fresh("stale")
+    sealed = Sealer(strict.ctx.settings.secret_key.get_secret_value()).seal(
+        {"password_hash": await strict.ctx.passwords.hash(PASSWORD)}
+    )
+    payload = {"email": email, "request_id": str(uuid.uuid4()), "ip": None, "sealed": sealed}
+    job = NewMessage(kind="registration", idempotency_key=f"test:{email}", payload=payload)
+    async with strict.ctx.engine.begin() as conn:  # due tomorrow: no worker takes it now
+        await outbox_repository.enqueue(conn, [job], now=strict.clock.now() + timedelta(days=1))
+    [row] = await _registration_jobs(strict, email)
+    stale = _claimed(row, attempts=row.attempts + 1)
+    attempt = await _processor(strict).send(stale, strict.clock.now())
+    assert (attempt.delivered, attempt.error) == (False, "claimed_elsewhere")
+    assert await _pending_count(strict, email) == 0
+    assert (await _processor(strict).send(_claimed(row), strict.clock.now())).delivered
+    assert await _pending_count(strict, email) == 1
+
+
+def _processor(h: Harness) -> RegistrationProcessor:
+    processor = h.ctx.outbox.sender("registration")
+    assert isinstance(processor, RegistrationProcessor)
+    return processor
+
+
+def _claimed(job: Any, attempts: int | None = None) -> ClaimedMessage:
+    count = job.attempts if attempts is None else attempts
+    return ClaimedMessage(job.id, job.kind, job.payload, job.created_at, count)
 
 
 async def test_registrations_are_rate_limited_per_address(
@@ -304,3 +381,16 @@ async def test_without_required_verification_the_account_exists_at_once_and_gets
         assert confirmed.status_code == 204
         taken = await _register(h, email)
         assert (taken.status_code, error_code(taken)) == (409, "email_taken")
+
+
+async def test_closing_registration_ends_the_pending_links(
+    strict: Harness, smtp: SmtpServer, database_url: str
+) -> None:
+    email = _fresh("closed-later")
+    await _register(strict, email)
+    token = await _registration_link(smtp, email)
+    closed = mail_settings(database_url, smtp, require_verified_email=True)
+    async for h in start_harness(closed):
+        refused = await _confirm(h, token)
+        assert (refused.status_code, error_code(refused)) == (400, "verification_token_invalid")
+        assert await _user_count(h, email) == 0
