@@ -24,7 +24,7 @@ from app.admin.router import router as admin_router
 from app.auth.middleware import IdentityMiddleware
 from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
-from app.core.admission import AdmissionMiddleware, default_max_in_flight
+from app.core.admission import Admission, default_max_in_flight
 from app.core.clock import Clock
 from app.core.docs_page import install_docs_page, install_redoc_page, redoc_bundle_path
 from app.core.error_handlers import install_error_handlers
@@ -32,9 +32,10 @@ from app.core.exposure import ExposureMap, exposure_of
 from app.core.logging import configure_logging
 from app.core.metrics import sample
 from app.core.middleware import (
-    BodyLimitMiddleware,
+    BodyLimit,
     CORSMiddlewareExcept,
     RequestEnvelopeMiddleware,
+    payload_too_large,
 )
 from app.core.periodic import every
 from app.core.security import PasswordHasher
@@ -220,22 +221,45 @@ def _revocations_url(settings: Settings, engine: AsyncEngine) -> URL | None:
     return make_url(direct)
 
 
-def shed_outermost(app: FastAPI, settings: Settings) -> None:
-    """Admission control (app.core.admission) around the whole application, FastAPI's own
-    layers and ours included: under overload every request it sheds takes event-loop time from
-    the ones it admits, so a shed request runs no more code than it must. Starlette builds the
-    layers on the first request; this wraps what it builds."""
+def outermost(app: FastAPI, layer: Callable[[ASGIApp], ASGIApp]) -> None:
+    """`layer` around the whole application, FastAPI's own layers (ServerErrorMiddleware
+    first) and ours included. Starlette builds the layers on the first request; this wraps
+    what it builds."""
     build = app.build_middleware_stack
+
+    def build_wrapped() -> ASGIApp:
+        return layer(build())
+
+    app.build_middleware_stack = build_wrapped  # type: ignore[method-assign]
+
+
+def _cors_options(settings: Settings) -> dict[str, Any] | None:
+    if not settings.cors_origins:
+        return None
+    return {
+        "excluded_paths": FORWARD_AUTH_PATHS,
+        "allow_origins": settings.cors_origins,
+        "allow_credentials": True,
+        "allow_methods": ["GET", "POST", "DELETE"],
+        "allow_headers": [
+            "Authorization",
+            "Content-Type",
+            "DPoP",
+            "Session-Transport",
+            "X-CSRF-Token",
+            "X-Request-ID",
+        ],
+        # What a frontend on another origin must read: a DPoP client its next nonce and the
+        # challenge (RFC 9449 §7.1, §8), and the server's clock for its proofs' iat.
+        "expose_headers": ["DPoP-Nonce", "WWW-Authenticate", "Date", "Retry-After"],
+    }
+
+
+def admission_of(settings: Settings) -> Admission:
     max_in_flight = settings.admission_max_in_flight or default_max_in_flight(
         settings.database_url, settings.db_pool_size
     )
-
-    def build_with_admission() -> ASGIApp:
-        return AdmissionMiddleware(
-            build(), max_in_flight=max_in_flight, max_wait=settings.admission_max_wait_ms / 1000
-        )
-
-    app.build_middleware_stack = build_with_admission  # type: ignore[method-assign]
+    return Admission(max_in_flight=max_in_flight, max_wait=settings.admission_max_wait_ms / 1000)
 
 
 def add_middleware_stack(
@@ -250,35 +274,30 @@ def add_middleware_stack(
     stack's own cost on a bare endpoint (bench.ceiling). `exposure`: what the routes declared
     (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page;
     `clock`: the application's, which stamps each request's arrival."""
-    # Outermost last: the request envelope wraps everything so every log line has an id.
-    app.add_middleware(IdentityMiddleware, exposure=exposure, forward_auth_paths=FORWARD_AUTH_PATHS)
-    shed_outermost(app, settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddlewareExcept,
-            excluded_paths=FORWARD_AUTH_PATHS,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "DPoP",
-                "Session-Transport",
-                "X-CSRF-Token",
-                "X-Request-ID",
-            ],
-            # What a frontend on another origin must read: a DPoP client its next nonce and
-            # the challenge (RFC 9449 §7.1, §8), and the server's clock for its proofs' iat.
-            expose_headers=["DPoP-Nonce", "WWW-Authenticate", "Date", "Retry-After"],
-        )
-    app.add_middleware(
-        RequestEnvelopeMiddleware,
-        no_store_prefixes=("/auth/",),
-        page_policies=page_policies,
-        clock=clock,
+    cors = _cors_options(settings)
+    too_large: ASGIApp = payload_too_large
+    if cors is not None:
+        too_large = CORSMiddlewareExcept(too_large, **cors)  # a browser can read the refusal
+    # The envelope outermost (admission, request id, metrics, body limit): under overload
+    # every request it sheds takes event-loop time from the ones it admits, so a shed request
+    # runs no more code than it must; and every answer, FastAPI's own 500s included, gets its
+    # headers. One layer for all of it: each layer costs every request a call and a coroutine
+    # (docs/performance.md, "Middleware").
+    outermost(
+        app,
+        lambda inner: RequestEnvelopeMiddleware(
+            inner,
+            no_store_prefixes=("/auth/",),
+            page_policies=page_policies,
+            clock=clock,
+            admission=admission_of(settings),
+            body_limit=BodyLimit(settings.max_body_bytes, too_large),
+        ),
     )
+    # Then from the innermost out.
+    app.add_middleware(IdentityMiddleware, exposure=exposure, forward_auth_paths=FORWARD_AUTH_PATHS)
+    if cors is not None:
+        app.add_middleware(CORSMiddlewareExcept, **cors)
     if settings.trusted_proxies:
         # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
         # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.

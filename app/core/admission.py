@@ -13,9 +13,10 @@ sustained overload this keeps the queue short (the admitted requests barely wait
 shed request cheap: no timer, no second wake-up, on an event loop that is already short of time
 (on PostgreSQL the CPU the shedding takes is the CPU the admitted requests need).
 
-The middleware wraps the whole application, outside FastAPI's and our own layers (see
-`shed_outermost` in app.main): a shed request costs the event loop as little as it can, since
-under overload every shed request takes time from the admitted ones.
+The gate is kept by the request envelope (app.core.middleware), the outermost layer, outside
+FastAPI's and our own (see `outermost` in app.main), and is its first step: a shed request
+costs the event loop as little as it can, since under overload every shed request takes time
+from the admitted ones.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Send
 
 from app.core.errors import error_body
 from app.core.metrics import ADMISSION_SHED
-from app.core.middleware import incoming_request_id
 
 # Orchestration must still see the process while it sheds: probes and scrapes are never queued.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -58,44 +57,43 @@ def default_max_in_flight(database_url: str, pool_size: int) -> int:
     return pool_size + POOL_MARGIN
 
 
-class AdmissionMiddleware:
+class Admission:
     """Admits at most `max_in_flight` HTTP requests at once; the others wait, first come first
-    served, up to `max_wait` seconds for a slot, then get 503 `overloaded` (Retry-After: 1)."""
+    served, up to `max_wait` seconds for a slot, then are shed (`send_overloaded`)."""
 
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, max_wait: float) -> None:
-        self.app = app
+    def __init__(self, *, max_in_flight: int, max_wait: float) -> None:
         self.max_in_flight = max_in_flight
         self.max_wait = max_wait
         self.in_flight = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.duration = 0.0  # running mean of the time an admitted request holds its slot
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if not await self._acquire():
-            ADMISSION_SHED.labels("no_slot").inc()
-            await send({"type": "http.response.start", "status": 503, "headers": _shed(scope)})
-            await send({"type": "http.response.body", "body": _BODY})
-            return
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            held = time.perf_counter() - started
-            weight = DURATION_WEIGHT if self.duration else 1.0  # the first one sets it
-            self.duration += weight * (held - self.duration)
+    def enter_now(self) -> bool:
+        """A slot at once, if one is free and nobody waits for one (no await: the common case
+        costs no coroutine)."""
+        if self.in_flight < self.max_in_flight and not self.waiters:
+            self.in_flight += 1
+            return True
+        return False
+
+    async def enter(self) -> bool:
+        """A slot within `max_wait` (False: shed this request)."""
+        return self.enter_now() or await self._wait_for_slot()
+
+    def leave(self, held: float) -> None:
+        """Give the slot back, after holding it `held` seconds."""
+        weight = DURATION_WEIGHT if self.duration else 1.0  # the first one sets it
+        self.duration += weight * (held - self.duration)
+        if self.waiters:
             self._release()
+        else:
+            self.in_flight -= 1
 
     def expected_wait(self) -> float:
         """How long a newcomer would wait for a slot, from the queue ahead of it."""
         return (len(self.waiters) + 1) * self.duration / self.max_in_flight
 
-    async def _acquire(self) -> bool:
-        if self.in_flight < self.max_in_flight and not self.waiters:
-            self.in_flight += 1
-            return True
+    async def _wait_for_slot(self) -> bool:
         if self.expected_wait() > self.max_wait:
             return False  # it would be shed at the end of its wait: say so now
         waiter = asyncio.get_running_loop().create_future()
@@ -130,13 +128,15 @@ class AdmissionMiddleware:
         self.in_flight -= 1
 
 
-def _shed(scope: Scope) -> list[tuple[bytes, bytes]]:
-    # A sane X-Request-ID is echoed, as every other answer does, so that a client can match
-    # the 503 to the request it refused.
-    request_id = incoming_request_id(scope)
-    if request_id is None:
-        return _HEADERS
-    return [*_HEADERS, (b"x-request-id", request_id.encode())]
+async def send_overloaded(send: Send, request_id: str | None) -> None:
+    """The answer of a shed request: 503 `overloaded`, Retry-After: 1. A sane X-Request-ID is
+    echoed, as every other answer does, so that a client can match the 503 to the request."""
+    ADMISSION_SHED.labels("no_slot").inc()
+    headers = _HEADERS
+    if request_id is not None:
+        headers = [*_HEADERS, (b"x-request-id", request_id.encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _BODY})
 
 
 def _granted(waiter: asyncio.Future[None]) -> bool:

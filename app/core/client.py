@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app.core.text import printable
@@ -45,9 +45,10 @@ class ClientInfo:
 
 
 def arrival_of(scope: Mapping[str, Any]) -> datetime | None:
-    """When the request of `scope` reached the application, if RequestEnvelopeMiddleware saw it."""
+    """When the request of `scope` reached the application, if RequestEnvelopeMiddleware saw it
+    (it keeps the clock's timestamp: a datetime is made only here, where it is read)."""
     arrived = scope.get(ARRIVED_AT)
-    return arrived if isinstance(arrived, datetime) else None
+    return datetime.fromtimestamp(arrived, UTC) if isinstance(arrived, float) else None
 
 
 def _is_ip_address(host: str) -> bool:

@@ -61,7 +61,7 @@ HEAD_TOO_LARGE = Refusal.of(
     "headers_too_large",
     "Request line and headers too large.",
 )
-# The body limit's own answer (app/core/middleware.py BodyLimitMiddleware).
+# The body limit's own answer (app/core/middleware.py BodyLimit).
 MESSAGE_TOO_LARGE = Refusal.of(
     b"HTTP/1.1 413 Content Too Large\r\n", "payload_too_large", "Request body too large."
 )
@@ -81,7 +81,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     - its head, up to the head limit; beyond it 431 `headers_too_large`;
     - after its head, up to twice MAX_BODY_BYTES plus the head limit: the body, as much again
       of chunk framing (chunks of 5 bytes or more of a full-size body fit) and room to see a
-      trailer; beyond it 413 `payload_too_large`. BodyLimitMiddleware refuses a body over
+      trailer; beyond it 413 `payload_too_large`. The envelope's BodyLimit refuses a body over
       MAX_BODY_BYTES as it arrives: an honest client gets that 413 first, and its connection
       only ends if it sends past this limit (httptools would otherwise buffer a trailer field
       for as long as it came);

@@ -1,5 +1,5 @@
-"""Pure ASGI plumbing middleware: request ids, metrics, cache and security headers; body size
-limits."""
+"""Pure ASGI plumbing middleware: the request envelope (admission, request ids, metrics, cache
+and security headers, body size limits) and CORS."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.admission import EXEMPT_PATHS, Admission, send_overloaded
 from app.core.client import ARRIVED_AT
 from app.core.clock import Clock
 from app.core.errors import error_body
@@ -26,27 +27,27 @@ _X_REQUEST_ID = b"x-request-id"
 
 
 class RequestIds:
-    """32 random hex digits, cut from a buffer of random bytes filled by one system call per
-    256 ids (a getrandom call per request was a measurable share of a bare request). Random,
-    not counted: an echoed counter would tell any client how busy each worker is. A forked
-    child refills its own buffer. Used from the event loop's thread only (no lock)."""
+    """32 random hex digits each, cut from random bytes read by one system call per 256 ids
+    (a getrandom call per request was a measurable share of a bare request), as the text and
+    the header value. Random, not counted: an echoed counter would tell any client how busy
+    each worker is. A forked child refills its own. Used from the event loop's thread only
+    (no lock)."""
 
-    _BUFFER = 4096
+    _BATCH = 256
 
     def __init__(self) -> None:
         self.refill()
         os.register_at_fork(after_in_child=self.refill)
 
     def refill(self) -> None:
-        self._random = os.urandom(self._BUFFER)
-        self._offset = 0
+        hexed = os.urandom(16 * self._BATCH).hex()
+        ids = (hexed[i : i + 32] for i in range(0, len(hexed), 32))
+        self._ids = [(text, text.encode()) for text in ids]
 
-    def next(self) -> str:
-        if self._offset == self._BUFFER:
+    def next(self) -> tuple[str, bytes]:
+        if not self._ids:
             self.refill()
-        start = self._offset
-        self._offset = start + 16
-        return self._random[start : start + 16].hex()
+        return self._ids.pop()
 
 
 _request_ids = RequestIds()
@@ -63,9 +64,13 @@ def _page_headers(csp: str) -> tuple[tuple[bytes, bytes], ...]:
 
 
 class RequestEnvelopeMiddleware:
-    """What every HTTP request gets, in one layer (each layer costs every request a call, and
-    with a send wrapper an await per message: docs/performance.md):
+    """What every HTTP request gets, in one layer, the outermost (each layer costs every
+    request a call and a coroutine: docs/performance.md):
 
+    - admission (`admission`, app.core.admission): a slot among the requests in flight, or a
+      503 at once; the probes (`EXEMPT_PATHS`) are never shed. First, so that a shed request
+      costs as little as it can;
+    - its body limit (`body_limit`): a body over it is refused with 413;
     - its arrival: the instant it reached the application, from the application's clock, in
       the scope (`app.core.client.arrival_of`), for rules measured from arrival;
     - a request id: a sane incoming `X-Request-ID` or a new one, bound to logs, echoed back;
@@ -87,9 +92,13 @@ class RequestEnvelopeMiddleware:
         no_store_prefixes: tuple[str, ...],
         page_policies: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        admission: Admission | None = None,
+        body_limit: BodyLimit | None = None,
     ) -> None:
         self.app = app
         self.clock = clock or Clock()
+        self.admission = admission
+        self.body_limit = body_limit
         self.no_store_prefixes = no_store_prefixes
         self.security = (_NOSNIFF,)
         self.page_security = {
@@ -100,9 +109,20 @@ class RequestEnvelopeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[ARRIVED_AT] = self.clock.now()
-        request_id = incoming_request_id(scope) or _request_ids.next()
-        id_header = (_X_REQUEST_ID, request_id.encode())
+        admission = self.admission
+        if admission is not None and scope["path"] in EXEMPT_PATHS:
+            admission = None
+        if admission is not None and not (admission.enter_now() or await admission.enter()):
+            await send_overloaded(send, incoming_request_id(scope))
+            return
+        scope[ARRIVED_AT] = self.clock.timestamp()
+        # One pass over the headers for what this layer reads of them.
+        incoming, lengths, chunked = _scan(scope["headers"])
+        if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+            request_id, id_value = incoming, incoming.encode()
+        else:
+            request_id, id_value = _request_ids.next()
+        id_header = (_X_REQUEST_ID, id_value)
         path = route_path(scope)
         no_store = path.startswith(self.no_store_prefixes)
         security = self.page_security.get(path, self.security)
@@ -110,7 +130,10 @@ class RequestEnvelopeMiddleware:
         started = time.perf_counter()
         status = 500
 
-        async def send_with_envelope(message: Message) -> None:
+        # A plain function that returns send's awaitable, not a coroutine of its own: ASGI
+        # asks only for an awaitable, and a coroutine per message was a quarter of the
+        # stack's instructions per request (docs/performance.md).
+        def send_with_envelope(message: Message) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -122,12 +145,20 @@ class RequestEnvelopeMiddleware:
                     # Appended, not set: nothing else names these headers, and a header scan
                     # per response is a measurable share of a bare request.
                     message["headers"] = [*headers, id_header, *security]
-            await send(message)
+            return send(message)
 
+        body_limit = self.body_limit
         try:
-            await self.app(scope, receive, send_with_envelope)
+            if body_limit is None:
+                await self.app(scope, receive, send_with_envelope)
+            elif (limited := body_limit.admit(scope, receive, lengths, chunked)) is None:
+                await body_limit.refusal(scope, receive, send_with_envelope)
+            else:
+                await self.app(scope, limited, send_with_envelope)
         finally:
             elapsed = time.perf_counter() - started
+            if admission is not None:
+                admission.leave(elapsed)
             record_request(scope, status, elapsed)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -142,33 +173,40 @@ class RequestEnvelopeMiddleware:
             request_id_var.reset(token)
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413 before the application reads them."""
+async def payload_too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse(
+        error_body("payload_too_large", "Request body too large."), status_code=413
+    )
+    await response(scope, receive, send)
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+
+class BodyLimit:
+    """Bodies over `max_bytes` are refused with 413 before the application reads them: by
+    `refusal` (`payload_too_large`, behind CORS where the service has it, so that a browser
+    can read it) when a Content-Length says so, or as the application reads past the limit."""
+
+    def __init__(self, max_bytes: int, refusal: ASGIApp = payload_too_large) -> None:
         self.max_bytes = max_bytes
+        self.refusal = refusal
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        lengths, chunked = _framing(scope)
+    def admit(
+        self, scope: Scope, receive: Receive, lengths: list[str], chunked: bool
+    ) -> Receive | None:
+        """The receive to hand on, or None: refuse the request (with `refusal`). `lengths`:
+        every Content-Length value as sent; `chunked`: whether a Transfer-Encoding was."""
         # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500).
         if lengths and not all(
             n.isascii() and n.isdigit() and int(n) <= self.max_bytes for n in lengths
         ):
-            response = JSONResponse(
-                error_body("payload_too_large", "Request body too large."), status_code=413
-            )
-            await response(scope, receive, send)
-            return
+            return None
         if len(lengths) == 1 and not chunked and scope.get("http_version") in ("1.0", "1.1"):
             # HTTP/1 framing ends this body after Content-Length bytes (RFC 9112 section 6.3),
             # and the server enforces it: nothing to count. Chunked bodies, bodies of unknown
             # length, and requests with several Content-Length headers are counted.
-            await self.app(scope, receive, send)
-            return
+            return receive
+        return self._counted(receive)
+
+    def _counted(self, receive: Receive) -> Receive:
         received = 0
 
         async def limited_receive() -> Message:
@@ -180,7 +218,7 @@ class BodyLimitMiddleware:
                     raise HTTPException(status_code=413)
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
 
 class CORSMiddlewareExcept(CORSMiddleware):
@@ -226,15 +264,18 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def _framing(scope: Scope) -> tuple[list[str], bool]:
-    """(every Content-Length value as sent, whether a Transfer-Encoding was sent), one pass."""
-    lengths, chunked = [], False
-    for key, value in scope["headers"]:
-        if key == b"content-length":
+def _scan(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str | None, list[str], bool]:
+    """(the X-Request-ID sent, every Content-Length value as sent, whether a
+    Transfer-Encoding was sent), one pass."""
+    incoming, lengths, chunked = None, [], False
+    for key, value in headers:
+        if key == b"x-request-id" and incoming is None:
+            incoming = value.decode("latin-1")
+        elif key == b"content-length":
             lengths.append(value.decode("latin-1"))
         elif key == b"transfer-encoding":
             chunked = True
-    return lengths, chunked
+    return incoming, lengths, chunked
 
 
 def incoming_request_id(scope: Scope) -> str | None:

@@ -322,18 +322,20 @@ async def test_request_id_is_echoed_or_generated(harness: Harness) -> None:
 
 def test_generated_request_ids_are_random_unique_and_differ_after_fork() -> None:
     ids = RequestIds()
-    many = [ids.next() for _ in range(1000)]  # several refills of the random buffer
+    pairs = [ids.next() for _ in range(1000)]  # several refills of the random buffer
+    assert all(value == text.encode() for text, value in pairs)  # the header value, ready
+    many = [text for text, _ in pairs]
     assert len(set(many)) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in many)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its first id, then exit without running pytest's teardown
-        os.write(write_end, ids.next().encode())
+        os.write(write_end, ids.next()[1])
         os._exit(0)
     os.close(write_end)
     child_id = os.read(read_end, 64).decode()
     os.waitpid(pid, 0)
-    assert child_id not in {ids.next(), *many}  # a child does not replay the parent's ids
+    assert child_id not in {ids.next()[0], *many}  # a child does not replay the parent's ids
 
 
 async def test_audit_trail_records_login_refresh_logout(harness: Harness) -> None:

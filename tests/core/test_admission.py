@@ -8,10 +8,19 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.admission import AdmissionMiddleware
+from app.core.admission import Admission
+from app.core.middleware import RequestEnvelopeMiddleware
 from tests.conftest import PASSWORD, Harness, error_code, make_settings, start_harness
+
+
+def _gated(
+    app: ASGIApp, *, max_in_flight: int, max_wait: float
+) -> tuple[RequestEnvelopeMiddleware, Admission]:
+    """`app` behind the request envelope and its admission gate, as the service has it."""
+    admission = Admission(max_in_flight=max_in_flight, max_wait=max_wait)
+    return RequestEnvelopeMiddleware(app, no_store_prefixes=(), admission=admission), admission
 
 
 @pytest.fixture
@@ -64,8 +73,8 @@ async def test_a_request_waiting_for_a_slot_gets_the_one_freed_within_the_wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    admission = AdmissionMiddleware(slow_app, max_in_flight=1, max_wait=2.0)
-    transport = httpx.ASGITransport(app=admission)
+    gated, admission = _gated(slow_app, max_in_flight=1, max_wait=2.0)
+    transport = httpx.ASGITransport(app=gated)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         first = asyncio.create_task(client.get("/first"))
         await asyncio.sleep(0.05)
@@ -89,8 +98,8 @@ async def test_a_request_is_shed_when_no_slot_frees_within_the_wait() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    admission = AdmissionMiddleware(stuck_app, max_in_flight=1, max_wait=0.05)
-    transport = httpx.ASGITransport(app=admission)
+    gated, admission = _gated(stuck_app, max_in_flight=1, max_wait=0.05)
+    transport = httpx.ASGITransport(app=gated)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         first = asyncio.create_task(client.get("/first"))
         await asyncio.sleep(0.02)
@@ -113,8 +122,8 @@ async def test_a_shed_answer_echoes_the_request_id_and_is_not_cached() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    admission = AdmissionMiddleware(stuck_app, max_in_flight=1, max_wait=0.01)
-    transport = httpx.ASGITransport(app=admission)
+    gated, admission = _gated(stuck_app, max_in_flight=1, max_wait=0.01)
+    transport = httpx.ASGITransport(app=gated)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         holder = asyncio.create_task(client.get("/holder"))
         await asyncio.sleep(0.01)
@@ -143,8 +152,8 @@ async def test_a_request_that_could_not_be_served_within_the_wait_is_shed_at_onc
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    admission = AdmissionMiddleware(app, max_in_flight=1, max_wait=1.0)
-    transport = httpx.ASGITransport(app=admission)
+    gated, admission = _gated(app, max_in_flight=1, max_wait=1.0)
+    transport = httpx.ASGITransport(app=gated)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         assert (await client.get("/warm")).status_code == 200  # about 50 ms a request
         assert 0.04 < admission.duration < 0.5
@@ -172,5 +181,6 @@ async def test_a_request_that_could_not_be_served_within_the_wait_is_shed_at_onc
 async def test_admission_wraps_the_whole_application(tiny_admission: Harness) -> None:
     """A shed request runs none of FastAPI's or our other layers: admission is outermost."""
     stack = tiny_admission.app.build_middleware_stack()
-    assert isinstance(stack, AdmissionMiddleware)
-    assert stack.max_in_flight == 2
+    assert isinstance(stack, RequestEnvelopeMiddleware)
+    assert stack.admission is not None
+    assert stack.admission.max_in_flight == 2

@@ -13,9 +13,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app.core.db import table_of
-from app.core.middleware import BodyLimitMiddleware
+from app.core.middleware import BodyLimit, RequestEnvelopeMiddleware
 from app.sessions.models import RefreshToken, Session
-from tests.conftest import PASSWORD, Harness
+from tests.conftest import PASSWORD, Harness, make_settings, start_harness
 from tests.support.servers import uvicorn_server
 
 
@@ -212,7 +212,7 @@ def test_body_limit_over_a_real_http1_connection(sqlite_url: str) -> None:
 
 
 async def _through_body_limit(headers: list[tuple[bytes, bytes]], chunks: int) -> int:
-    """Status from BodyLimitMiddleware (4 KiB limit) for an app that reads the whole body,
+    """Status from the envelope's BodyLimit (4 KiB limit) for an app that reads the whole body,
     when the server hands over `chunks` KiB whatever the headers say."""
     sent = [{"type": "http.request", "body": b"x" * 1024, "more_body": True}] * chunks
     messages = iter([*sent, {"type": "http.request", "body": b"", "more_body": False}])
@@ -237,7 +237,8 @@ async def _through_body_limit(headers: list[tuple[bytes, bytes]], chunks: int) -
         "headers": headers,
     }
     try:
-        await BodyLimitMiddleware(app, max_bytes=4096)(scope, receive, send)
+        limited = RequestEnvelopeMiddleware(app, no_store_prefixes=(), body_limit=BodyLimit(4096))
+        await limited(scope, receive, send)
     except HTTPException as exc:
         return exc.status_code
     return statuses[0]
@@ -263,3 +264,22 @@ async def test_body_limit_counts_every_body_http1_framing_does_not_bound(
 async def test_body_limit_trusts_a_single_content_length() -> None:
     # Uvicorn ends the body after Content-Length bytes; a smaller body passes untouched.
     assert await _through_body_limit([(b"content-length", b"3072")], chunks=3) == 200
+
+
+async def test_a_refused_body_is_readable_by_an_allowed_origin(database_url: str) -> None:
+    """The 413 for a declared Content-Length over the limit comes from the request envelope,
+    outside the CORS layer: it is sent through CORS all the same, so a browser on an allowed
+    origin reads it (and it carries the envelope's headers)."""
+    origin = "https://app.example"
+    settings = make_settings(database_url, cors_origins=[origin], max_body_bytes=1024)
+    async for h in start_harness(settings):
+        refused = await h.client.post(
+            "/auth/login",
+            json={"email": "a@example.com", "password": "x" * 2000},
+            headers={"Origin": origin},
+        )
+    assert refused.status_code == 413
+    assert refused.json()["error"]["code"] == "payload_too_large"
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert "x-request-id" in refused.headers
+    assert refused.headers["cache-control"] == "no-store"
