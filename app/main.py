@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -21,7 +21,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app.account.router import router as account_router
 from app.account.router import sessions_router
 from app.admin.router import router as admin_router
-from app.auth.middleware import IdentityMiddleware
+from app.auth.middleware import IdentityGate
 from app.auth.router import router as auth_router
 from app.context import AppContext, build_context, reload_keys
 from app.core.admission import Admission, default_max_in_flight
@@ -35,7 +35,6 @@ from app.core.middleware import (
     BodyLimit,
     CORSMiddlewareExcept,
     RequestEnvelopeMiddleware,
-    payload_too_large,
 )
 from app.core.periodic import every
 from app.core.security import PasswordHasher
@@ -275,30 +274,31 @@ def add_middleware_stack(
     (app.core.exposure); `page_policies`: the Content-Security-Policy of each HTML page;
     `clock`: the application's, which stamps each request's arrival."""
     cors = _cors_options(settings)
-    too_large: ASGIApp = payload_too_large
-    if cors is not None:
-        too_large = CORSMiddlewareExcept(too_large, **cors)  # a browser can read the refusal
-    # The envelope outermost (admission, request id, metrics, body limit): under overload
-    # every request it sheds takes event-loop time from the ones it admits, so a shed request
-    # runs no more code than it must; and every answer, FastAPI's own 500s included, gets its
-    # headers. One layer for all of it: each layer costs every request a call and a coroutine
-    # (docs/performance.md, "Middleware").
-    outermost(
-        app,
-        lambda inner: RequestEnvelopeMiddleware(
+    gate = IdentityGate(exposure=exposure, forward_auth_paths=FORWARD_AUTH_PATHS)
+
+    def layers(inner: ASGIApp) -> ASGIApp:
+        # The envelope around the whole application (admission, request id, metrics, body
+        # limit, the identity gate): under overload every request it sheds takes event-loop
+        # time from the ones it admits, so a shed request runs no more code than it must; and
+        # every answer, FastAPI's own 500s included, gets its headers. One layer for all of
+        # it: each layer costs every request a call and a coroutine (docs/performance.md).
+        outer: ASGIApp = RequestEnvelopeMiddleware(
             inner,
             no_store_prefixes=("/auth/",),
             page_policies=page_policies,
             clock=clock,
             admission=admission_of(settings),
-            body_limit=BodyLimit(settings.max_body_bytes, too_large),
-        ),
-    )
-    # Then from the innermost out.
-    app.add_middleware(IdentityMiddleware, exposure=exposure, forward_auth_paths=FORWARD_AUTH_PATHS)
-    if cors is not None:
-        app.add_middleware(CORSMiddlewareExcept, **cors)
-    if settings.trusted_proxies:
-        # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer is
-        # one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the socket's.
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+            body_limit=BodyLimit(settings.max_body_bytes),
+            gate=gate,
+        )
+        if cors is not None:  # around it all, so that a browser can read every refusal
+            outer = CORSMiddlewareExcept(outer, **cors)
+        if settings.trusted_proxies:
+            # Client IP and scheme from X-Forwarded-For / -Proto, believed only when the peer
+            # is one of TRUSTED_PROXIES (uvicorn's own implementation); otherwise the
+            # socket's. First: rate limits and admission see the client.
+            proxied = ProxyHeadersMiddleware(cast(Any, outer), settings.trusted_proxies)
+            outer = cast(ASGIApp, proxied)  # uvicorn types ASGI more narrowly than Starlette
+        return outer
+
+    outermost(app, layers)

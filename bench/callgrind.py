@@ -9,10 +9,7 @@ under `valgrind --tool=callgrind`; each variant runs twice, with WARM + N and WA
 and the difference of the two totals divided by 2 N is the cost of one request without the
 start-up and the imports.
 
-With --layers, the stack is measured again without each of its layers in turn: the difference
-is that layer's cost (its call, its await per message, and its own work).
-
-Usage: python -m bench.callgrind [--requests 1000] [--layers]  (needs Debian's valgrind)
+Usage: python -m bench.callgrind [--requests 1000]  (needs Debian's valgrind)
 """
 
 from __future__ import annotations
@@ -68,10 +65,7 @@ def _inner(variant: str, count: int) -> None:
     """Runs under valgrind: build the variant, then answer `count` requests."""
     from bench import ceiling
 
-    if variant.startswith("without:"):
-        app = ceiling.stacked_without(variant.removeprefix("without:"))
-    else:
-        app = ceiling.stacked_app if variant == "stack" else ceiling.app
+    app = ceiling.stacked_app if variant == "stack" else ceiling.app
     asyncio.run(_requests(app, count))
 
 
@@ -105,12 +99,7 @@ def per_request(variant: str, requests: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument(
-        "--layers",
-        action="store_true",
-        help="also the stack without each of its layers in turn: what each layer costs",
-    )
-    parser.add_argument("--inner", help=argparse.SUPPRESS)
+    parser.add_argument("--inner", choices=["bare", "stack"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         _inner(args.inner, args.requests)
@@ -122,12 +111,6 @@ def main() -> int:
     print(f"B0 bare: {bare / 1000:.1f}k instructions per request")
     print(f"B0 with the middleware stack: {stack / 1000:.1f}k")
     print(f"the stack: +{(stack - bare) / 1000:.1f}k, {100 * (stack - bare) / bare:.1f}% of B0")
-    if args.layers:
-        from bench.ceiling import stack_layers
-
-        for layer in stack_layers():
-            without = per_request(f"without:{layer}", args.requests)
-            print(f"  {layer}: {(stack - without) / 1000:.1f}k")
     return 0
 
 

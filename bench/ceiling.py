@@ -175,25 +175,3 @@ def _stacked() -> FastAPI:
 
 
 stacked_app = _stacked()
-
-
-def stack_layers() -> list[str]:
-    """The layers of the stack, by class name, outermost first."""
-    names = [m.cls.__name__ for m in _stacked().user_middleware]  # type: ignore[attr-defined]
-    return [ENVELOPE, *names]
-
-
-ENVELOPE = "RequestEnvelopeMiddleware"  # wraps what Starlette builds (app.main.outermost)
-
-
-def stacked_without(layer: str) -> FastAPI:
-    """The stack without one of its layers (bench.callgrind --layers)."""
-    stacked = _stacked()
-    if layer == ENVELOPE:
-        del stacked.build_middleware_stack  # the class's own again
-    else:
-        kept = [m for m in stacked.user_middleware if m.cls.__name__ != layer]  # type: ignore[attr-defined]
-        if len(kept) == len(stacked.user_middleware):
-            raise SystemExit(f"no layer {layer} in the stack: {stack_layers()}")
-        stacked.user_middleware = kept
-    return stacked

@@ -35,7 +35,7 @@ async def proved_key(request: Request, dpop: DPoP, *, for_session: bool = True) 
 
 
 def current_session_or_none(request: Request) -> Authenticated | None:
-    """What the identity middleware verified for this request, if anything."""
+    """What the identity gate verified for this request, if anything."""
     auth = request.scope.get("state", {}).get(AUTH_STATE_KEY)
     return auth if isinstance(auth, Authenticated) else None
 

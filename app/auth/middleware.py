@@ -1,8 +1,10 @@
-"""The identity middleware: turns a request's access token into an identity, and slides the
-session once the request succeeded.
+"""The identity gate: turns a request's access token into an identity, and slides the session
+once the request succeeded.
 
-Pure ASGI: it keeps no per-request state on the instance, and hands the verified identity to
-routes through `scope["state"]["auth"]`. A token bound to a DPoP key (`cnf.jkt`) is accepted
+A gate of the request envelope (app.core.middleware), which runs it after its own steps: a
+request with no token and no rate-limited route costs it one function call. It keeps no
+per-request state on the instance, and hands the verified identity to routes through
+`scope["state"]["auth"]`. A token bound to a DPoP key (`cnf.jkt`) is accepted
 only as `Authorization: DPoP` with a proof by that key for this request (RFC 9449 §7); on a
 forward-auth path the request is the one the gateway forwards the method and URL of.
 
@@ -17,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.auth.errors import ClientDisabled, InvalidToken
 from app.auth.tokens import AccessClaims, AccessTokenCodec, ServiceClaims
@@ -33,7 +35,7 @@ from app.core.errors import (
 )
 from app.core.exposure import ExposureMap
 from app.core.metrics import ROUTE_LABEL
-from app.core.middleware import route_path
+from app.core.middleware import GO_ON, GatePass
 from app.core.ratelimit import RateLimited, RateLimiter
 from app.dpop.dependencies import original_request, proof_headers, request_url
 from app.dpop.errors import DPoPChallenge, InvalidDPoPProof, UseDPoPNonce, resource_error
@@ -67,34 +69,30 @@ class PresentedToken(NamedTuple):
     dpop: bool  # presented under the DPoP scheme (else Bearer)
 
 
-class IdentityMiddleware:
+class IdentityGate:
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        exposure: ExposureMap,
-        forward_auth_paths: frozenset[str] = frozenset(),
+        self, *, exposure: ExposureMap, forward_auth_paths: frozenset[str] = frozenset()
     ) -> None:
         """`forward_auth_paths`: routes that answer for another request (/auth/verify), whose
         DPoP proofs are checked against the method and URL the gateway forwards."""
-        self.app = app
         self.exposure = exposure
         self.forward_auth_paths = forward_auth_paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = route_path(scope)
+    def needed(self, path: str, authorization: bool) -> bool:
+        """A route with a rate limit of its own; a token, unless the route never looks at one."""
+        return path in self.exposure.limits or (
+            authorization and path not in self.exposure.public_paths
+        )
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, path: str) -> GatePass | None:
         if path in self.exposure.limits and not await _within_limit(
             self.exposure.limits[path], scope, receive, send
         ):
             self._label(scope, path)
-            return
+            return None
         presented = None if path in self.exposure.public_paths else presented_token(scope)
         if presented is None:
-            await self.app(scope, receive, send)
-            return
+            return GO_ON
         components = components_of(scope["app"])
         sessions, clock = components.get(SessionService), components.get(Clock)
         try:
@@ -112,30 +110,24 @@ class IdentityMiddleware:
             ):
                 refusal = DPoPChallenge.for_token(exc, components.get(DPoP).challenge_algs)
             await domain_error_response(refusal)(scope, receive, send)
-            return
+            return None
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
             logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
             self._label(scope, path)
             await domain_error_response(ServiceUnavailableError())(scope, receive, send)
-            return
+            return None
         scope.setdefault("state", {})[AUTH_STATE_KEY] = auth
         # A service has no session to slide.
         if isinstance(auth, ServiceCaller) or path in self.exposure.passive_paths:
-            await self.app(scope, receive, send)
-            return
-        status = 0
+            return GO_ON
 
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        async def slide_on_success(status: int) -> None:
+            if 200 <= status < 300:
+                await _slide(sessions, clock, auth)
 
-        await self.app(scope, receive, send_and_watch)
-        if 200 <= status < 300:
-            await _slide(sessions, clock, auth)
+        return GatePass(after=slide_on_success)
 
     def _label(self, scope: Scope, path: str) -> None:
         """An answer given before routing is counted under its route, not as "unmatched"."""

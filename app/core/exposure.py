@@ -11,7 +11,7 @@ to the route by client IP, before the token check: refused and unauthenticated r
 too (forward-auth: a flood of bad tokens must meet 429s, not only 401s).
 
 Put the marker under the route decorator. The application factory reads the markers once,
-from its routers' routes (`exposure_of`), for the identity middleware.
+from its routers' routes (`exposure_of`), for the identity gate.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -53,6 +55,31 @@ class RequestIds:
 _request_ids = RequestIds()
 
 
+@dataclass(frozen=True, slots=True)
+class GatePass:
+    """A request a gate lets through; `after`, if any, is awaited with the response's status
+    once the response has been sent (and must not raise)."""
+
+    after: Callable[[int], Awaitable[None]] | None = None
+
+
+GO_ON = GatePass()
+
+
+class Gate(Protocol):
+    """A check the envelope runs on every request, last, before the application: the identity
+    check (app.auth.middleware). A layer of its own would cost every request a call and a
+    coroutine; a gate costs a request it has nothing to check one function call."""
+
+    def needed(self, path: str, authorization: bool) -> bool:
+        """Whether the request to `path` (with an Authorization header or not) is checked."""
+        ...
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, path: str) -> GatePass | None:
+        """None: the gate has answered the request itself (a refusal)."""
+        ...
+
+
 _NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 _CACHE_HEADERS = frozenset(name for name, _ in _NO_STORE)
 
@@ -71,6 +98,7 @@ class RequestEnvelopeMiddleware:
       503 at once; the probes (`EXEMPT_PATHS`) are never shed. First, so that a shed request
       costs as little as it can;
     - its body limit (`body_limit`): a body over it is refused with 413;
+    - its gate (`gate`, last): the identity check, which may answer the request itself;
     - its arrival: the instant it reached the application, from the application's clock, in
       the scope (`app.core.client.arrival_of`), for rules measured from arrival;
     - a request id: a sane incoming `X-Request-ID` or a new one, bound to logs, echoed back;
@@ -94,11 +122,13 @@ class RequestEnvelopeMiddleware:
         clock: Clock | None = None,
         admission: Admission | None = None,
         body_limit: BodyLimit | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.app = app
         self.clock = clock or Clock()
         self.admission = admission
         self.body_limit = body_limit
+        self.gate = gate
         self.no_store_prefixes = no_store_prefixes
         self.security = (_NOSNIFF,)
         self.page_security = {
@@ -117,7 +147,7 @@ class RequestEnvelopeMiddleware:
             return
         scope[ARRIVED_AT] = self.clock.timestamp()
         # One pass over the headers for what this layer reads of them.
-        incoming, lengths, chunked = _scan(scope["headers"])
+        incoming, lengths, chunked, authorization = _scan(scope["headers"])
         if incoming is not None and _REQUEST_ID.fullmatch(incoming):
             request_id, id_value = incoming, incoming.encode()
         else:
@@ -126,7 +156,9 @@ class RequestEnvelopeMiddleware:
         path = route_path(scope)
         no_store = path.startswith(self.no_store_prefixes)
         security = self.page_security.get(path, self.security)
-        token = request_id_var.set(request_id)
+        # Not reset afterwards: a server runs each request in a task of its own, whose context
+        # the value cannot outlive (and a reset is a measurable share of a bare request).
+        request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
 
@@ -147,14 +179,20 @@ class RequestEnvelopeMiddleware:
                     message["headers"] = [*headers, id_header, *security]
             return send(message)
 
-        body_limit = self.body_limit
+        body_limit, gate = self.body_limit, self.gate
         try:
-            if body_limit is None:
+            if body_limit is not None:
+                limited = body_limit.admit(scope, receive, lengths, chunked)
+                if limited is None:
+                    await body_limit.refusal(scope, receive, send_with_envelope)
+                    return
+                receive = limited
+            if gate is None or not gate.needed(path, authorization):
                 await self.app(scope, receive, send_with_envelope)
-            elif (limited := body_limit.admit(scope, receive, lengths, chunked)) is None:
-                await body_limit.refusal(scope, receive, send_with_envelope)
-            else:
-                await self.app(scope, limited, send_with_envelope)
+            elif passed := await _through(gate, scope, receive, send_with_envelope, path):
+                await self.app(scope, receive, send_with_envelope)
+                if passed.after is not None:
+                    await passed.after(status)
         finally:
             elapsed = time.perf_counter() - started
             if admission is not None:
@@ -170,7 +208,6 @@ class RequestEnvelopeMiddleware:
                         "duration_ms": round(elapsed * 1000, 2),
                     },
                 )
-            request_id_var.reset(token)
 
 
 async def payload_too_large(scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,8 +219,7 @@ async def payload_too_large(scope: Scope, receive: Receive, send: Send) -> None:
 
 class BodyLimit:
     """Bodies over `max_bytes` are refused with 413 before the application reads them: by
-    `refusal` (`payload_too_large`, behind CORS where the service has it, so that a browser
-    can read it) when a Content-Length says so, or as the application reads past the limit."""
+    `refusal` when a Content-Length says so, or as the application reads past the limit."""
 
     def __init__(self, max_bytes: int, refusal: ASGIApp = payload_too_large) -> None:
         self.max_bytes = max_bytes
@@ -264,18 +300,38 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def _scan(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str | None, list[str], bool]:
+def _scan(
+    headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[str | None, list[str], bool, bool]:
     """(the X-Request-ID sent, every Content-Length value as sent, whether a
-    Transfer-Encoding was sent), one pass."""
-    incoming, lengths, chunked = None, [], False
+    Transfer-Encoding was sent, whether an Authorization was), one pass."""
+    incoming, lengths, chunked, authorization = None, [], False, False
     for key, value in headers:
-        if key == b"x-request-id" and incoming is None:
+        if key == b"authorization":
+            authorization = True
+        elif key == b"x-request-id" and incoming is None:
             incoming = value.decode("latin-1")
         elif key == b"content-length":
             lengths.append(value.decode("latin-1"))
         elif key == b"transfer-encoding":
             chunked = True
-    return incoming, lengths, chunked
+    return incoming, lengths, chunked, authorization
+
+
+async def _through(
+    gate: Gate, scope: Scope, receive: Receive, send: Send, path: str
+) -> GatePass | None:
+    """The gate's check; a bug in it is answered 500 `internal_error` and logged, as
+    ServerErrorMiddleware does for the application (the gate runs outside it)."""
+    try:
+        return await gate.check(scope, receive, send, path)
+    except Exception:
+        logger.exception("request.unhandled_error")
+        response = JSONResponse(
+            error_body("internal_error", "An unexpected error occurred."), status_code=500
+        )
+        await response(scope, receive, send)
+        return None
 
 
 def incoming_request_id(scope: Scope) -> str | None:

@@ -17,7 +17,7 @@ from app.cli.server import development_issuer
 from app.core.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.support.cli import run_cli
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,6 +101,7 @@ def test_serve_from_another_folder_says_where_its_data_is_and_what_next(tmp_path
             lines.append(line.rstrip("\n"))
             if "Application startup complete" in line:
                 break
+        wait_listening(port, deadline)
         # Without JWT_ISSUER, development advertises where it really listens (it said
         # http://localhost:8000 whatever the port), and tokens name the same issuer.
         doc = httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server").json()

@@ -21,7 +21,7 @@ from cryptography import x509
 
 from app.cli.tls import dev_certificate
 from tests.conftest import PASSWORD, TEST_SECRET
-from tests.support.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_port, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +87,7 @@ def running(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str], list[s
             if "Application startup complete" in line:
                 break
         assert any("Application startup complete" in line for line in lines), lines
+        wait_listening(port, give_up)
         yield port, process, lines
     finally:
         process.terminate()

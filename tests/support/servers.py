@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,17 @@ def _wait_healthy(
                 return
         time.sleep(0.1)
     raise RuntimeError("server did not become healthy")
+
+
+def wait_listening(port: int, deadline: float) -> None:
+    """Until 127.0.0.1:`port` takes connections or the monotonic `deadline` passes. Uvicorn
+    binds its socket after it reports "Application startup complete": on a loaded machine a
+    client in between was refused."""
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
 
 
 async def create_user_in(database_url: str, *, prefix: str = "user", role: str = "user") -> str:
