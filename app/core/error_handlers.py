@@ -25,6 +25,26 @@ def domain_error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
 
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+def unexpected_error_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler inside took: an HTTPException's own (the body
+    limit's 413, raised by the receive it wraps), 503 for a database outage, else 500
+    `internal_error` (logged with its traceback, which never reaches the client)."""
+    if isinstance(exc, StarletteHTTPException):
+        return http_error_response(exc)
+    if is_database_unavailable(exc):
+        logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
+        return domain_error_response(ServiceUnavailableError())
+    logger.error("request.unhandled_error", exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "An unexpected error occurred."), status_code=500
+    )
+
+
 _HTTP_CODES = {
     400: ("malformed_body", "The request body could not be parsed."),
     404: ("not_found", "Not found."),
@@ -51,10 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
-        return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=exc.headers
-        )
+        return http_error_response(exc)
 
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         # Registered for the types a database failure raises, so Starlette's
@@ -74,10 +91,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_database_unavailable(exc):
-            logger.warning("db.unavailable", extra={"error_type": type(exc).__name__})
-            return domain_error_response(ServiceUnavailableError())
-        logger.error("request.unhandled_error", exc_info=exc)
-        return JSONResponse(
-            error_body("internal_error", "An unexpected error occurred."), status_code=500
-        )
+        return unexpected_error_response(exc)

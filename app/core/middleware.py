@@ -11,14 +11,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.admission import EXEMPT_PATHS, Admission, send_overloaded
 from app.core.client import ARRIVED_AT
 from app.core.clock import Clock
+from app.core.error_handlers import unexpected_error_response
 from app.core.errors import error_body
 from app.core.logging import request_id_var
 from app.core.metrics import record_request
@@ -139,8 +141,9 @@ class RequestEnvelopeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = route_path(scope)
         admission = self.admission
-        if admission is not None and scope["path"] in EXEMPT_PATHS:
+        if admission is not None and path in EXEMPT_PATHS:
             admission = None
         if admission is not None and not (admission.enter_now() or await admission.enter()):
             await send_overloaded(send, incoming_request_id(scope))
@@ -153,14 +156,13 @@ class RequestEnvelopeMiddleware:
         else:
             request_id, id_value = _request_ids.next()
         id_header = (_X_REQUEST_ID, id_value)
-        path = route_path(scope)
         no_store = path.startswith(self.no_store_prefixes)
         security = self.page_security.get(path, self.security)
         # Not reset afterwards: a server runs each request in a task of its own, whose context
         # the value cannot outlive (and a reset is a measurable share of a bare request).
         request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500
+        status = 0  # none sent yet
 
         # A plain function that returns send's awaitable, not a coroutine of its own: ASGI
         # asks only for an awaitable, and a coroutine per message was a quarter of the
@@ -189,15 +191,23 @@ class RequestEnvelopeMiddleware:
                 receive = limited
             if gate is None or not gate.needed(path, authorization):
                 await self.app(scope, receive, send_with_envelope)
-            elif passed := await _through(gate, scope, receive, send_with_envelope, path):
+            elif passed := await gate.check(scope, receive, send_with_envelope, path):
                 await self.app(scope, receive, send_with_envelope)
                 if passed.after is not None:
                     await passed.after(status)
+        except Exception as exc:
+            # What ServerErrorMiddleware does for the application, for the steps outside it
+            # (this layer's own and the gate): a JSON 500 (503 for a database outage), unless
+            # an answer has begun (ServerErrorMiddleware's own 500 re-raised, say): then the
+            # server ends the connection and logs it.
+            if status:
+                raise
+            await unexpected_error_response(exc)(scope, receive, send_with_envelope)
         finally:
             elapsed = time.perf_counter() - started
             if admission is not None:
                 admission.leave(elapsed)
-            record_request(scope, status, elapsed)
+            record_request(scope, status or 500, elapsed)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "http.request",
@@ -230,10 +240,7 @@ class BodyLimit:
     ) -> Receive | None:
         """The receive to hand on, or None: refuse the request (with `refusal`). `lengths`:
         every Content-Length value as sent; `chunked`: whether a Transfer-Encoding was."""
-        # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500).
-        if lengths and not all(
-            n.isascii() and n.isdigit() and int(n) <= self.max_bytes for n in lengths
-        ):
+        if lengths and not all(_at_most(n, self.max_bytes) for n in lengths):
             return None
         if len(lengths) == 1 and not chunked and scope.get("http_version") in ("1.0", "1.1"):
             # HTTP/1 framing ends this body after Content-Length bytes (RFC 9112 section 6.3),
@@ -290,6 +297,13 @@ class CORSMiddlewareExcept(CORSMiddleware):
             return
         await super().__call__(scope, receive, send)
 
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """A preflight is answered here, outside the request envelope: it gets the one header
+        every answer carries all the same."""
+        response = super().preflight_response(request_headers)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
 
 def route_path(scope: Scope) -> str:
     """The path as the application's routes see it, without a deployment prefix (root_path)."""
@@ -298,6 +312,17 @@ def route_path(scope: Scope) -> str:
     if root and path.startswith(root) and path != root:
         return path[len(root) :]
     return path
+
+
+def _at_most(length: str, max_bytes: int) -> bool:
+    """Whether a Content-Length value is a number no greater than `max_bytes`. ASCII digits
+    only (str.isdigit() takes "²", which int() refuses), and no more of them than the bound
+    has once leading zeros are gone (int() refuses over 4,300 digits: a padded value was a
+    500)."""
+    if not (length.isascii() and length.isdigit()):
+        return False
+    digits = length.lstrip("0") or "0"
+    return len(digits) <= len(str(max_bytes)) and int(digits) <= max_bytes
 
 
 def _scan(
@@ -316,22 +341,6 @@ def _scan(
         elif key == b"transfer-encoding":
             chunked = True
     return incoming, lengths, chunked, authorization
-
-
-async def _through(
-    gate: Gate, scope: Scope, receive: Receive, send: Send, path: str
-) -> GatePass | None:
-    """The gate's check; a bug in it is answered 500 `internal_error` and logged, as
-    ServerErrorMiddleware does for the application (the gate runs outside it)."""
-    try:
-        return await gate.check(scope, receive, send, path)
-    except Exception:
-        logger.exception("request.unhandled_error")
-        response = JSONResponse(
-            error_body("internal_error", "An unexpected error occurred."), status_code=500
-        )
-        await response(scope, receive, send)
-        return None
 
 
 def incoming_request_id(scope: Scope) -> str | None:

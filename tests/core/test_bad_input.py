@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from starlette.exceptions import HTTPException
@@ -283,3 +284,66 @@ async def test_a_refused_body_is_readable_by_an_allowed_origin(database_url: str
     assert refused.headers["access-control-allow-origin"] == origin
     assert "x-request-id" in refused.headers
     assert refused.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (b"0" * 5000 + b"3072", 200),  # leading zeros: a number like any other
+        (b"0" * 5000 + b"5000", 413),
+        (b"9" * 5000, 413),  # beyond what int() parses: refused, never a 500
+    ],
+)
+async def test_a_padded_content_length_is_read_as_a_number(length: bytes, expected: int) -> None:
+    assert await _through_body_limit([(b"content-length", length)], chunks=3) == expected
+
+
+class _BrokenGate:
+    """A gate with a bug, or one that meets a database outage."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def needed(self, path: str, authorization: bool) -> bool:
+        return True
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (RuntimeError("a bug"), 500, "internal_error"),
+        (ConnectionRefusedError("database down"), 503, "service_unavailable"),
+    ],
+)
+async def test_a_failing_gate_is_answered_as_the_application_would_be(
+    error: Exception, status: int, code: str
+) -> None:
+    """The gate runs outside ServerErrorMiddleware: the envelope answers for it."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("not reached")
+
+    envelope = RequestEnvelopeMiddleware(app, no_store_prefixes=(), gate=_BrokenGate(error))
+    transport = httpx.ASGITransport(app=envelope)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answer = await client.get("/anything")
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == code
+    assert "x-request-id" in answer.headers
+    assert "Traceback" not in answer.text
+
+
+async def test_a_preflight_says_nosniff_too(database_url: str) -> None:
+    """Preflights are answered by CORS, outside the envelope, with its header all the same."""
+    origin = "https://app.example"
+    async for h in start_harness(make_settings(database_url, cors_origins=[origin])):
+        preflight = await h.client.options(
+            "/auth/login",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert preflight.headers["x-content-type-options"] == "nosniff"

@@ -76,7 +76,13 @@ async def test_a_burst_of_proofs_with_replays_among_them(
     once, every replay in the same burst or a later one is refused, on two replicas."""
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     store = redis if shared == "redis" else None
-    caches = [ReplayCache(engine, window=WINDOW, redis=store, namespace=namespace) for _ in "ab"]
+    # A generous Redis timeout: the point is the batching. Under CI load the default 0.25 s
+    # ran out once, and a replica that gave up on Redis checks the database alone (the
+    # outage behaviour, tests/dpop/test_replay_redis_recovery.py).
+    caches = [
+        ReplayCache(engine, window=WINDOW, redis=store, namespace=namespace, redis_timeout=5.0)
+        for _ in "ab"
+    ]
     proofs, now = [a_proof() for _ in range(40)], datetime.now(UTC)
 
     async def use(cache: ReplayCache, proof: Proof) -> bool:
