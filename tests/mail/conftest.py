@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
 from typing import Any
@@ -15,6 +16,7 @@ from aiosmtpd.controller import Controller
 
 from app.core.settings import Settings
 from tests.conftest import Harness, make_settings, start_harness
+from tests.support.receiver import eventually
 from tests.support.servers import free_port
 
 # aiosmtpd logs every DATA line at DEBUG: the messages (and their links) would fill the logs.
@@ -93,3 +95,18 @@ def mail_settings(database_url: str, smtp: SmtpServer, **overrides: Any) -> Sett
 async def mail_harness(database_url: str, smtp: SmtpServer) -> AsyncIterator[Harness]:
     async for h in start_harness(mail_settings(database_url, smtp)):
         yield h
+
+
+async def mailed(
+    smtp: SmtpServer, email: str, *, subject: str, pattern: str, count: int = 1
+) -> str:
+    """The first group of `pattern` in the plain text of the `count`-th message to `email`
+    (waiting for it), after checking its subject."""
+    await eventually(lambda: len(smtp.mailbox.to(email)) >= count, what=f"email {count}")
+    message = smtp.mailbox.to(email)[count - 1]
+    assert message["Subject"] == subject
+    body = message.get_body(("plain",))
+    assert body is not None
+    found = re.search(pattern, body.get_content())
+    assert found is not None, body.get_content()
+    return next(group for group in found.groups() if group)

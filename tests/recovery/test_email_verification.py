@@ -12,9 +12,8 @@ import re
 import httpx
 
 from tests.conftest import PASSWORD, Harness, bearer, error_code, start_harness
-from tests.mail.conftest import SmtpServer, mail_settings
+from tests.mail.conftest import SmtpServer, mail_settings, mailed
 from tests.support.cli import cli
-from tests.support.receiver import eventually
 
 
 async def _unproven(h: Harness, email: str) -> None:
@@ -27,14 +26,13 @@ async def _login(h: Harness, email: str, password: str = PASSWORD) -> httpx.Resp
 
 
 async def _link_token(smtp: SmtpServer, email: str, count: int = 1) -> str:
-    await eventually(lambda: len(smtp.mailbox.to(email)) >= count, what=f"email {count}")
-    message = smtp.mailbox.to(email)[count - 1]
-    assert message["Subject"] == "Verify your authsvc email address"
-    body = message.get_body(("plain",))
-    assert body is not None
-    found = re.search(r"Your verification token: (\S+)", body.get_content())
-    assert found is not None, body.get_content()
-    return found.group(1)
+    return await mailed(
+        smtp,
+        email,
+        subject="Verify your authsvc email address",
+        pattern=r"Your verification token: (\S+)",
+        count=count,
+    )
 
 
 async def _confirm(h: Harness, token: str) -> httpx.Response:

@@ -19,7 +19,7 @@ from app.core.db import table_of
 from app.recovery.models import AccountToken
 from app.users import repository as users_repository
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
-from tests.mail.conftest import SmtpServer, mail_settings
+from tests.mail.conftest import SmtpServer, mail_settings, mailed
 from tests.outbox.conftest import outbox_rows
 from tests.support.receiver import eventually
 from tests.support.timing import assert_same_time, interleaved
@@ -47,14 +47,13 @@ async def _confirm(h: Harness, token: str, password: str = NEW_PASSWORD) -> http
 
 async def _mailed_token(smtp: SmtpServer, email: str, count: int = 1) -> str:
     """The token of the `count`-th reset message to `email`, read from the SMTP server."""
-    await eventually(lambda: len(smtp.mailbox.to(email)) >= count, what=f"reset email {count}")
-    body = smtp.mailbox.to(email)[count - 1].get_body(("plain",))
-    assert body is not None
-    found = re.search(
-        r"Your reset token: (\S+)|new password here: \S+#token=(\S+)", body.get_content()
+    return await mailed(
+        smtp,
+        email,
+        subject="Reset your authsvc password",
+        pattern=r"Your reset token: (\S+)|new password here: \S+#token=(\S+)",
+        count=count,
     )
-    assert found is not None, body.get_content()
-    return found.group(1) or found.group(2)
 
 
 async def _events(h: Harness, *names: str) -> list[Any]:

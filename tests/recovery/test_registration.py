@@ -7,7 +7,6 @@ link is emailed too."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +25,7 @@ from app.recovery.registration import MAX_PASSWORD_ATTEMPTS, RegistrationProcess
 from app.recovery.service import purge_expired
 from app.users.models import User
 from tests.conftest import PASSWORD, Harness, error_code, start_harness
-from tests.mail.conftest import SmtpServer, mail_settings
+from tests.mail.conftest import SmtpServer, mail_settings, mailed
 from tests.outbox.conftest import outbox_rows
 from tests.recovery.test_email_verification import _link_token
 from tests.support.cli import cli
@@ -89,14 +88,20 @@ async def _pending_count(h: Harness, email: str) -> int:
 
 async def _registration_link(smtp: SmtpServer, email: str, count: int = 1) -> str:
     """The token of the `count`-th registration link sent to `email`."""
-    await eventually(lambda: len(smtp.mailbox.to(email)) >= count, what=f"email {count}")
-    message = smtp.mailbox.to(email)[count - 1]
-    assert message["Subject"] == "Confirm your new authsvc account"
-    body = message.get_body(("plain",))
-    assert body is not None
-    found = re.search(r"the password you registered with: (\S+)", body.get_content())
-    assert found is not None, body.get_content()
-    return found.group(1)
+    return await mailed(
+        smtp,
+        email,
+        subject="Confirm your new authsvc account",
+        pattern=r"the password you registered with: (\S+)",
+        count=count,
+    )
+
+
+async def _registered(h: Harness, smtp: SmtpServer, prefix: str) -> tuple[str, str]:
+    """A fresh address registered with PASSWORD, and its link's token."""
+    email = _fresh(prefix)
+    assert (await _register(h, email)).status_code == 202
+    return email, await _registration_link(smtp, email)
 
 
 async def test_a_new_address_gets_202_and_its_account_when_the_link_is_followed(
@@ -154,9 +159,7 @@ async def test_a_registration_in_someone_elses_name_is_of_no_use(
 
 
 async def test_wrong_passwords_with_a_link_are_bounded(strict: Harness, smtp: SmtpServer) -> None:
-    email = _fresh("guessed")
-    await _register(strict, email)
-    token = await _registration_link(smtp, email)
+    email, token = await _registered(strict, smtp, "guessed")
     for _ in range(MAX_PASSWORD_ATTEMPTS):
         wrong = await _confirm(strict, token, OTHER_PASSWORD)
         assert error_code(wrong) == "password_mismatch"
@@ -168,9 +171,7 @@ async def test_wrong_passwords_with_a_link_are_bounded(strict: Harness, smtp: Sm
 async def test_an_expired_link_makes_no_account_and_is_purged(
     strict: Harness, smtp: SmtpServer
 ) -> None:
-    email = _fresh("late")
-    await _register(strict, email)
-    token = await _registration_link(smtp, email)
+    email, token = await _registered(strict, smtp, "late")
     strict.clock.advance(strict.ctx.settings.email_verification_ttl + 1)
     late = await _confirm(strict, token)
     assert (late.status_code, error_code(late)) == (400, "verification_token_invalid")
@@ -182,9 +183,7 @@ async def test_an_expired_link_makes_no_account_and_is_purged(
 async def test_two_confirmations_of_one_link_make_one_account(
     strict: Harness, smtp: SmtpServer
 ) -> None:
-    email = _fresh("twice-clicked")
-    await _register(strict, email)
-    token = await _registration_link(smtp, email)
+    email, token = await _registered(strict, smtp, "twice-clicked")
     answers = await asyncio.gather(_confirm(strict, token), _confirm(strict, token))
     assert sorted(a.status_code for a in answers) == [204, 400]
     assert await _user_count(strict, email) == 1
@@ -193,9 +192,7 @@ async def test_two_confirmations_of_one_link_make_one_account(
 async def test_an_address_given_an_account_meanwhile_ends_its_links(
     strict: Harness, smtp: SmtpServer
 ) -> None:
-    email = _fresh("meanwhile")
-    await _register(strict, email)
-    token = await _registration_link(smtp, email)
+    email, token = await _registered(strict, smtp, "meanwhile")
     await strict.create_user(email)  # an operator's, before the link was followed
     taken = await _confirm(strict, token)
     assert (taken.status_code, error_code(taken)) == (409, "email_taken")
