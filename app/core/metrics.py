@@ -98,12 +98,8 @@ def record_request(scope: Scope, status: int, seconds: float) -> None:
     whose ids would explode the label set). Called by the request-envelope middleware, which already
     wraps every request, so measuring costs no extra middleware layer."""
     route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_LABEL) or "unmatched"
-    method = scope["method"]
-    labels = (method if method in _METHODS else "other", route, status)
-    # RequestTally.add, inlined: a call less on every request.
-    counts = _tally.pending.get(labels) or _tally.start(labels)
-    counts[bisect_left(_tally.bounds, seconds)] += 1  # le: the first bound >= it
-    counts[-1] += seconds
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    _tally.add((method, route, status), seconds)
 
 
 class RequestTally:

@@ -27,6 +27,10 @@ class FoundToken:
     attempts: int
     spent_at: datetime | None
 
+    def is_usable_at(self, now: datetime) -> bool:
+        """Neither spent nor expired."""
+        return self.spent_at is None and now < self.expires_at
+
 
 async def insert(
     conn: AsyncConnection,

@@ -228,7 +228,7 @@ class PasswordResets:
     ) -> tuple[FoundToken, users.UserRecord]:
         found = await repository.find(conn, KIND, token_hash, for_update=lock)
         now = self._clock.now()
-        if found is None or found.spent_at is not None or found.expires_at <= now:
+        if found is None or not found.is_usable_at(now):
             raise ResetTokenInvalid()
         user = await users.get_by_id(conn, found.user_id)
         changed = await users.password_changed_at(conn, found.user_id)

@@ -125,7 +125,7 @@ class EmailVerification:
         conn = await uow.connection()
         found = await repository.find(conn, PURPOSE, self._links.hash(token), for_update=True)
         now = self._clock.now()
-        if found is None or found.spent_at is not None or found.expires_at <= now:
+        if found is None or not found.is_usable_at(now):
             raise VerificationTokenInvalid()
         await repository.spend(conn, found.id, now=now, reason="used")
         await users.mark_email_verified(conn, found.user_id, now=now)
