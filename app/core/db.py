@@ -204,14 +204,15 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     try:
         yield raw
     except BaseException as exc:
-        if not isinstance(exc, asyncpg.PostgresError) or raw.is_closed() or _server_gone(exc):
+        if not isinstance(exc, asyncpg.PostgresError) or raw.is_closed() or server_gone(exc):
             await greenlet_spawn(pooled.invalidate)
         raise
     finally:
         await greenlet_spawn(pooled.close)
 
 
-def _server_gone(exc: asyncpg.PostgresError) -> bool:
+def server_gone(exc: asyncpg.PostgresError) -> bool:
+    """Whether the error is the server's or the connection's, not the statement's."""
     # 08 connection exception, 57 operator intervention (shutdown, restart)
     return str(exc.sqlstate or "")[:2] in {"08", "57"}
 

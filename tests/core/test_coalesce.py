@@ -1,4 +1,4 @@
-"""app.core.coalesce: concurrent one-key writes share a round trip, and nobody is left waiting."""
+"""app.core.coalesce: concurrent writes share a round trip, and nobody is left waiting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.core.coalesce import Coalescer
+from app.core.coalesce import Batcher, Coalescer
 
 
 class Store:
@@ -79,3 +79,67 @@ async def test_a_cancelled_submitter_does_not_stop_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     assert store.seen == {"a", "b"}
+
+
+# --- Batcher: each item its own result -------------------------------------------------------
+
+
+async def _turns(count: int = 4) -> None:
+    """Let the loop run a few iterations: a submit's task, the flush it schedules, the flush."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+class Squares:
+    """Answers each item with its square, or an exception for a negative one; records batches.
+    Each flush waits on `gate` (set by default), so a test can hold one under way."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def flush(self, items: list[int]) -> list[int | Exception]:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        return [ValueError(f"negative {i}") if i < 0 else i * i for i in items]
+
+
+async def test_each_submitter_gets_its_own_result_or_error() -> None:
+    squares = Squares()
+    batcher: Batcher[int, int] = Batcher(squares.flush)
+    results = await asyncio.gather(*(batcher.submit(i) for i in (3, -1, 2)), return_exceptions=True)
+    assert results[::2] == [9, 4]
+    assert isinstance(results[1], ValueError)
+    assert squares.batches == [[3, -1, 2]]  # in order of submission, one flush
+
+
+async def test_a_lone_item_goes_on_the_next_iteration() -> None:
+    squares = Squares()
+    batcher: Batcher[int, int] = Batcher(squares.flush)
+    pending = asyncio.ensure_future(batcher.submit(5))
+    await _turns(3)  # the submit's task, the flush it scheduled, the flush: no timer
+    assert squares.batches == [[5]]
+    assert await pending == 25
+
+
+async def test_a_flush_under_way_holds_up_no_later_item() -> None:
+    squares = Squares()
+    squares.gate.clear()
+    batcher: Batcher[int, int] = Batcher(squares.flush)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await _turns()
+    second = asyncio.ensure_future(batcher.submit(2))
+    await _turns()
+    assert squares.batches == [[1], [2]]
+    squares.gate.set()
+    assert list(await asyncio.gather(first, second)) == [1, 4]
+
+
+async def test_a_flush_answering_the_wrong_number_of_items_fails_them_all() -> None:
+    async def short(items: list[int]) -> list[int | Exception]:
+        return [0]
+
+    batcher: Batcher[int, int] = Batcher(short)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)

@@ -49,7 +49,11 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_SQL = ROOT / "app" / "sessions" / "sql"
 PINNED_SQL = ROOT / "migrations" / "sql"
 # app/sessions/sql/<stem>.sql -> the function it creates
-FUNCTIONS = {"rotate_refresh": "authsvc_rotate_refresh", "start_session": "authsvc_start_session"}
+FUNCTIONS = {
+    "rotate_refresh": "authsvc_rotate_refresh",
+    "rotate_refresh_many": "authsvc_rotate_refresh_many",
+    "start_session": "authsvc_start_session",
+}
 
 
 def test_every_app_sql_file_is_checked() -> None:

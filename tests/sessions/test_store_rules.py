@@ -3,7 +3,9 @@ stated once and checked on every store variant (docs/refresh-rotation.md, app/se
 
 - portable store (SQLAlchemy Core) on SQLite,
 - portable store on PostgreSQL,
-- PostgreSQL store (the PL/pgSQL functions installed by the migrations) on PostgreSQL.
+- PostgreSQL store (the PL/pgSQL functions installed by the migrations) on PostgreSQL,
+- the same, each rotation sent in one batch with a neighbour session's rotation, so that every
+  rule holds through `authsvc_rotate_refresh_many` too.
 
 No app and no HTTP: the data is seeded with the repositories, the store is called directly, and
 the rows it leaves (session, tokens, user, audit) are compared with what the rule says. Time is a
@@ -12,6 +14,7 @@ fixed `now` with explicit deadlines around it, so nothing depends on the wall cl
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -44,8 +47,13 @@ from app.users import repository as users
 # variants count as PostgreSQL tests (conftest: REQUIRE_POSTGRES=1 turns their skip into a failure).
 pytestmark = pytest.mark.parametrize(
     ("kind", "database"),
-    [("portable", "sqlite"), ("portable", "postgres"), ("postgres", "postgres")],
-    ids=["portable-sqlite", "portable-postgres", "postgres-postgres"],
+    [
+        ("portable", "sqlite"),
+        ("portable", "postgres"),
+        ("postgres", "postgres"),
+        ("batched", "postgres"),
+    ],
+    ids=["portable-sqlite", "portable-postgres", "postgres-postgres", "batched-postgres"],
     scope="module",
 )
 
@@ -83,7 +91,8 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(kind: str, url: str) -> AsyncIterator[Env]:
     engine = create_engine(url)
-    store = PostgresSessionStore(engine) if kind == "postgres" else PortableSessionStore(engine)
+    stores = {"portable": PortableSessionStore, "postgres": PostgresSessionStore}
+    store = stores.get(kind, BatchedStore)(engine)
     try:
         yield Env(engine, store)
     finally:
@@ -511,6 +520,26 @@ async def _seed_session(engine: AsyncEngine, case: RotationCase, now: datetime) 
     return SeededSession(
         user_id, email, session_id, token_ids, token_hashes, other_session_id, other_token_hash
     )
+
+
+class BatchedStore(PostgresSessionStore):
+    """Each rotation goes in one batch with a fresh neighbour session's, which must rotate."""
+
+    async def rotate(self, request: RotationRequest) -> Rotation:
+        neighbour_case = RotationCase(name="neighbour", outcome="rotated")
+        neighbour = await _seed_session(self._engine, neighbour_case, request.now)
+        theirs = replace(
+            request,
+            session_id=neighbour.session_id,
+            token_hash=neighbour.token_hashes[0],
+            successor_id=uuid.uuid4(),
+            successor_hash=secrets.token_bytes(32),
+            arrived_at=request.now,
+            may_rotate=True,
+        )
+        mine, their_rotation = await asyncio.gather(super().rotate(request), super().rotate(theirs))
+        assert their_rotation.outcome == "rotated"
+        return mine
 
 
 def _expected_audit(case: RotationCase) -> tuple[str, dict[str, object]] | None:

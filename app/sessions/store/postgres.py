@@ -3,19 +3,28 @@ one call each on the pooled connection's own asyncpg driver, outside any transac
 call is its own transaction and one round trip. SQLAlchemy's execution path costs more CPU
 than these statements (docs/performance.md). Everything else is the portable store's.
 
-The functions are app/sessions/sql/*.sql, installed by migration 0013 (0004, 0005, 0007,
-0009 and 0010 installed the earlier versions).
+Concurrent rotations share one call (app.core.coalesce.Batcher): the rotations a worker is
+asked for in the same event-loop iteration go together, through
+`authsvc_rotate_refresh_many`, one transaction and one commit for all (docs/refresh-rotation.md,
+"Concurrent refreshes share a commit"). A rotation alone is one call of `authsvc_rotate_refresh`.
+
+The functions are app/sessions/sql/*.sql, installed by migrations 0015, 0007 and 0019 (0004,
+0005, 0009, 0010 and 0013 installed the earlier versions).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.db import driver_connection
+from app.core.coalesce import Batcher
+from app.core.db import driver_connection, server_gone
 from app.sessions.policy import SessionState
 from app.sessions.store.base import Outcome, Rotation, RotationRequest, SessionStart, StartedFor
 from app.sessions.store.portable import PortableSessionStore
@@ -26,6 +35,13 @@ _ROTATE = (
     "SELECT * FROM authsvc_rotate_refresh"
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
+_ROTATE_MANY = (
+    "SELECT * FROM authsvc_rotate_refresh_many"
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+# A batch is one transaction holding its sessions' row locks until it commits: bounded, so that
+# a slow batch holds up few sessions, and its rotations' subtransaction-free loop stays short.
+_MAX_BATCH = 32
 _START = "SELECT * FROM authsvc_start_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
@@ -36,8 +52,67 @@ class PostgresSessionStore(PortableSessionStore):
         self._by_email = str(
             users.BY_EMAIL.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
         )
+        self._rotations: Batcher[RotationRequest, Rotation] = Batcher(
+            self._rotate_batch, max_batch=_MAX_BATCH
+        )
 
     async def rotate(self, request: RotationRequest) -> Rotation:
+        return await self._rotations.submit(request)
+
+    async def _rotate_batch(self, requests: list[RotationRequest]) -> list[Rotation | Exception]:
+        groups: dict[tuple[float, float, float, tuple[str, ...]], list[int]] = {}
+        for index, r in enumerate(requests):
+            groups.setdefault(_shared_arguments(r), []).append(index)
+        results: list[Rotation | Exception] = [RuntimeError("not rotated")] * len(requests)
+        for indexes in groups.values():
+            batch = [requests[i] for i in indexes]
+            for i, result in zip(indexes, await self._rotate_together(batch), strict=True):
+                results[i] = result
+        return results
+
+    async def _rotate_together(
+        self, requests: list[RotationRequest]
+    ) -> Sequence[Rotation | Exception]:
+        if len(requests) == 1:
+            return [await self._rotate_one(requests[0])]
+        try:
+            return await self._rotate_many(requests)
+        except asyncpg.PostgresError as exc:
+            if server_gone(exc):
+                raise  # every rotation of the batch would meet the same: each answers 503
+            # One rotation's own failure, or a deadlock with a writer that locks sessions in
+            # another order: nothing of the batch was committed, so each goes again alone
+            # and fails, if it does, by itself.
+            alone = await asyncio.gather(
+                *(self._rotate_one(r) for r in requests), return_exceptions=True
+            )
+            for result in alone:
+                if not isinstance(result, Rotation | Exception):
+                    raise result from None  # a cancellation is the batch's, not a rotation's
+            return [result for result in alone if isinstance(result, Rotation | Exception)]
+
+    async def _rotate_many(self, requests: list[RotationRequest]) -> list[Rotation]:
+        first = requests[0]
+        async with driver_connection(self._engine) as conn:
+            rows = await conn.fetch(
+                _ROTATE_MANY,
+                [r.session_id for r in requests],
+                [r.token_hash for r in requests],
+                [r.successor_id for r in requests],
+                [r.successor_hash for r in requests],
+                [r.now for r in requests],
+                *_shared_arguments(first)[:3],
+                [r.ip for r in requests],
+                [r.user_agent for r in requests],
+                [r.arrived_at for r in requests],
+                [r.may_rotate for r in requests],
+                list(first.logout_clients),
+                [r.dpop_jkt for r in requests],
+            )
+        by_position = {row["ord"]: row for row in rows}
+        return [_rotation_of(r, by_position[i]) for i, r in enumerate(requests, start=1)]
+
+    async def _rotate_one(self, request: RotationRequest) -> Rotation:
         r = request
         async with driver_connection(self._engine) as conn:
             row = await conn.fetchrow(
@@ -57,15 +132,7 @@ class PostgresSessionStore(PortableSessionStore):
                 list(r.logout_clients),
                 r.dpop_jkt,
             )
-        outcome: Outcome = row["outcome"]
-        if outcome in ("invalid", "dpop_mismatch"):
-            return Rotation(outcome)
-        return Rotation(
-            outcome,
-            session=_session_from_row(r.session_id, row),
-            generation=row["generation"],
-            reuse_class=row["reuse_class"],
-        )
+        return _rotation_of(r, row)
 
     async def start(self, start: SessionStart) -> StartedFor | None:
         s = start
@@ -96,6 +163,30 @@ class PostgresSessionStore(PortableSessionStore):
             return None
         user_id, *rest = row
         return UserRecord(_uuid(user_id), *rest)
+
+
+def _shared_arguments(r: RotationRequest) -> tuple[float, float, float, tuple[str, ...]]:
+    """The arguments one call of `authsvc_rotate_refresh_many` passes once for all its
+    rotations (the service's own, the same for every request)."""
+    policy = r.policy
+    return (
+        policy.idle_timeout.total_seconds(),
+        policy.touch_interval.total_seconds(),
+        policy.reuse_interval.total_seconds(),
+        r.logout_clients,
+    )
+
+
+def _rotation_of(request: RotationRequest, row: Any) -> Rotation:
+    outcome: Outcome = row["outcome"]
+    if outcome in ("invalid", "dpop_mismatch"):
+        return Rotation(outcome)
+    return Rotation(
+        outcome,
+        session=_session_from_row(request.session_id, row),
+        generation=row["generation"],
+        reuse_class=row["reuse_class"],
+    )
 
 
 def _uuid(value: Any) -> uuid.UUID:

@@ -1,0 +1,232 @@
+"""Concurrent rotations share one call and one transaction (`authsvc_rotate_refresh_many`), and
+sharing changes nothing else: each rotation answers as it would alone, a rotation that fails
+fails by itself, and theft in a batch ends only the thief's session. Every rule of the rule
+table also runs batched (tests/sessions/test_store_rules.py, "batched-postgres").
+
+Which rotations shared a transaction is read from PostgreSQL itself: rows written in one
+transaction carry its id (`xmin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.db import create_engine, driver_connection
+from app.sessions import repository as sessions
+from app.sessions.policy import SessionPolicy
+from app.sessions.store.base import Rotation, RotationRequest
+from app.sessions.store.postgres import PostgresSessionStore
+from app.users import repository as users
+
+POLICY = SessionPolicy(
+    idle_timeout=timedelta(hours=1),
+    absolute_lifetime=timedelta(hours=8),
+    touch_interval=timedelta(seconds=5),
+    reuse_interval=timedelta(seconds=30),
+)
+
+
+@pytest.fixture
+async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def _sessions(
+    engine: AsyncEngine, count: int, now: datetime, ids: list[uuid.UUID] | None = None
+) -> list[tuple[uuid.UUID, bytes]]:
+    """`count` live sessions of one new user (with `ids`, those, inserted in that order), each
+    with a fresh token: (session id, its hash)."""
+    ids = ids or [uuid.uuid4() for _ in range(count)]
+    seeded = []
+    async with engine.begin() as conn:
+        user_id = await users.insert_user(
+            conn,
+            email=f"batch-{uuid.uuid4().hex[:12]}@example.com",
+            password_hash="$dummy$",
+            role="user",
+            now=now,
+        )
+        for session_id in ids:
+            token_hash = secrets.token_bytes(32)
+            await sessions.insert_session(
+                conn,
+                session_id=session_id,
+                user_id=user_id,
+                device_name=None,
+                user_agent=None,
+                ip=None,
+                now=now,
+                idle_expires_at=now + timedelta(minutes=10),
+                absolute_expires_at=now + timedelta(hours=8),
+            )
+            await sessions.insert_refresh_token(
+                conn,
+                session_id=session_id,
+                token_hash=token_hash,
+                parent_id=None,
+                generation=1,
+                now=now,
+            )
+            seeded.append((session_id, token_hash))
+    return seeded
+
+
+def _request(
+    session_id: uuid.UUID, token_hash: bytes, now: datetime, successor_id: uuid.UUID | None = None
+) -> RotationRequest:
+    return RotationRequest(
+        session_id=session_id,
+        token_hash=token_hash,
+        successor_id=successor_id or uuid.uuid4(),
+        successor_hash=secrets.token_bytes(32),
+        now=now,
+        policy=POLICY,
+        ip="203.0.113.7",
+        user_agent="batch-tests",
+        arrived_at=now,
+    )
+
+
+async def _transactions_of(engine: AsyncEngine, token_ids: list[uuid.UUID]) -> int:
+    """How many transactions wrote these token rows."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text("SELECT count(DISTINCT xmin::text) FROM refresh_tokens WHERE id = ANY(:ids)"),
+            {"ids": token_ids},
+        )
+    return int(count or 0)
+
+
+async def _rotate_all(store: PostgresSessionStore, requests: list[RotationRequest]) -> list[object]:
+    return list(await asyncio.gather(*(store.rotate(r) for r in requests), return_exceptions=True))
+
+
+def _outcome(result: object) -> str:
+    assert isinstance(result, Rotation), result
+    return result.outcome
+
+
+async def test_concurrent_rotations_share_one_transaction(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    requests = [_request(sid, th, now) for sid, th in await _sessions(engine, 8, now)]
+    results = await _rotate_all(PostgresSessionStore(engine), requests)
+    assert [_outcome(r) for r in results] == ["rotated"] * 8
+    assert await _transactions_of(engine, [r.successor_id for r in requests]) == 1
+
+
+async def test_one_token_twice_in_a_batch_is_rotated_then_retried(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    [(sid, token_hash)] = await _sessions(engine, 1, now)
+    first, again = _request(sid, token_hash, now), _request(sid, token_hash, now)
+    results = await _rotate_all(PostgresSessionStore(engine), [first, again])
+    assert [(r.outcome, r.generation) for r in results if isinstance(r, Rotation)] == [
+        ("rotated", 2),
+        ("retried", 1),
+    ]
+    async with engine.connect() as conn:
+        successors = await conn.scalar(
+            text("SELECT count(*) FROM refresh_tokens WHERE session_id = :sid AND generation = 2"),
+            {"sid": sid},
+        )
+    assert successors == 1  # the retry made none of its own
+
+
+async def test_a_failing_rotation_fails_alone(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    seeded = await _sessions(engine, 3, now)
+    async with engine.connect() as conn:
+        taken_id = await conn.scalar(
+            text("SELECT id FROM refresh_tokens WHERE session_id = :sid"), {"sid": seeded[0][0]}
+        )
+    # The middle rotation's successor id is taken: its INSERT fails, and with it the batch's
+    # transaction; each rotation then goes alone.
+    requests = [
+        _request(seeded[0][0], seeded[0][1], now),
+        _request(seeded[1][0], seeded[1][1], now, successor_id=taken_id),
+        _request(seeded[2][0], seeded[2][1], now),
+    ]
+    first, failed, last = await _rotate_all(PostgresSessionStore(engine), requests)
+    assert isinstance(failed, asyncpg.UniqueViolationError)
+    assert _outcome(first) == _outcome(last) == "rotated"
+    assert await _transactions_of(engine, [requests[0].successor_id, requests[2].successor_id]) == 2
+    async with engine.connect() as conn:
+        unused = await conn.scalar(
+            text("SELECT used_at IS NULL FROM refresh_tokens WHERE token_hash = :h"),
+            {"h": seeded[1][1]},
+        )
+    assert unused  # nothing of the failed rotation was kept
+
+
+async def test_theft_in_a_batch_ends_only_the_thiefs_session(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    (stolen, stolen_hash), (honest, honest_hash) = await _sessions(engine, 2, now)
+    store = PostgresSessionStore(engine)
+    assert (await store.rotate(_request(stolen, stolen_hash, now))).outcome == "rotated"
+    later = now + timedelta(minutes=1)  # past the reuse interval
+    replay, fresh = await _rotate_all(
+        store, [_request(stolen, stolen_hash, later), _request(honest, honest_hash, later)]
+    )
+    assert (_outcome(replay), _outcome(fresh)) == ("reused", "rotated")
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id, revoked_at IS NOT NULL FROM sessions WHERE id IN (:a, :b)"),
+            {"a": stolen, "b": honest},
+        )
+        revoked: dict[uuid.UUID, bool] = {row[0]: row[1] for row in rows}
+    assert revoked == {stolen: True, honest: False}
+
+
+async def test_revoking_a_users_sessions_locks_them_in_id_order(engine: AsyncEngine) -> None:
+    """A batch locks its sessions in id order; so does revoking several sessions. Had the
+    revocation locked a higher id while it waited for a lower one, a batch holding the lower one
+    and waiting for the higher would deadlock with it."""
+    now = datetime.now(UTC)
+    low, high = sorted([uuid.uuid4(), uuid.uuid4()])
+    await _sessions(engine, 2, now, ids=[high, low])  # the table's own order: the higher first
+    async with engine.connect() as conn:
+        user_id = await conn.scalar(text("SELECT user_id FROM sessions WHERE id = :s"), {"s": low})
+    async with driver_connection(engine) as holder, driver_connection(engine) as probe:
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", low)
+        revoking = asyncio.ensure_future(_revoke_all(engine, user_id, now))
+        await _until_waiting(probe)  # the revocation waits for the lower id...
+        free = await probe.fetchval(  # ...and holds nothing beyond it
+            "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE SKIP LOCKED) s",
+            high,
+        )
+        await holding.rollback()
+        assert free == 1
+        assert sorted(await revoking) == [low, high]
+
+
+async def _revoke_all(engine: AsyncEngine, user_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
+    async with engine.begin() as conn:
+        return await sessions.revoke_sessions(conn, now=now, reason="logout_all", user_id=user_id)
+
+
+async def _until_waiting(probe: Any) -> None:
+    """Until some backend waits for a row lock."""
+    for _ in range(200):
+        waiting = await probe.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the revocation never waited for the held lock")
