@@ -212,8 +212,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
 
 
 def server_gone(exc: asyncpg.PostgresError) -> bool:
-    """Whether the error is the server's or the connection's, not the statement's."""
-    # 08 connection exception, 57 operator intervention (shutdown, restart)
+    """Whether the error is the connection's or the server's (a shutdown, a restart, a
+    cancelled statement), rather than the statement's own."""
+    # 08 connection exception, 57 operator intervention (shutdown, restart, query_canceled)
     return str(exc.sqlstate or "")[:2] in {"08", "57"}
 
 

@@ -116,12 +116,6 @@ async def revoke_sessions(
         conditions.append(_sessions.c.user_id == user_id)
     if except_session is not None:
         conditions.append(_sessions.c.id != except_session)
-    if session_id is None:
-        # Several sessions: their row locks in id order first, the order in which a batch of
-        # rotations takes them (authsvc_rotate_refresh_many), so the two never deadlock.
-        await conn.execute(
-            select(_sessions.c.id).where(*conditions).order_by(_sessions.c.id).with_for_update()
-        )
     rows = await conn.execute(
         update(_sessions)
         .where(*conditions)

@@ -36,13 +36,30 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh_many(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     i integer;
+    v_owned uuid[];
+    v_locked uuid[];
 BEGIN
-    -- In session-id order: a session's row lock is taken in the same order by every batch, so
-    -- two batches sharing sessions queue rather than deadlock. Two rotations of one session
-    -- keep their order of arrival, and the second sees what the first did, as it would have
-    -- had it come in its own transaction after the first committed.
-    FOR i IN SELECT o FROM generate_subscripts(p_session_ids, 1) AS o
-             ORDER BY p_session_ids[o], o LOOP
+    -- The sessions the presented tokens belong to (a token of another session is refused by
+    -- the rotation itself, before it locks anything: a forged session id holds up no one).
+    SELECT COALESCE(array_agg(t.session_id), '{}') INTO v_owned
+      FROM unnest(p_session_ids, p_token_hashes) AS x(session_id, token_hash)
+      JOIN refresh_tokens t ON t.token_hash = x.token_hash AND t.session_id = x.session_id;
+    -- Their row locks, all taken first and none waited for: a session another transaction
+    -- holds (a logout, a password change, a batch of another worker) is answered 'busy' and
+    -- its rotation goes alone, where it waits as it always did. So a batch never waits for a
+    -- lock while holding others (no deadlock), and one busy session holds up no one else.
+    SELECT COALESCE(array_agg(s.id), '{}') INTO v_locked
+      FROM (SELECT s.id FROM sessions s WHERE s.id = ANY(v_owned)
+             ORDER BY s.id FOR UPDATE SKIP LOCKED) AS s;
+    -- In arrival order: two rotations of one session keep it, and the second sees the first,
+    -- as it would have in its own transaction after the first committed.
+    FOR i IN SELECT generate_subscripts(p_session_ids, 1) LOOP
+        IF p_session_ids[i] = ANY(v_owned) AND NOT p_session_ids[i] = ANY(v_locked) THEN
+            ord := i;
+            outcome := 'busy';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         RETURN QUERY SELECT i, r.* FROM authsvc_rotate_refresh(
             p_session_ids[i], p_token_hashes[i], p_successor_ids[i], p_successor_hashes[i],
             p_nows[i], p_idle_seconds, p_touch_seconds, p_reuse_seconds, p_ips[i],

@@ -14,7 +14,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
@@ -111,6 +110,18 @@ async def _transactions_of(engine: AsyncEngine, token_ids: list[uuid.UUID]) -> i
     return int(count or 0)
 
 
+async def _audit_transactions(engine: AsyncEngine, session_ids: list[uuid.UUID]) -> int:
+    """How many transactions wrote these sessions' audit rows."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(DISTINCT xmin::text) FROM audit_events WHERE session_id = ANY(:ids)"
+            ),
+            {"ids": session_ids},
+        )
+    return int(count or 0)
+
+
 async def _rotate_all(store: PostgresSessionStore, requests: list[RotationRequest]) -> list[object]:
     return list(await asyncio.gather(*(store.rotate(r) for r in requests), return_exceptions=True))
 
@@ -143,6 +154,7 @@ async def test_one_token_twice_in_a_batch_is_rotated_then_retried(engine: AsyncE
             {"sid": sid},
         )
     assert successors == 1  # the retry made none of its own
+    assert await _audit_transactions(engine, [sid]) == 1  # rotated and retried: one commit
 
 
 async def test_a_failing_rotation_fails_alone(engine: AsyncEngine) -> None:
@@ -188,45 +200,40 @@ async def test_theft_in_a_batch_ends_only_the_thiefs_session(engine: AsyncEngine
         )
         revoked: dict[uuid.UUID, bool] = {row[0]: row[1] for row in rows}
     assert revoked == {stolen: True, honest: False}
-
-
-async def test_revoking_a_users_sessions_locks_them_in_id_order(engine: AsyncEngine) -> None:
-    """A batch locks its sessions in id order; so does revoking several sessions. Had the
-    revocation locked a higher id while it waited for a lower one, a batch holding the lower one
-    and waiting for the higher would deadlock with it."""
-    now = datetime.now(UTC)
-    low, high = sorted([uuid.uuid4(), uuid.uuid4()])
-    await _sessions(engine, 2, now, ids=[high, low])  # the table's own order: the higher first
     async with engine.connect() as conn:
-        user_id = await conn.scalar(text("SELECT user_id FROM sessions WHERE id = :s"), {"s": low})
-    async with driver_connection(engine) as holder, driver_connection(engine) as probe:
+        events = await conn.scalar(
+            text(
+                "SELECT count(DISTINCT xmin::text) FROM audit_events WHERE session_id IN (:a, :b)"
+                " AND event IN ('refresh.reuse_detected', 'refresh.rotated') AND created_at = :t"
+            ),
+            {"a": stolen, "b": honest, "t": later},
+        )
+        notices = await conn.scalar(
+            text("SELECT count(*) FROM outbox_messages WHERE idempotency_key LIKE :k"),
+            {"k": f"backchannel_logout:{stolen}:%"},
+        )
+    assert events == 1  # the theft and the honest rotation: one commit
+    assert notices == 0  # no back-channel clients configured in this store
+
+
+async def test_a_session_another_transaction_holds_is_skipped_and_waits_alone(
+    engine: AsyncEngine,
+) -> None:
+    """The batch takes no lock it would have to wait for: the other sessions rotate at once,
+    and the held one rotates once its holder lets go."""
+    now = datetime.now(UTC)
+    (held, held_hash), (free, free_hash) = await _sessions(engine, 2, now)
+    store = PostgresSessionStore(engine)
+    requests = [_request(held, held_hash, now), _request(free, free_hash, now)]
+    async with driver_connection(engine) as holder:
         holding = holder.transaction()
         await holding.start()
-        await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", low)
-        revoking = asyncio.ensure_future(_revoke_all(engine, user_id, now))
-        await _until_waiting(probe)  # the revocation waits for the lower id...
-        free = await probe.fetchval(  # ...and holds nothing beyond it
-            "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE SKIP LOCKED) s",
-            high,
+        await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", held)
+        waiting, rotating = (asyncio.ensure_future(store.rotate(r)) for r in requests)
+        done, _ = await asyncio.wait(
+            {waiting, rotating}, timeout=5, return_when=asyncio.FIRST_COMPLETED
         )
+        assert done == {rotating}  # at once, while the held session's rotation waits alone
+        assert _outcome(rotating.result()) == "rotated"
         await holding.rollback()
-        assert free == 1
-        assert sorted(await revoking) == [low, high]
-
-
-async def _revoke_all(engine: AsyncEngine, user_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
-    async with engine.begin() as conn:
-        return await sessions.revoke_sessions(conn, now=now, reason="logout_all", user_id=user_id)
-
-
-async def _until_waiting(probe: Any) -> None:
-    """Until some backend waits for a row lock."""
-    for _ in range(200):
-        waiting = await probe.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database()"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the revocation never waited for the held lock")
+    assert _outcome(await asyncio.wait_for(waiting, timeout=5)) == "rotated"

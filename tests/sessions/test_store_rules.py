@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.models import AuditEvent
@@ -539,6 +539,16 @@ class BatchedStore(PostgresSessionStore):
         )
         mine, their_rotation = await asyncio.gather(super().rotate(request), super().rotate(theirs))
         assert their_rotation.outcome == "rotated"
+        # Whatever the rule wrote (its audit row), it wrote in the neighbour's transaction.
+        async with self._engine.connect() as conn:
+            transactions = await conn.scalar(
+                text(
+                    "SELECT count(DISTINCT xmin::text) FROM audit_events"
+                    " WHERE session_id IN (:mine, :theirs) AND created_at = :now"
+                ),
+                {"mine": request.session_id, "theirs": theirs.session_id, "now": request.now},
+            )
+        assert transactions == 1
         return mine
 
 

@@ -4,7 +4,8 @@ call is its own transaction and one round trip. SQLAlchemy's execution path cost
 than these statements (docs/performance.md). Everything else is the portable store's.
 
 Concurrent rotations share one call (app.core.coalesce.Batcher): the rotations a worker is
-asked for in the same event-loop iteration go together, through
+asked for in the same event-loop iteration go together (a session another transaction holds is
+skipped and rotated alone), through
 `authsvc_rotate_refresh_many`, one transaction and one commit for all (docs/refresh-rotation.md,
 "Concurrent refreshes share a commit"). A rotation alone is one call of `authsvc_rotate_refresh`.
 
@@ -14,9 +15,9 @@ The functions are app/sessions/sql/*.sql, installed by migrations 0015, 0007 and
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import asyncpg
@@ -31,6 +32,7 @@ from app.sessions.store.portable import PortableSessionStore
 from app.users import repository as users
 from app.users.repository import UserRecord
 
+_logger = logging.getLogger("app.sessions")
 _ROTATE = (
     "SELECT * FROM authsvc_rotate_refresh"
     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -52,46 +54,55 @@ class PostgresSessionStore(PortableSessionStore):
         self._by_email = str(
             users.BY_EMAIL.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
         )
-        self._rotations: Batcher[RotationRequest, Rotation] = Batcher(
+        # None: the rotation's session was busy (held by another transaction), not rotated.
+        self._rotations: Batcher[RotationRequest, Rotation | None] = Batcher(
             self._rotate_batch, max_batch=_MAX_BATCH
         )
 
     async def rotate(self, request: RotationRequest) -> Rotation:
-        return await self._rotations.submit(request)
+        rotation = await self._rotations.submit(request)
+        if rotation is None:  # its session was held by another transaction: alone, it waits
+            return await self._rotate_one(request)
+        return rotation
 
-    async def _rotate_batch(self, requests: list[RotationRequest]) -> list[Rotation | Exception]:
+    async def _rotate_batch(
+        self, requests: list[RotationRequest]
+    ) -> list[Rotation | None | Exception]:
+        # One call per set of shared arguments (in practice one: they are the service's own).
         groups: dict[tuple[float, float, float, tuple[str, ...]], list[int]] = {}
         for index, r in enumerate(requests):
             groups.setdefault(_shared_arguments(r), []).append(index)
-        results: list[Rotation | Exception] = [RuntimeError("not rotated")] * len(requests)
+        results: list[Rotation | None | Exception] = [RuntimeError("not rotated")] * len(requests)
         for indexes in groups.values():
             batch = [requests[i] for i in indexes]
-            for i, result in zip(indexes, await self._rotate_together(batch), strict=True):
-                results[i] = result
+            try:
+                answers = await self._rotate_together(batch)
+            except Exception as exc:
+                answers = [exc] * len(batch)
+            for i, answer in zip(indexes, answers, strict=True):
+                results[i] = answer
         return results
 
     async def _rotate_together(
         self, requests: list[RotationRequest]
-    ) -> Sequence[Rotation | Exception]:
+    ) -> Sequence[Rotation | None | Exception]:
         if len(requests) == 1:
             return [await self._rotate_one(requests[0])]
         try:
             return await self._rotate_many(requests)
         except asyncpg.PostgresError as exc:
-            if server_gone(exc):
-                raise  # every rotation of the batch would meet the same: each answers 503
-            # One rotation's own failure, or a deadlock with a writer that locks sessions in
-            # another order: nothing of the batch was committed, so each goes again alone
-            # and fails, if it does, by itself.
-            alone = await asyncio.gather(
-                *(self._rotate_one(r) for r in requests), return_exceptions=True
+            if server_gone(exc) or str(exc.sqlstate or "").startswith("53"):
+                raise  # the server's trouble, not a rotation's: each request answers 503
+            # One rotation's own failure: nothing of the batch was committed, so each goes
+            # again alone, one after another (not 32 at once on a pool of 10), and fails, if
+            # it does, by itself.
+            _logger.warning(
+                "rotation.batch_failed", extra={"sqlstate": exc.sqlstate, "size": len(requests)}
             )
-            for result in alone:
-                if not isinstance(result, Rotation | Exception):
-                    raise result from None  # a cancellation is the batch's, not a rotation's
-            return [result for result in alone if isinstance(result, Rotation | Exception)]
+            return [await _outcome_of(self._rotate_one(r)) for r in requests]
 
-    async def _rotate_many(self, requests: list[RotationRequest]) -> list[Rotation]:
+    async def _rotate_many(self, requests: list[RotationRequest]) -> list[Rotation | None]:
+        """Each request's rotation, or None for one whose session was busy (not rotated)."""
         first = requests[0]
         async with driver_connection(self._engine) as conn:
             rows = await conn.fetch(
@@ -110,7 +121,10 @@ class PostgresSessionStore(PortableSessionStore):
                 [r.dpop_jkt for r in requests],
             )
         by_position = {row["ord"]: row for row in rows}
-        return [_rotation_of(r, by_position[i]) for i, r in enumerate(requests, start=1)]
+        return [
+            None if by_position[i]["outcome"] == "busy" else _rotation_of(r, by_position[i])
+            for i, r in enumerate(requests, start=1)
+        ]
 
     async def _rotate_one(self, request: RotationRequest) -> Rotation:
         r = request
@@ -163,6 +177,14 @@ class PostgresSessionStore(PortableSessionStore):
             return None
         user_id, *rest = row
         return UserRecord(_uuid(user_id), *rest)
+
+
+async def _outcome_of(rotation: Awaitable[Rotation]) -> Rotation | Exception:
+    """The rotation, or the exception it raised (a cancellation is raised: it is the batch's)."""
+    try:
+        return await rotation
+    except Exception as exc:
+        return exc
 
 
 def _shared_arguments(r: RotationRequest) -> tuple[float, float, float, tuple[str, ...]]:
