@@ -23,7 +23,7 @@ from app.core.components import Components
 from app.core.db import engine_for
 from app.core.dependencies import Database
 from app.core.ratelimit import RateLimiter
-from app.core.security import PasswordHasher
+from app.core.security import PasswordHasher, TokenHasher
 from app.core.settings import Settings
 from app.dpop.nonce import NonceIssuer
 from app.dpop.service import DPoP, ReplayCache
@@ -34,7 +34,7 @@ from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
 from app.recovery.registration import RegistrationProcessor, Registrations
-from app.recovery.service import PasswordResets, ResetIssuer, TokenHasher
+from app.recovery.service import PasswordResets, ResetIssuer
 from app.recovery.verification import EmailVerification, VerificationLinks
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -126,3 +128,20 @@ class PasswordHasher:
             return self._hash.verify_and_update(password, stored)
         except Exception:  # an unparseable stored hash must fail closed, not 500
             return False, None
+
+
+class TokenHasher:
+    """Tokens are stored as HMAC-SHA256 under a key of their purpose's own (derived from
+    SECRET_KEY): a copy of the table alone yields no working token, and a token of one
+    purpose hashes to nothing of another's."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        self.purpose = purpose
+        self._key = derive_key(secret, f"account-token:{purpose}")
+
+    def new(self) -> tuple[str, bytes]:
+        token = new_opaque_token()
+        return token, self.hash(token)
+
+    def hash(self, token: str) -> bytes:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()

@@ -34,7 +34,7 @@ from app.audit.service import record
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, committed_unit
-from app.core.security import PasswordHasher
+from app.core.security import PasswordHasher, TokenHasher
 from app.mail.service import MailQueue, Sealer, Unsealable
 from app.outbox import repository as outbox
 from app.outbox.repository import NewMessage
@@ -45,7 +45,6 @@ from app.recovery.errors import (
     RegistrationPasswordRequired,
     VerificationTokenInvalid,
 )
-from app.recovery.service import TokenHasher
 from app.recovery.verification import VerificationLinks
 from app.users import repository as users
 from app.users import service as user_rules

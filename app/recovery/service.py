@@ -9,8 +9,6 @@ password and revokes every session of the account (back-channel logout included)
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -23,7 +21,7 @@ from app.audit.service import record
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, committed_unit
-from app.core.security import PasswordHasher, derive_key, new_opaque_token
+from app.core.security import PasswordHasher, TokenHasher
 from app.mail.service import MailQueue
 from app.outbox import repository as outbox
 from app.outbox.repository import NewMessage
@@ -37,23 +35,6 @@ from app.users.errors import InvalidPassword
 
 KIND = "password_reset"
 TEMPLATE = "password_reset"
-
-
-class TokenHasher:
-    """Tokens are stored as HMAC-SHA256 under a key of their purpose's own (derived from
-    SECRET_KEY): a copy of the table alone yields no working token, and a token of one
-    purpose hashes to nothing of another's."""
-
-    def __init__(self, secret: str, purpose: str) -> None:
-        self.purpose = purpose
-        self._key = derive_key(secret, f"account-token:{purpose}")
-
-    def new(self) -> tuple[str, bytes]:
-        token = new_opaque_token()
-        return token, self.hash(token)
-
-    def hash(self, token: str) -> bytes:
-        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
 
 
 async def issue(

@@ -17,10 +17,11 @@ from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
+from app.core.security import TokenHasher
 from app.mail.service import MailQueue
 from app.recovery import repository
 from app.recovery.errors import EmailAlreadyVerified, VerificationTokenInvalid
-from app.recovery.service import TokenHasher, issue
+from app.recovery.service import issue
 from app.users import repository as users
 from app.users.repository import UserRecord
 from app.users.service import require_by_id
