@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.account.factors import AccountFactors
 from app.account.service import AccountService, build_account_service
 from app.auth.client_credentials import ClientCredentialsGrant
 from app.auth.devices import DeviceTokenCodec
@@ -32,6 +34,7 @@ from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_
 from app.mail.rendering import MailTemplates
 from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
+from app.mfa.service import SecondFactors
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
 from app.recovery.registration import RegistrationProcessor, Registrations
 from app.recovery.service import PasswordResets, ResetIssuer
@@ -62,11 +65,13 @@ class AppContext:
     sessions: SessionService
     auth: AuthService
     accounts: AccountService
+    account_factors: AccountFactors
     backchannel: BackchannelLogoutSender
     mail: MailQueue
     resets: PasswordResets
     verification: EmailVerification
     registrations: Registrations
+    factors: SecondFactors
     outbox: OutboxWorker
     dpop: DPoP
 
@@ -88,9 +93,11 @@ class AppContext:
             self.sessions,
             self.auth,
             self.accounts,
+            self.account_factors,
             self.resets,
             self.verification,
             self.registrations,
+            self.factors,
             Transports(
                 CsrfTokenCodec(s.secret_key.get_secret_value()),
                 allowed_origins=s.cors_origins,
@@ -145,6 +152,7 @@ async def build_context(
         leeway=settings.jwt_leeway,
         client_id=settings.jwt_client_id,
         service_ttl=settings.service_token_ttl,
+        step_up_ttl=timedelta(seconds=settings.step_up_ttl),
     )
     passwords = passwords or PasswordHasher(
         settings.password_hash_threads, settings.password_hash_profile
@@ -181,6 +189,13 @@ async def build_context(
     outbox = build_outbox_worker(
         settings, engine, clock, [backchannel, mail_sender, issuer, registration]
     )
+    factors = SecondFactors(
+        secret_key=secret,
+        issuer=settings.mfa_issuer,
+        mail=mail,
+        challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
+        max_challenge_attempts=settings.mfa_challenge_max_attempts,
+    )
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
@@ -208,9 +223,19 @@ async def build_context(
             lockout=Lockout.of(settings),
             devices=DeviceTokenCodec(secret, ttl=settings.device_token_ttl),
             limiter=limiter,
+            factors=factors,
             unverified=verification if settings.require_verified_email else None,
         ),
         accounts=accounts,
+        account_factors=AccountFactors(
+            factors=factors,
+            sessions=sessions,
+            access=access_codec,
+            limiter=limiter,
+            lockout=Lockout.of(settings),
+            clock=clock,
+            step_up_ttl=timedelta(seconds=settings.step_up_ttl),
+        ),
         resets=PasswordResets(
             engine,
             hasher=reset_hasher,
@@ -233,6 +258,7 @@ async def build_context(
         ),
         backchannel=backchannel,
         mail=mail,
+        factors=factors,
         outbox=outbox,
         dpop=build_dpop(settings, engine, clock),
     )

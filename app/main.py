@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.account.router import mfa_router, sessions_router
 from app.account.router import router as account_router
-from app.account.router import sessions_router
 from app.admin.router import router as admin_router
 from app.auth.middleware import IdentityGate
 from app.auth.router import router as auth_router
@@ -141,6 +141,7 @@ def create_app(
         gateway_router,
         sessions_router,
         account_router,
+        mfa_router,
         register_router,
         recovery_router,
         verify_router,
@@ -200,6 +201,8 @@ async def _prune(ctx: AppContext) -> None:
     await ctx.sessions.prune(ctx.settings.refresh_token_retention)
     await ctx.dpop.purge()
     await purge_expired(ctx.engine, now=ctx.clock.now())
+    async with ctx.engine.begin() as conn:
+        await ctx.factors.purge(conn, ctx.clock.now())
 
 
 async def _sample_metrics(ctx: AppContext) -> None:

@@ -6,6 +6,7 @@ from app.core.db import Base
 from app.dpop.models import SeenProof
 from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
+from app.mfa.models import LoginChallenge, RecoveryCode, TotpFactor
 from app.outbox.models import OutboxMessage
 from app.recovery.models import AccountToken, PendingRegistration
 from app.sessions.models import RefreshToken, Session
@@ -15,13 +16,16 @@ __all__ = [
     "AccountToken",
     "AuditEvent",
     "Base",
+    "LoginChallenge",
     "OutboxMessage",
     "PendingRegistration",
+    "RecoveryCode",
     "SeenProof",
     "RefreshToken",
     "SchemaCompatibility",
     "ServiceClient",
     "Session",
     "SigningKey",
+    "TotpFactor",
     "User",
 ]

@@ -6,7 +6,8 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.account.dependencies import AccountServiceDep
+from app.account.dependencies import AccountFactorsDep, AccountServiceDep, PasswordChangeSession
+from app.account.factors import FactorRefused
 from app.account.schemas import ChangePasswordRequest
 from app.account.service import Actor, PasswordChangeRefused
 from app.audit.service import record
@@ -21,6 +22,15 @@ from app.core.dependencies import (
 )
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError
+from app.mfa.errors import InvalidFactorCode
+from app.mfa.schemas import (
+    FactorProofRequest,
+    MfaStatusResponse,
+    RecoveryCodesResponse,
+    StepUpResponse,
+    TotpConfirmRequest,
+    TotpEnrolmentResponse,
+)
 from app.sessions.dependencies import SessionServiceDep
 from app.sessions.errors import SessionRevoked
 from app.sessions.schemas import DeviceSessionOut
@@ -34,7 +44,11 @@ sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
-        401: {"description": "`session_revoked`: too many wrong current passwords ended it"},
+        401: {
+            "description": "`session_revoked`: too many wrong current passwords ended it; "
+            "`insufficient_authentication`: PASSWORD_CHANGE_REQUIRES_STEP_UP and no second "
+            "factor proved within STEP_UP_TTL (POST /auth/step-up first)"
+        },
         403: {"description": "`invalid_current_password`"},
         422: {"description": "`invalid_password`; `password_unchanged`: the current one again"},
         429: {
@@ -45,7 +59,7 @@ sessions_router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
 )
 async def change_password(
     body: ChangePasswordRequest,
-    auth: CurrentSession,
+    auth: PasswordChangeSession,
     accounts: AccountServiceDep,
     limiter: LimiterDep,
     database: DatabaseDep,
@@ -112,3 +126,136 @@ async def revoke_session(
         by="user",
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- second factors (docs/mfa.md) ------------------------------------------------------------
+
+mfa_router = APIRouter(prefix="/auth", tags=["second factors"])
+
+_FACTOR_REFUSED = {
+    "description": "`invalid_mfa_code`: the code is wrong or used (counted toward the "
+    "account's lockout)"
+}
+_NO_FACTOR = {"description": "`mfa_not_enabled`: the account has no second factor"}
+_STEP_UP_LIMIT = {"description": "`rate_limited`: RATE_LIMIT_STEP_UP_SESSION"}
+
+
+@mfa_router.get("/mfa")
+async def mfa_status(
+    auth: CurrentSession, factors: AccountFactorsDep, uow: DbSession
+) -> MfaStatusResponse:
+    """Your second factors: whether an authenticator app is on, and recovery codes left."""
+    status_ = await factors.status(uow, auth.session)
+    return MfaStatusResponse(
+        totp=status_.totp,
+        totp_pending=status_.totp_pending,
+        recovery_codes_left=status_.recovery_codes_left,
+    )
+
+
+@mfa_router.post(
+    "/mfa/totp",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "`totp_already_enabled`: turn the current one off first"}},
+)
+async def begin_totp(
+    auth: CurrentSession, factors: AccountFactorsDep, uow: DbSession
+) -> TotpEnrolmentResponse:
+    """Start enrolling an authenticator app: its secret, shown this once, as text, as an
+    otpauth:// URI and as a QR code. Nothing changes at login until a first code confirms it
+    (POST /auth/mfa/totp/confirm)."""
+    enrolment = await factors.begin_totp(uow, auth.session)
+    return TotpEnrolmentResponse(
+        secret=enrolment.secret, otpauth_uri=enrolment.uri, qr_svg=enrolment.qr_svg
+    )
+
+
+@mfa_router.post(
+    "/mfa/totp/confirm",
+    response_model=RecoveryCodesResponse,
+    responses={
+        400: _FACTOR_REFUSED,
+        409: {"description": "`totp_not_enrolling`: no enrolment to confirm"},
+        429: _STEP_UP_LIMIT,
+    },
+)
+async def confirm_totp(
+    body: TotpConfirmRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> RecoveryCodesResponse | Response:
+    """Confirm the enrolment with the app's current code: logins now take two steps, and
+    this answer holds the account's ten recovery codes (shown this once). This session has
+    proved the factor: its acr is raised for STEP_UP_TTL."""
+    codes = await factors.confirm_totp(uow, client, auth.session, body.code)
+    if isinstance(codes, FactorRefused):
+        return domain_error_response(InvalidFactorCode())
+    return RecoveryCodesResponse(recovery_codes=codes)
+
+
+@mfa_router.post(
+    "/mfa/disable",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={400: _FACTOR_REFUSED, 409: _NO_FACTOR, 429: _STEP_UP_LIMIT},
+)
+async def disable_mfa(
+    body: FactorProofRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> Response:
+    """Turn the second factor off (the app and the recovery codes); needs one of them, now."""
+    refused = await factors.disable(uow, client, auth.session, body.proof())
+    if refused is not None:
+        return domain_error_response(InvalidFactorCode())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@mfa_router.post(
+    "/mfa/recovery-codes",
+    response_model=RecoveryCodesResponse,
+    responses={400: _FACTOR_REFUSED, 409: _NO_FACTOR, 429: _STEP_UP_LIMIT},
+)
+async def regenerate_recovery_codes(
+    body: FactorProofRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> RecoveryCodesResponse | Response:
+    """Ten new recovery codes in place of the old ones (shown this once); needs a factor."""
+    codes = await factors.regenerate_recovery_codes(uow, client, auth.session, body.proof())
+    if isinstance(codes, FactorRefused):
+        return domain_error_response(InvalidFactorCode())
+    return RecoveryCodesResponse(recovery_codes=codes)
+
+
+@mfa_router.post(
+    "/step-up",
+    response_model=StepUpResponse,
+    responses={400: _FACTOR_REFUSED, 409: _NO_FACTOR, 429: _STEP_UP_LIMIT},
+)
+async def step_up(
+    body: FactorProofRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> StepUpResponse | Response:
+    """Prove a second factor again inside this session: its `acr` is `mfa` for STEP_UP_TTL
+    seconds (routes that require a recent factor accept it), and the answer holds a new access
+    token that says so. The refresh token is unchanged."""
+    stepped = await factors.step_up(uow, client, auth.session, body.proof(), auth.claims.jkt)
+    if isinstance(stepped, FactorRefused):
+        return domain_error_response(InvalidFactorCode())
+    return StepUpResponse(
+        access_token=stepped.access.token,
+        token_type="DPoP" if stepped.jkt is not None else "Bearer",
+        expires_in=stepped.access.expires_in,
+        acr=stepped.acr,
+        amr=stepped.session.methods,
+        acr_expires_at=stepped.acr_expires_at.isoformat(),
+    )

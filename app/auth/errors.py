@@ -16,6 +16,25 @@ class InvalidCredentials(UnauthorizedError):
         return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
 
 
+class MfaCodeRefused(UnauthorizedError):
+    code = "invalid_mfa_code"
+    message = "The code is wrong or used already."
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
+
+
+class MfaChallengeInvalid(UnauthorizedError):
+    code = "mfa_challenge_invalid"
+    message = (
+        "This login challenge is unknown, used, expired or ended by too many wrong codes: "
+        "log in again."
+    )
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="authsvc"', "X-Auth-Error": self.code}
+
+
 class InvalidToken(UnauthorizedError):
     code = "invalid_token"
     message = "The access token is malformed, has a bad signature or wrong claims."

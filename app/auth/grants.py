@@ -49,6 +49,7 @@ def grant_for(codec: AccessTokenCodec, issued: IssuedSession, jkt: str | None) -
         now=now,
         not_after=state.absolute_expires_at,
         jkt=jkt,
+        session=state,
     )
     return TokenGrant(
         access=access, refresh_token=issued.refresh_token, session=state, now=now, jkt=jkt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
@@ -21,7 +22,14 @@ from app.auth.dependencies import (
     refuse_service_caller,
 )
 from app.auth.devices import DeviceProof
-from app.auth.errors import EmailNotVerified, InvalidCredentials, NotAuthenticated, OAuthError
+from app.auth.errors import (
+    EmailNotVerified,
+    InvalidCredentials,
+    MfaChallengeInvalid,
+    MfaCodeRefused,
+    NotAuthenticated,
+    OAuthError,
+)
 from app.auth.grants import refresh_after, seconds_until
 from app.auth.schemas import (
     MAX_PRESENTED_REFRESH_TOKEN,
@@ -34,11 +42,18 @@ from app.auth.schemas import (
     TokenResponse,
     TokenStatus,
 )
-from app.auth.service import AuthService, LoginRefused
+from app.auth.service import AuthService, LoginRefused, MfaChallenge
 from app.auth.tokens import IssuedAccessToken
 from app.auth.transport import Transports
 from app.core.components import components_of
-from app.core.dependencies import ClientDep, ClockDep, DbSession, LimiterDep, get_client_info
+from app.core.dependencies import (
+    ClientDep,
+    ClockDep,
+    DbSession,
+    LimiterDep,
+    SettingsDep,
+    get_client_info,
+)
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError, UnauthorizedError
 from app.core.exposure import passive, public
@@ -47,6 +62,7 @@ from app.core.ratelimit import RateLimiter
 from app.core.text import has_control_characters
 from app.dpop.errors import InvalidDPoPProof, UseDPoPNonce
 from app.dpop.service import DPoP
+from app.mfa.schemas import LoginMfaRequest, MfaChallengeResponse
 from app.sessions.errors import RefreshTokenInvalid
 from app.users.service import normalize_email
 
@@ -91,6 +107,11 @@ async def _limit_login(
             "description": "`csrf_failed` (cookie transport); `email_not_verified`: the right "
             "password, but REQUIRE_VERIFIED_EMAIL and an unproven address (a fresh link was sent)"
         },
+        202: {
+            "description": "The account has a second factor: no tokens, a `challenge` to answer "
+            "at POST /auth/login/mfa (docs/mfa.md)",
+            "model": MfaChallengeResponse,
+        },
     },
     description=_COOKIE_DOC + _DPOP_DOC,
     dependencies=[CookieGuard],
@@ -119,6 +140,65 @@ async def login(
     if isinstance(result, LoginRefused):
         # Returned, not raised: the failure's records commit with the unit of work.
         return domain_error_response(_refusal(result))
+    if isinstance(result, MfaChallenge):
+        return _challenge_response(result)
+    return _with_nonce(transport.token_response(result), dpop)
+
+
+def _challenge_response(challenge: MfaChallenge) -> Response:
+    body = MfaChallengeResponse(
+        challenge=challenge.token,
+        methods=list(challenge.methods),
+        expires_in=challenge.expires_in,
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.post(
+    "/login/mfa",
+    responses={
+        400: _400_DPOP,
+        401: {
+            "description": "`invalid_mfa_code`: the code is wrong or used; "
+            "`mfa_challenge_invalid`: the challenge is unknown, used, expired, ended by too "
+            "many wrong codes, or its account changed (log in again)"
+        },
+        403: _403,
+        422: {"description": "`validation_error`: not exactly one of code and recovery_code"},
+        429: {"description": "`rate_limited`: RATE_LIMIT_LOGIN_MFA_ACCOUNT"},
+    },
+    description="The second step of a two-step login (docs/mfa.md). Answers as POST "
+    "/auth/login does on success, in the same transport; a request of the first step with a "
+    "DPoP proof must send a proof by the same key here." + _COOKIE_DOC,
+    dependencies=[CookieGuard],
+    response_model=TokenResponse,
+)
+@public
+async def login_mfa(
+    body: LoginMfaRequest,
+    request: Request,
+    service: AuthServiceDep,
+    transports: TransportsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+    dpop: DPoPDep,
+) -> Response:
+    """Answer a login's challenge with a second factor: a TOTP code or a recovery code."""
+    transport = transports.for_response(request)
+    await limiter.hit("login_ip", client.ip or "unknown")
+    jkt = await proved_key(request, dpop)
+    result = await service.login_mfa(uow, client, body.challenge, body.proof(), dpop_jkt=jkt)
+    if isinstance(result, LoginRefused):
+        # Returned, not raised: the failure's records (and lockout count) commit.
+        if result.reason == "wrong_code":
+            return domain_error_response(MfaCodeRefused())
+        return domain_error_response(MfaChallengeInvalid())
     return _with_nonce(transport.token_response(result), dpop)
 
 
@@ -226,6 +306,14 @@ async def token(
                 # Returned, not raised: the failure's records commit with the unit of work.
                 refused = OAuthError("invalid_grant", _refusal(result).detail)
                 return domain_error_response(refused)
+            if isinstance(result, MfaChallenge):
+                # The password grant has no second step: its challenge is left to expire.
+                mfa = OAuthError(
+                    "invalid_grant",
+                    "mfa_required: this account has a second factor; log in with POST "
+                    "/auth/login and /auth/login/mfa",
+                )
+                return domain_error_response(mfa)
             grant = result
         elif grant_type == "refresh_token":
             if not refresh_token:
@@ -325,10 +413,14 @@ async def logout_all(
 
 @router.get("/session-status", responses={401: _401})
 @passive
-async def session_status(auth: CurrentSession, clock: ClockDep) -> SessionStatusResponse:
-    """Where the session and token stand. Polling this does not count as activity."""
+async def session_status(
+    auth: CurrentSession, clock: ClockDep, settings: SettingsDep
+) -> SessionStatusResponse:
+    """Where the session and token stand, and how the user proved who they are (`amr`, `acr`,
+    `auth_time`; docs/mfa.md). Polling this does not count as activity."""
     now = clock.now()
     session, claims = auth.session, auth.claims
+    fresh_for = timedelta(seconds=settings.step_up_ttl)
     return SessionStatusResponse(
         session=SessionStatusSession(
             id=session.id,
@@ -338,6 +430,15 @@ async def session_status(auth: CurrentSession, clock: ClockDep) -> SessionStatus
             absolute_expires_at=session.absolute_expires_at,
             idle_seconds_remaining=seconds_until(session.idle_expires_at, now),
             absolute_seconds_remaining=seconds_until(session.absolute_expires_at, now),
+            amr=session.methods,
+            acr=session.acr(now, fresh_for),
+            auth_time=session.authenticated_at,
+            factor_at=session.factor_at,
+            acr_expires_at=(
+                session.factor_fresh_until(fresh_for)
+                if session.has_recent_factor(now, fresh_for)
+                else None
+            ),
         ),
         token=TokenStatus(valid=True, expires_in=seconds_until(claims.expires_at, now)),
         server_time=now,

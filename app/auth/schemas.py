@@ -91,6 +91,13 @@ class SessionStatusSession(BaseModel):
     absolute_expires_at: datetime
     idle_seconds_remaining: int
     absolute_seconds_remaining: int
+    amr: list[str] = Field(description="How the user proved who they are (RFC 8176 methods).")
+    acr: str = Field(
+        description="`mfa` while a second factor proved within STEP_UP_TTL counts, else `pwd`."
+    )
+    auth_time: datetime = Field(description="When the login checked the first factor.")
+    factor_at: datetime | None = Field(description="When a second factor was last proved.")
+    acr_expires_at: datetime | None = Field(description="When an `mfa` acr falls back.")
 
 
 class TokenStatus(BaseModel):

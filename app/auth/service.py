@@ -20,10 +20,24 @@ from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
+from app.mfa.errors import InvalidFactorCode, MfaNotEnabled
+from app.mfa.repository import StoredChallenge
+from app.mfa.service import METHODS, FactorProof, SecondFactors
+from app.sessions.policy import AuthContext
 from app.sessions.service import IssuedSession, SessionGuard, SessionService
 from app.users import repository as users
 from app.users.repository import UserRecord
 from app.users.service import Lockout, normalize_email
+
+
+@dataclass(frozen=True, slots=True)
+class MfaChallenge:
+    """A right password for an account with a second factor: no session yet, a challenge to
+    answer at /auth/login/mfa (docs/mfa.md). Its records are in the unit of work."""
+
+    token: str
+    methods: tuple[str, ...]
+    expires_in: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +68,10 @@ class AuthService:
         lockout: Lockout,
         devices: DeviceTokenCodec,
         limiter: RateLimiter,
+        factors: SecondFactors,
         unverified: UnverifiedLogin | None = None,
     ) -> None:
+        self._factors = factors
         self._unverified = unverified
         self._sessions = sessions
         self._passwords = passwords
@@ -79,8 +95,9 @@ class AuthService:
         device: DeviceProof | None = None,
         *,
         dpop_jkt: str | None = None,
-    ) -> TokenGrant | LoginRefused:
-        """`dpop_jkt`: the DPoP key the request proved (RFC 9449); the session is bound to it."""
+    ) -> TokenGrant | MfaChallenge | LoginRefused:
+        """`dpop_jkt`: the DPoP key the request proved (RFC 9449); the session is bound to it.
+        An account with a second factor gets a challenge instead of a session."""
         candidate = await self._sessions.find_login_candidate(normalize_email(email))
         # No connection is held while the hash runs (it takes tens of milliseconds).
         valid, new_hash = await self._passwords.verify_and_update(
@@ -93,6 +110,7 @@ class AuthService:
             and new_hash is None
             and candidate is not None
             and _looked_usable(candidate, now)
+            and not candidate.mfa_enabled
             # The one-trip start clears the account's failures (as read now, not as seen
             # before the hash): never the owner's device's job, so it takes the general path.
             and not trusted
@@ -129,8 +147,9 @@ class AuthService:
             )
             return LoginRefused(reason)
         # The account's failures are untrusted clients' guesses: the owner's device logging
-        # in neither lifts their lock nor gives them a fresh count.
-        if (user.failed_logins or user.locked_until) and not trusted:
+        # in neither lifts their lock nor gives them a fresh count. Nor does a password alone,
+        # where a second factor is owed: the count must keep running across challenges.
+        if (user.failed_logins or user.locked_until) and not trusted and not user.mfa_enabled:
             await users.reset_login_failures(conn, user.id)
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
@@ -148,8 +167,100 @@ class AuthService:
                 reason="email_not_verified",
             )
             return LoginRefused("email_not_verified")
+        if user.mfa_enabled:
+            return await self._challenge(conn, client, user, device_name, dpop_jkt, now)
         issued = await self._sessions.start_in(uow, user, client, device_name, now, dpop_jkt)
         return self._granted(issued, user, device if trusted else None, dpop_jkt)
+
+    async def _challenge(
+        self,
+        conn: AsyncConnection,
+        client: ClientInfo,
+        user: UserRecord,
+        device_name: str | None,
+        dpop_jkt: str | None,
+        now: datetime,
+    ) -> MfaChallenge:
+        token = await self._factors.open_challenge(
+            conn,
+            user_id=user.id,
+            password_hash=user.password_hash,
+            device_name=device_name,
+            dpop_jkt=dpop_jkt,
+            now=now,
+        )
+        await record(conn, "login.mfa_required", now=now, client=client, user_id=user.id)
+        ttl = int(self._factors.challenge_ttl.total_seconds())
+        return MfaChallenge(token, ("totp", "recovery_code"), ttl)
+
+    async def login_mfa(
+        self,
+        uow: UnitOfWork,
+        client: ClientInfo,
+        challenge_token: str,
+        proof: FactorProof,
+        *,
+        dpop_jkt: str | None = None,
+    ) -> TokenGrant | LoginRefused:
+        """The second step: the challenge answered with a factor starts the session. A wrong
+        code counts toward the account's lockout and the challenge's own attempts; the
+        request must prove the DPoP key of the first step, if it proved one."""
+        now = self._clock.now()
+        conn = await uow.connection()
+        challenge = await self._factors.take_challenge(conn, challenge_token)
+        if challenge is None:
+            await record(conn, "login.mfa_failed", now=now, client=client, reason="no_challenge")
+            return LoginRefused("challenge_invalid")
+        await self._limiter.hit("login_mfa_account", str(challenge.user_id))
+        if not challenge.is_answerable_at(now):
+            await record(
+                conn,
+                "login.mfa_failed",
+                now=now,
+                client=client,
+                user_id=challenge.user_id,
+                reason="challenge_ended",
+            )
+            return LoginRefused("challenge_invalid")
+        user = await users.lock_for_login(conn, challenge.user_id)
+        refusal = _challenge_refusal(challenge, user, dpop_jkt, now)
+        if refusal is not None or user is None:
+            await self._factors.challenge_answered(conn, challenge, now)  # it ends here
+            await record(
+                conn,
+                "login.mfa_failed",
+                now=now,
+                client=client,
+                user_id=challenge.user_id,
+                reason=refusal,
+            )
+            return LoginRefused("challenge_invalid")
+        try:
+            method = await self._factors.verify(
+                conn, client, user.id, None, proof, now, purpose="login"
+            )
+        except (InvalidFactorCode, MfaNotEnabled):
+            await self._factors.challenge_failed(conn, challenge, now)
+            await self._lockout.count_failure(conn, client, user, now)
+            await record(
+                conn,
+                "login.mfa_failed",
+                now=now,
+                client=client,
+                user_id=user.id,
+                reason="wrong_code",
+            )
+            return LoginRefused("wrong_code")
+        await self._factors.challenge_answered(conn, challenge, now)
+        if user.failed_logins or user.locked_until:
+            await users.reset_login_failures(conn, user.id)
+        context = AuthContext(
+            amr=f"pwd {METHODS[method]} mfa", auth_time=challenge.created_at, factor_at=now
+        )
+        issued = await self._sessions.start_in(
+            uow, user, client, challenge.device_name, now, challenge.dpop_jkt, context
+        )
+        return self._granted(issued, user, None, challenge.dpop_jkt)
 
     async def _trusts(self, device: DeviceProof | None, user: UserRecord | None) -> bool:
         """Whether `device` is a trusted device of `user`: its token names the account and
@@ -264,6 +375,23 @@ def _looked_usable(candidate: UserRecord, now: datetime) -> bool:
     start tried: a locked or deactivated account must take the same path, and the same time,
     whether the password was right or not (else timing tells a guesser during a lockout)."""
     return candidate.is_active and not candidate.is_locked_at(now)
+
+
+def _challenge_refusal(
+    challenge: StoredChallenge, user: UserRecord | None, dpop_jkt: str | None, now: datetime
+) -> str | None:
+    """Why the challenge can no longer be answered by this request (None: it can)."""
+    if user is None or not user.is_active:
+        return "inactive"
+    if user.password_hash != challenge.password_hash:
+        return "password_changed"
+    if not user.mfa_enabled:
+        return "mfa_disabled"
+    if user.is_locked_at(now):
+        return "locked"
+    if challenge.dpop_jkt != dpop_jkt:
+        return "dpop_key_mismatch"
+    return None
 
 
 def _failure_reason(user: UserRecord | None, *, valid: bool, unchanged: bool, locked: bool) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeGuard
 
 import jwt
 
 from app.auth.errors import InvalidToken, TokenExpired
 from app.keys.service import KeyRing, KeySet
+from app.sessions.policy import SessionState
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type (RFC 9068)
 # RFC 9068 §4: verifiers accept the type with or without the "application/" prefix.
@@ -82,8 +83,11 @@ class AccessTokenCodec:
         leeway: int,
         client_id: str = "authsvc",
         service_ttl: int | None = None,
+        step_up_ttl: timedelta = timedelta(seconds=900),
     ) -> None:
         self._keys = keys
+        # How long a second factor counts as recent: the token's acr (docs/mfa.md).
+        self.step_up_ttl = step_up_ttl
         self._issuer = issuer
         self._audience = audience
         self._client_id = client_id
@@ -101,9 +105,12 @@ class AccessTokenCodec:
         now: datetime,
         not_after: datetime | None = None,
         jkt: str | None = None,
+        session: SessionState | None = None,
     ) -> IssuedAccessToken:
         """A token for the session; it never outlives the session's absolute deadline, so a
-        verifier that only checks signatures (JWKS) cannot accept it past that point."""
+        verifier that only checks signatures (JWKS) cannot accept it past that point. With
+        `session`, it carries how the user proved who they are (OIDC's `amr`, `acr` and
+        `auth_time`, as RFC 9068 §2.2.1 allows; docs/mfa.md)."""
         iat = int(now.timestamp())
         exp = iat + self._ttl
         if not_after is not None:
@@ -122,6 +129,10 @@ class AccessTokenCodec:
             "client_id": self._client_id,
             "role": role,
         }
+        if session is not None:
+            claims["auth_time"] = int(session.authenticated_at.timestamp())
+            claims["amr"] = session.methods
+            claims["acr"] = session.acr(now, self.step_up_ttl)
         _bind(claims, jkt)
         return self._sign(claims, now)
 

@@ -228,6 +228,17 @@ class Settings(BaseSettings):
     # (which the client chooses: fine on a laptop, not where a proof made for another server
     # must not count here).
     dpop_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Second factors (docs/mfa.md). MFA_ISSUER: the name authenticator apps show for the account.
+    mfa_issuer: str = Field(default="authsvc", min_length=1, max_length=64)
+    # How long the challenge of a two-step login may be answered, and how many wrong codes end it.
+    mfa_challenge_ttl: int = Field(default=300, ge=30, le=1800)
+    mfa_challenge_max_attempts: int = Field(default=5, ge=1, le=20)
+    # How long a second factor counts as recent (the session's acr is "mfa" for that long after
+    # a two-step login or a step-up); what the two settings after it require.
+    step_up_ttl: int = Field(default=900, ge=60, le=86400)
+    # Admin routes, and POST /auth/password, only for a session with a recent second factor.
+    admin_requires_step_up: bool = False
+    password_change_requires_step_up: bool = False
     rate_limit_login_ip: str = "20/minute"
     rate_limit_login_account: str = "10/minute"
     # Logins from a trusted device (see DEVICE_TOKEN_TTL) are counted per device instead of
@@ -249,6 +260,11 @@ class Settings(BaseSettings):
     rate_limit_verify_email_account: str = "5/hour"
     # With REQUIRE_VERIFIED_EMAIL, registrations per email (each may email the address).
     rate_limit_register_account: str = "5/hour"
+    # Second factors (docs/mfa.md): answers to two-step login challenges per account, and
+    # step-ups (or any other factor check inside a session) per session. Wrong codes also count
+    # toward the account's lockout.
+    rate_limit_login_mfa_account: str = "10/minute"
+    rate_limit_step_up_session: str = "10/minute"
     # Failed Basic authentications at /auth/introspect per client IP; beyond it the IP gets
     # 429 without its credentials being checked (a client secret is not a guessing target).
     rate_limit_introspect_failures: str = "10/minute"
@@ -559,6 +575,8 @@ class Settings(BaseSettings):
             "password_reset_confirm_ip": self.rate_limit_password_reset_confirm_ip,
             "verify_email_account": self.rate_limit_verify_email_account,
             "register_account": self.rate_limit_register_account,
+            "login_mfa_account": self.rate_limit_login_mfa_account,
+            "step_up_session": self.rate_limit_step_up_session,
             "client_token_ip": self.rate_limit_client_token_ip,
             "client_token_client": self.rate_limit_client_token_client,
         }

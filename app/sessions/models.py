@@ -30,6 +30,13 @@ class Session(Base):
     # RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449), if any: every
     # refresh then needs a proof signed by that key.
     dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+    # How and when the user proved who they are (docs/mfa.md): the RFC 8176 methods used, space
+    # separated (NULL: "pwd", a session from before migration 0020), when the login's first
+    # factor was checked (NULL: created_at), and when a second factor last was (at a two-step
+    # login, or a step-up).
+    amr: Mapped[str | None] = mapped_column(String(64))
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    factor_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RefreshToken(Base):

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+# The session's authentication context class (`acr`, docs/mfa.md): a second factor proved within
+# STEP_UP_TTL, or not.
+ACR_MFA = "mfa"
+ACR_SINGLE_FACTOR = "pwd"
+
 
 class Unusable(StrEnum):
     """Why a session may not be used, in the order the rule checks."""
@@ -39,6 +44,32 @@ class SessionState:
     idle_expires_at: datetime
     absolute_expires_at: datetime
     revoked_at: datetime | None
+    # How and when the user proved who they are (docs/mfa.md): RFC 8176 methods, space
+    # separated (None: a password session), when the login's first factor was checked (None:
+    # when the session was created), when a second factor last was (a two-step login, or a
+    # step-up).
+    amr: str | None = None
+    auth_time: datetime | None = None
+    factor_at: datetime | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return (self.amr or "pwd").split()
+
+    @property
+    def authenticated_at(self) -> datetime:
+        return self.auth_time or self.created_at
+
+    def factor_fresh_until(self, fresh_for: timedelta) -> datetime | None:
+        """Until when the last second factor counts as recent (None: never proved one)."""
+        return self.factor_at + fresh_for if self.factor_at is not None else None
+
+    def has_recent_factor(self, now: datetime, fresh_for: timedelta) -> bool:
+        until = self.factor_fresh_until(fresh_for)
+        return until is not None and now < until
+
+    def acr(self, now: datetime, fresh_for: timedelta) -> str:
+        return ACR_MFA if self.has_recent_factor(now, fresh_for) else ACR_SINGLE_FACTOR
 
     def check(self, now: datetime) -> Unusable | None:
         """None if the session may be used at `now`, else why not."""
@@ -54,6 +85,15 @@ class SessionState:
 
     def is_usable_at(self, now: datetime) -> bool:
         return self.check(now) is None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    """How a login proved the user (docs/mfa.md): a session started with it records it."""
+
+    amr: str  # RFC 8176 methods, space separated
+    auth_time: datetime  # when the first factor was checked
+    factor_at: datetime | None  # when a second factor was
 
 
 @dataclass(frozen=True, slots=True)

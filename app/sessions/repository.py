@@ -14,7 +14,7 @@ from sqlalchemy.orm import aliased
 from app.backchannel import repository as backchannel
 from app.core.db import table_of
 from app.sessions.models import RefreshToken, Session
-from app.sessions.policy import SessionState, TokenLink
+from app.sessions.policy import AuthContext, SessionState, TokenLink
 from app.sessions.push import CHANNEL, payload_for
 from app.users.models import User
 
@@ -33,6 +33,9 @@ _SESSION_COLUMNS = (
     _sessions.c.idle_expires_at,
     _sessions.c.absolute_expires_at,
     _sessions.c.revoked_at,
+    _sessions.c.amr,
+    _sessions.c.auth_time,
+    _sessions.c.factor_at,
 )
 _SESSION_JOIN = _sessions.join(_users, _users.c.id == _sessions.c.user_id)
 
@@ -58,6 +61,7 @@ async def insert_session(
     idle_expires_at: datetime,
     absolute_expires_at: datetime,
     dpop_jkt: str | None = None,
+    context: AuthContext | None = None,
 ) -> None:
     await conn.execute(
         insert(_sessions).values(
@@ -71,6 +75,9 @@ async def insert_session(
             idle_expires_at=idle_expires_at,
             absolute_expires_at=absolute_expires_at,
             dpop_jkt=dpop_jkt,
+            amr=context.amr if context else None,
+            auth_time=context.auth_time if context else None,
+            factor_at=context.factor_at if context else None,
         )
     )
 
@@ -330,3 +337,15 @@ async def count_live_sessions(conn: AsyncConnection, *, now: datetime) -> int:
         _sessions.c.absolute_expires_at > now,
     )
     return int((await conn.execute(stmt)).scalar_one())
+
+
+async def record_factor(
+    conn: AsyncConnection, session_id: uuid.UUID, *, amr: str, now: datetime
+) -> bool:
+    """A second factor proved in a live session (a step-up): its methods and when."""
+    result = await conn.execute(
+        update(_sessions)
+        .where(_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None))
+        .values(amr=amr, factor_at=now)
+    )
+    return bool(result.rowcount)

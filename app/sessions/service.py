@@ -27,7 +27,7 @@ from app.sessions.errors import (
     SessionNotFound,
     SessionRevoked,
 )
-from app.sessions.policy import SessionPolicy, SessionState, TokenLink, Unusable
+from app.sessions.policy import AuthContext, SessionPolicy, SessionState, TokenLink, Unusable
 from app.sessions.store import Rotation, RotationRequest, SessionStart, SessionStore
 from app.sessions.tokens import RefreshTokenCodec
 from app.users.repository import UserRecord
@@ -175,9 +175,11 @@ class SessionService:
         device_name: str | None,
         now: datetime,
         dpop_jkt: str | None = None,
+        context: AuthContext | None = None,
     ) -> IssuedSession:
         """Start a session inside the request's unit of work (the user row is locked there),
-        bound to the DPoP key `dpop_jkt` if given."""
+        bound to the DPoP key `dpop_jkt` if given, recording `context` (how the user proved
+        who they are; None: a password)."""
         conn = await uow.connection()
         session_id = uuid.uuid4()
         idle, absolute = self.policy.new_deadlines(now)
@@ -192,6 +194,7 @@ class SessionService:
             idle_expires_at=idle,
             absolute_expires_at=absolute,
             dpop_jkt=dpop_jkt,
+            context=context,
         )
         refresh_token = self._codec.new_token(session_id)
         await repository.insert_refresh_token(
@@ -202,10 +205,21 @@ class SessionService:
             generation=1,
             now=now,
         )
+        details = {"amr": context.amr} if context else {}
         await record(
-            conn, "login.succeeded", now=now, client=client, user_id=user.id, session_id=session_id
+            conn,
+            "login.succeeded",
+            now=now,
+            client=client,
+            user_id=user.id,
+            session_id=session_id,
+            **details,
         )
         state = _new_state(session_id, user.id, user.email, user.role, now, idle, absolute)
+        if context is not None:
+            state = replace(
+                state, amr=context.amr, auth_time=context.auth_time, factor_at=context.factor_at
+            )
         return IssuedSession(state, refresh_token, now)
 
     # --- rotation ------------------------------------------------------------------------
@@ -318,6 +332,20 @@ class SessionService:
     async def describe_refresh_token(self, refresh_token: str) -> TokenLink | None:
         """The stored link of a refresh token, for introspection (nothing changes)."""
         return await self._store.find_token_link(self._codec.hash(refresh_token))
+
+    async def record_factor(
+        self, uow: UnitOfWork, state: SessionState, methods: list[str], now: datetime
+    ) -> SessionState:
+        """A second factor proved inside the live session `state` (a step-up): the session
+        records its methods (added to those it had) and when. This process drops the cached row
+        once it commits; another replica's cached row keeps the older factor time for at most
+        SESSION_CACHE_TTL, which can only refuse a step-up-only request, never allow one."""
+        amr = " ".join(dict.fromkeys([*state.methods, *methods]))
+        written = await repository.record_factor(await uow.connection(), state.id, amr=amr, now=now)
+        if not written:
+            raise SessionRevoked()
+        uow.after_commit(lambda: self._cache.discard([state.id]))
+        return replace(state, amr=amr, factor_at=now)
 
     # --- ending --------------------------------------------------------------------------
 

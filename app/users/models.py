@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, Uuid
+from sqlalchemy import Boolean, Integer, String, Uuid, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, UTCDateTime
@@ -24,3 +24,8 @@ class User(Base):
     # Consecutive wrong passwords, and the lock they caused (account lockout with backoff).
     failed_logins: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Whether the account has a confirmed second factor (app/mfa): a password alone then opens
+    # no session, only a two-step login challenge.
+    mfa_enabled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )

@@ -25,6 +25,8 @@ class UserRecord:
     failed_logins: int
     locked_until: datetime | None
     email_verified_at: datetime | None = None
+    # A confirmed second factor (app/mfa): a login then takes two steps.
+    mfa_enabled: bool = False
 
     def is_locked_at(self, now: datetime) -> bool:
         """Whether a lockout (after too many wrong passwords) is in force at `now`."""
@@ -40,6 +42,7 @@ _COLUMNS = (
     _users.c.failed_logins,
     _users.c.locked_until,
     _users.c.email_verified_at,
+    _users.c.mfa_enabled,
 )
 
 
@@ -166,3 +169,7 @@ async def mark_email_verified(conn: AsyncConnection, user_id: uuid.UUID, *, now:
         .where(_users.c.id == user_id, _users.c.email_verified_at.is_(None))
         .values(email_verified_at=now)
     )
+
+
+async def set_mfa_enabled(conn: AsyncConnection, user_id: uuid.UUID, *, enabled: bool) -> None:
+    await conn.execute(update(_users).where(_users.c.id == user_id).values(mfa_enabled=enabled))

@@ -32,6 +32,8 @@ PUBLIC = {
     "/auth/password-reset/request",
     "/auth/password-reset/confirm",
     "/auth/verify-email/confirm",
+    # The second step of a two-step login: the challenge in the body is the credential.
+    "/auth/login/mfa",
 }
 PASSIVE = {"/auth/session-status"}
 

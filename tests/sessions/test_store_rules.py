@@ -737,6 +737,7 @@ class StartCase:
     active: bool = True
     failed_logins: int = 0
     locked_for: timedelta | None = None  # locked_until - now
+    mfa_enabled: bool = False
     # Expected, the same on every store.
     starts: bool
 
@@ -752,6 +753,8 @@ START_CASES = [
     StartCase(name="inactive_user", active=False, starts=False),
     StartCase(name="locked", failed_logins=5, locked_for=SECOND, starts=False),
     StartCase(name="unknown_user", known=False, starts=False),
+    # A second factor is owed: never a session from the password alone (docs/mfa.md).
+    StartCase(name="second_factor_owed", mfa_enabled=True, starts=False),
 ]
 
 
@@ -774,6 +777,8 @@ async def test_start_rule(env: Env, case: StartCase) -> None:
                 await users.set_password_hash(conn, user_id, "$dummy$changed", now=now - MINUTE)
             if not case.active:
                 await users.set_active(conn, user_id, active=False)
+            if case.mfa_enabled:
+                await users.set_mfa_enabled(conn, user_id, enabled=True)
     user_before = await env.store.find_account(user_id)
 
     start = SessionStart(
@@ -818,6 +823,9 @@ async def test_start_rule(env: Env, case: StartCase) -> None:
         "revoked_at": None,
         "revoke_reason": None,
         "dpop_jkt": None,  # a login without a DPoP proof: an unbound session
+        "amr": None,  # a password session
+        "auth_time": None,  # its created_at
+        "factor_at": None,
     }
     assert await _token_rows(env.engine, sid) == {
         start.token_id: {

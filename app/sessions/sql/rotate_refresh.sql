@@ -40,7 +40,11 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh(
     created_at timestamptz,
     idle_expires_at timestamptz,
     absolute_expires_at timestamptz,
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    -- How and when the session's user proved who they are (migration 0020; docs/mfa.md).
+    amr text,
+    auth_time timestamptz,
+    factor_at timestamptz
 )
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_variable
@@ -102,9 +106,9 @@ BEGIN
     END IF;
 
     SELECT s.user_id, u.email, u.role, u.is_active, s.created_at, s.idle_expires_at,
-           s.absolute_expires_at, s.revoked_at
+           s.absolute_expires_at, s.revoked_at, s.amr, s.auth_time, s.factor_at
       INTO user_id, email, role, user_active, created_at, idle_expires_at,
-           absolute_expires_at, revoked_at
+           absolute_expires_at, revoked_at, amr, auth_time, factor_at
       FROM sessions s JOIN users u ON u.id = s.user_id
      WHERE s.id = p_session_id;
     IF revoked_at IS NOT NULL OR NOT user_active

@@ -31,7 +31,10 @@ CREATE OR REPLACE FUNCTION authsvc_rotate_refresh_many(
     created_at timestamptz,
     idle_expires_at timestamptz,
     absolute_expires_at timestamptz,
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    amr text,
+    auth_time timestamptz,
+    factor_at timestamptz
 )
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE

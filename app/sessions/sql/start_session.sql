@@ -26,14 +26,19 @@ DECLARE
     v_active boolean;
     v_failed_logins integer;
     v_locked_until timestamptz;
+    v_mfa_enabled boolean;
 BEGIN
     -- The lock orders this login against a concurrent password change or deactivation:
     -- either it happened before (and is seen here) or it waits and revokes this session.
-    SELECT u.email, u.role, u.password_hash, u.is_active, u.failed_logins, u.locked_until
-      INTO email, role, v_password_hash, v_active, v_failed_logins, v_locked_until
+    SELECT u.email, u.role, u.password_hash, u.is_active, u.failed_logins, u.locked_until,
+           u.mfa_enabled
+      INTO email, role, v_password_hash, v_active, v_failed_logins, v_locked_until,
+           v_mfa_enabled
       FROM users u WHERE u.id = p_user_id FOR UPDATE;
+    -- An account with a second factor (migration 0020) never gets a session from a password
+    -- alone: the caller takes the two-step path (docs/mfa.md).
     IF NOT FOUND OR v_password_hash IS DISTINCT FROM p_password_hash OR NOT v_active
-       OR (v_locked_until IS NOT NULL AND v_locked_until > p_now) THEN
+       OR (v_locked_until IS NOT NULL AND v_locked_until > p_now) OR v_mfa_enabled THEN
         started := false;
         email := NULL;
         role := NULL;

@@ -36,6 +36,7 @@ class PortableSessionStore:
                 or user.password_hash != start.password_hash
                 or not user.is_active
                 or locked
+                or user.mfa_enabled  # a second factor is owed: the two-step path (docs/mfa.md)
             ):
                 return None
             if user.failed_logins or user.locked_until:

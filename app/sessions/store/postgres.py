@@ -227,4 +227,7 @@ def _session_from_row(session_id: uuid.UUID, row: Any) -> SessionState:
         idle_expires_at=row["idle_expires_at"],
         absolute_expires_at=row["absolute_expires_at"],
         revoked_at=row["revoked_at"],
+        amr=row["amr"],
+        auth_time=row["auth_time"],
+        factor_at=row["factor_at"],
     )

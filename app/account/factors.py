@@ -1,0 +1,184 @@
+"""Your second factors, inside your session: enrol an authenticator app, turn factors off, new
+recovery codes, and step-up (prove a factor again to raise the session's acr). No HTTP.
+
+A factor checked here is one more guess at the account: rate limited per session
+(RATE_LIMIT_STEP_UP_SESSION) and, when wrong, counted toward the account's lockout like a wrong
+password, with its audit row. Those records are returned with the refusal, not rolled back by
+an exception, so they commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.audit.service import record
+from app.auth.tokens import AccessTokenCodec, IssuedAccessToken
+from app.core.client import ClientInfo
+from app.core.clock import Clock
+from app.core.db import UnitOfWork
+from app.core.ratelimit import RateLimiter
+from app.mfa.errors import InsufficientAuthentication, InvalidFactorCode
+from app.mfa.service import METHODS, FactorProof, FactorStatus, SecondFactors, TotpEnrolment
+from app.sessions.policy import SessionState
+from app.sessions.service import SessionService
+from app.users import repository as users
+from app.users.service import Lockout
+
+
+@dataclass(frozen=True, slots=True)
+class FactorRefused:
+    """A factor that did not check out; its records (audit, lockout count) are in the unit of
+    work, which the caller lets commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class SteppedUp:
+    access: IssuedAccessToken  # for the raised session (the refresh token is unchanged)
+    session: SessionState
+    jkt: str | None  # the DPoP key the token is bound to, as the one it replaces was
+    acr: str
+    acr_expires_at: datetime
+
+
+class AccountFactors:
+    def __init__(
+        self,
+        *,
+        factors: SecondFactors,
+        sessions: SessionService,
+        access: AccessTokenCodec,
+        limiter: RateLimiter,
+        lockout: Lockout,
+        clock: Clock,
+        step_up_ttl: timedelta,
+    ) -> None:
+        self._factors = factors
+        self._sessions = sessions
+        self._access = access
+        self._limiter = limiter
+        self._lockout = lockout
+        self._clock = clock
+        self.step_up_ttl = step_up_ttl
+
+    async def status(self, uow: UnitOfWork, state: SessionState) -> FactorStatus:
+        return await self._factors.status(await uow.connection(), state.user_id)
+
+    async def begin_totp(self, uow: UnitOfWork, state: SessionState) -> TotpEnrolment:
+        conn = await uow.connection()
+        return await self._factors.begin_totp(conn, state.user_id, state.email, self._clock.now())
+
+    async def confirm_totp(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, code: str
+    ) -> list[str] | FactorRefused:
+        """The enrolment's first code: the factor is on, and this session has just proved it
+        (its acr is raised, as by a step-up). Returns the recovery codes."""
+        await self._limiter.hit("step_up_session", str(state.id))
+        now = self._clock.now()
+        conn = await uow.connection()
+        try:
+            codes = await self._factors.confirm_totp(
+                conn, client, state.user_id, state.id, code, now
+            )
+        except InvalidFactorCode:
+            return await self._refused(uow, client, state, now, "confirm")
+        await self._sessions.record_factor(uow, state, [METHODS["totp"], "mfa"], now)
+        return codes
+
+    async def disable(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, proof: FactorProof
+    ) -> FactorRefused | None:
+        await self._limiter.hit("step_up_session", str(state.id))
+        now = self._clock.now()
+        conn = await uow.connection()
+        try:
+            await self._factors.disable(conn, client, state.user_id, state.id, proof, now)
+        except InvalidFactorCode:
+            return await self._refused(uow, client, state, now, "disable")
+        return None
+
+    async def regenerate_recovery_codes(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, proof: FactorProof
+    ) -> list[str] | FactorRefused:
+        await self._limiter.hit("step_up_session", str(state.id))
+        now = self._clock.now()
+        conn = await uow.connection()
+        try:
+            return await self._factors.regenerate_recovery_codes(
+                conn, client, state.user_id, state.id, proof, now
+            )
+        except InvalidFactorCode:
+            return await self._refused(uow, client, state, now, "regenerate")
+
+    async def step_up(
+        self,
+        uow: UnitOfWork,
+        client: ClientInfo,
+        state: SessionState,
+        proof: FactorProof,
+        jkt: str | None,
+    ) -> SteppedUp | FactorRefused:
+        """Prove a factor again inside the live session: its acr is "mfa" for STEP_UP_TTL, and
+        a new access token says so (the refresh token is unchanged)."""
+        await self._limiter.hit("step_up_session", str(state.id))
+        now = self._clock.now()
+        conn = await uow.connection()
+        try:
+            method = await self._factors.verify(
+                conn, client, state.user_id, state.id, proof, now, purpose="step_up"
+            )
+        except InvalidFactorCode:
+            return await self._refused(uow, client, state, now, "step_up")
+        raised = await self._sessions.record_factor(uow, state, [METHODS[method], "mfa"], now)
+        await record(
+            conn,
+            "mfa.step_up",
+            now=now,
+            client=client,
+            user_id=state.user_id,
+            session_id=state.id,
+            method=method,
+        )
+        access = self._access.issue(
+            user_id=raised.user_id,
+            session_id=raised.id,
+            role=raised.role,
+            now=now,
+            not_after=raised.absolute_expires_at,
+            jkt=jkt,
+            session=raised,
+        )
+        ttl = self.step_up_ttl
+        return SteppedUp(access, raised, jkt, raised.acr(now, ttl), now + ttl)
+
+    def require_recent_factor(self, state: SessionState) -> None:
+        """InsufficientAuthentication unless the session proved a second factor within
+        STEP_UP_TTL (RFC 9470: the response says what to do)."""
+        now = self._clock.now()
+        if state.has_recent_factor(now, self.step_up_ttl):
+            return
+        seconds = int(self.step_up_ttl.total_seconds())
+        raise InsufficientAuthentication(
+            "This needs a second factor proved in the last "
+            f"{seconds} seconds: POST /auth/step-up with a TOTP code or a recovery code "
+            "(an account without one enrols an authenticator app first: POST /auth/mfa/totp).",
+            max_age=seconds,
+        )
+
+    async def _refused(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, now: datetime, purpose: str
+    ) -> FactorRefused:
+        conn = await uow.connection()
+        user = await users.lock_for_login(conn, state.user_id)
+        if user is not None:
+            await self._lockout.count_failure(conn, client, user, now)
+        await record(
+            conn,
+            "mfa.check_failed",
+            now=now,
+            client=client,
+            user_id=state.user_id,
+            session_id=state.id,
+            purpose=purpose,
+        )
+        return FactorRefused()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+from app.core.errors import DomainError
+
+
+class InvalidFactorCode(DomainError):
+    """A second factor that does not check out, inside a live session (enrolment, step-up, turning
+    a factor off). The two-step login answers its own 401 (app.auth.errors)."""
+
+    status_code = 400
+    code = "invalid_mfa_code"
+    message = "The code is wrong, used already, or not for this account's second factor."
+
+
+class TotpAlreadyEnabled(DomainError):
+    status_code = 409
+    code = "totp_already_enabled"
+    message = "This account has an authenticator app already: turn it off first to enrol another."
+
+
+class TotpNotEnrolling(DomainError):
+    status_code = 409
+    code = "totp_not_enrolling"
+    message = "Start an enrolment (POST /auth/mfa/totp) before confirming one."
+
+
+class MfaNotEnabled(DomainError):
+    status_code = 409
+    code = "mfa_not_enabled"
+    message = "This account has no second factor."
+
+
+class InsufficientAuthentication(DomainError):
+    """RFC 9470: the session must prove a second factor again (step up) for this request."""
+
+    status_code = 401
+    code = "insufficient_authentication"
+    acr_value: ClassVar[str] = "mfa"
+
+    def __init__(self, detail: str, max_age: int) -> None:
+        super().__init__(detail)
+        self.max_age = max_age
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                'Bearer realm="authsvc", error="insufficient_user_authentication", '
+                f'error_description="{self.code}", acr_values="{self.acr_value}", '
+                f'max_age="{self.max_age}"'
+            ),
+            "X-Auth-Error": self.code,
+        }

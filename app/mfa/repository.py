@@ -1,0 +1,192 @@
+"""All SQL of second factors and login challenges."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.db import table_of
+from app.mfa.models import LoginChallenge, RecoveryCode, TotpFactor
+
+_totp = table_of(TotpFactor)
+_codes = table_of(RecoveryCode)
+_challenges = table_of(LoginChallenge)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTotp:
+    sealed_secret: str
+    confirmed_at: datetime | None
+    last_step: int | None
+
+
+async def get_totp(
+    conn: AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False
+) -> StoredTotp | None:
+    stmt = select(_totp.c.sealed_secret, _totp.c.confirmed_at, _totp.c.last_step).where(
+        _totp.c.user_id == user_id
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    return StoredTotp(*row) if row else None
+
+
+async def put_pending_totp(
+    conn: AsyncConnection, user_id: uuid.UUID, sealed_secret: str, now: datetime
+) -> None:
+    """A new enrolment in place of any unconfirmed one (the caller checked none is confirmed)."""
+    await conn.execute(delete(_totp).where(_totp.c.user_id == user_id))
+    await conn.execute(
+        insert(_totp).values(user_id=user_id, sealed_secret=sealed_secret, created_at=now)
+    )
+
+
+async def confirm_totp(conn: AsyncConnection, user_id: uuid.UUID, step: int, now: datetime) -> None:
+    await conn.execute(
+        update(_totp).where(_totp.c.user_id == user_id).values(confirmed_at=now, last_step=step)
+    )
+
+
+async def use_totp_step(conn: AsyncConnection, user_id: uuid.UUID, step: int) -> bool:
+    """Record `step` as used; False if it (or a later one) was used already."""
+    result = await conn.execute(
+        update(_totp)
+        .where(
+            _totp.c.user_id == user_id,
+            _totp.c.confirmed_at.is_not(None),
+            (_totp.c.last_step.is_(None)) | (_totp.c.last_step < step),
+        )
+        .values(last_step=step)
+    )
+    return bool(result.rowcount)
+
+
+async def delete_factors(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    await conn.execute(delete(_totp).where(_totp.c.user_id == user_id))
+    await conn.execute(delete(_codes).where(_codes.c.user_id == user_id))
+
+
+async def replace_recovery_codes(
+    conn: AsyncConnection, user_id: uuid.UUID, code_hashes: Sequence[bytes], now: datetime
+) -> None:
+    await conn.execute(delete(_codes).where(_codes.c.user_id == user_id))
+    await conn.execute(
+        insert(_codes),
+        [
+            {"id": uuid.uuid4(), "user_id": user_id, "code_hash": h, "created_at": now}
+            for h in code_hashes
+        ],
+    )
+
+
+async def use_recovery_code(
+    conn: AsyncConnection, user_id: uuid.UUID, code_hash: bytes, now: datetime
+) -> bool:
+    """Spend an unused code of the account; False if there is none such."""
+    result = await conn.execute(
+        update(_codes)
+        .where(
+            _codes.c.user_id == user_id,
+            _codes.c.code_hash == code_hash,
+            _codes.c.used_at.is_(None),
+        )
+        .values(used_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def count_unused_codes(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    stmt = select(func.count()).where(_codes.c.user_id == user_id, _codes.c.used_at.is_(None))
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChallenge:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    password_hash: str
+    device_name: str | None
+    dpop_jkt: str | None
+    attempts: int
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+
+    def is_answerable_at(self, now: datetime) -> bool:
+        """Neither answered, nor ended by wrong codes, nor expired."""
+        return self.used_at is None and now < self.expires_at
+
+
+async def insert_challenge(
+    conn: AsyncConnection,
+    *,
+    token_hash: bytes,
+    user_id: uuid.UUID,
+    password_hash: str,
+    device_name: str | None,
+    dpop_jkt: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        insert(_challenges).values(
+            id=uuid.uuid4(),
+            token_hash=token_hash,
+            user_id=user_id,
+            password_hash=password_hash,
+            device_name=device_name,
+            dpop_jkt=dpop_jkt,
+            attempts=0,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+
+
+async def lock_challenge(conn: AsyncConnection, token_hash: bytes) -> StoredChallenge | None:
+    c = _challenges.c
+    stmt = (
+        select(
+            c.id,
+            c.user_id,
+            c.password_hash,
+            c.device_name,
+            c.dpop_jkt,
+            c.attempts,
+            c.created_at,
+            c.expires_at,
+            c.used_at,
+        )
+        .where(c.token_hash == token_hash)
+        .with_for_update()
+    )
+    row = (await conn.execute(stmt)).first()
+    return StoredChallenge(*row) if row else None
+
+
+async def record_attempt(
+    conn: AsyncConnection, challenge_id: uuid.UUID, *, spent_at: datetime | None
+) -> None:
+    """One more wrong code; `spent_at` ends the challenge (its last allowed attempt)."""
+    await conn.execute(
+        update(_challenges)
+        .where(_challenges.c.id == challenge_id)
+        .values(attempts=_challenges.c.attempts + 1, used_at=spent_at)
+    )
+
+
+async def spend_challenge(conn: AsyncConnection, challenge_id: uuid.UUID, now: datetime) -> None:
+    await conn.execute(
+        update(_challenges).where(_challenges.c.id == challenge_id).values(used_at=now)
+    )
+
+
+async def delete_expired_challenges(conn: AsyncConnection, now: datetime) -> int:
+    result = await conn.execute(delete(_challenges).where(_challenges.c.expires_at < now))
+    return int(result.rowcount or 0)
