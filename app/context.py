@@ -230,6 +230,7 @@ async def build_context(
         account_factors=AccountFactors(
             factors=factors,
             sessions=sessions,
+            passwords=passwords,
             access=access_codec,
             limiter=limiter,
             lockout=Lockout.of(settings),

@@ -18,6 +18,7 @@ from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
+from app.core.security import PasswordHasher
 from app.mfa.errors import InsufficientAuthentication, InvalidFactorCode
 from app.mfa.service import METHODS, FactorProof, FactorStatus, SecondFactors, TotpEnrolment
 from app.sessions.policy import SessionState
@@ -47,6 +48,7 @@ class AccountFactors:
         *,
         factors: SecondFactors,
         sessions: SessionService,
+        passwords: PasswordHasher,
         access: AccessTokenCodec,
         limiter: RateLimiter,
         lockout: Lockout,
@@ -55,6 +57,7 @@ class AccountFactors:
     ) -> None:
         self._factors = factors
         self._sessions = sessions
+        self._passwords = passwords
         self._access = access
         self._limiter = limiter
         self._lockout = lockout
@@ -64,15 +67,30 @@ class AccountFactors:
     async def status(self, uow: UnitOfWork, state: SessionState) -> FactorStatus:
         return await self._factors.status(await uow.connection(), state.user_id)
 
-    async def begin_totp(self, uow: UnitOfWork, state: SessionState) -> TotpEnrolment:
+    async def begin_totp(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, password: str
+    ) -> TotpEnrolment | FactorRefused:
+        """A new secret for an authenticator app, for the account's password (ASVS 5 V7.5.1:
+        a session alone, perhaps a stolen one, must not add a factor the owner would then need).
+        A wrong password counts toward the lockout like a wrong code."""
+        await self._limiter.hit("step_up_session", str(state.id))
+        account = await self._sessions.find_account(state.user_id)
+        # No connection is held while the hash runs.
+        valid, _ = await self._passwords.verify_and_update(
+            password, account.password_hash if account else None
+        )
+        now = self._clock.now()
+        if not valid:
+            return await self._refused(uow, client, state, now, "enrol_password")
         conn = await uow.connection()
-        return await self._factors.begin_totp(conn, state.user_id, state.email, self._clock.now())
+        return await self._factors.begin_totp(conn, state.user_id, state.email, now)
 
     async def confirm_totp(
         self, uow: UnitOfWork, client: ClientInfo, state: SessionState, code: str
     ) -> list[str] | FactorRefused:
-        """The enrolment's first code: the factor is on, and this session has just proved it
-        (its acr is raised, as by a step-up). Returns the recovery codes."""
+        """The enrolment's first code: the factor is on; returns the recovery codes. The session
+        is not raised to acr "mfa" by it: a factor enrolled in a session proves nothing about
+        that session (a step-up does, from the next code on)."""
         await self._limiter.hit("step_up_session", str(state.id))
         now = self._clock.now()
         conn = await uow.connection()
@@ -82,7 +100,6 @@ class AccountFactors:
             )
         except InvalidFactorCode:
             return await self._refused(uow, client, state, now, "confirm")
-        await self._sessions.record_factor(uow, state, [METHODS["totp"], "mfa"], now)
         return codes
 
     async def disable(
@@ -161,7 +178,8 @@ class AccountFactors:
         raise InsufficientAuthentication(
             "This needs a second factor proved in the last "
             f"{seconds} seconds: POST /auth/step-up with a TOTP code or a recovery code "
-            "(an account without one enrols an authenticator app first: POST /auth/mfa/totp).",
+            "(an account without one enrols an authenticator app first, with its password: "
+            "POST /auth/mfa/totp).",
             max_age=seconds,
         )
 

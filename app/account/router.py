@@ -28,6 +28,7 @@ from app.mfa.schemas import (
     MfaStatusResponse,
     RecoveryCodesResponse,
     StepUpResponse,
+    TotpBeginRequest,
     TotpConfirmRequest,
     TotpEnrolmentResponse,
 )
@@ -136,7 +137,10 @@ _FACTOR_REFUSED = {
     "description": "`invalid_mfa_code`: the code is wrong or used (counted toward the "
     "account's lockout)"
 }
-_NO_FACTOR = {"description": "`mfa_not_enabled`: the account has no second factor"}
+_NO_FACTOR = {
+    "description": "`mfa_not_enabled`: the account has no second factor; `mfa_unavailable`: its "
+    "secret does not open with this server's key (an operator resets it)"
+}
 _STEP_UP_LIMIT = {"description": "`rate_limited`: RATE_LIMIT_STEP_UP_SESSION"}
 
 
@@ -156,15 +160,26 @@ async def mfa_status(
 @mfa_router.post(
     "/mfa/totp",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "`totp_already_enabled`: turn the current one off first"}},
+    response_model=TotpEnrolmentResponse,
+    responses={
+        403: {"description": "`invalid_current_password` (counted toward the lockout)"},
+        409: {"description": "`totp_already_enabled`: turn the current one off first"},
+        429: _STEP_UP_LIMIT,
+    },
 )
 async def begin_totp(
-    auth: CurrentSession, factors: AccountFactorsDep, uow: DbSession
-) -> TotpEnrolmentResponse:
-    """Start enrolling an authenticator app: its secret, shown this once, as text, as an
-    otpauth:// URI and as a QR code. Nothing changes at login until a first code confirms it
-    (POST /auth/mfa/totp/confirm)."""
-    enrolment = await factors.begin_totp(uow, auth.session)
+    body: TotpBeginRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> TotpEnrolmentResponse | Response:
+    """Start enrolling an authenticator app, with the account's password: its secret, shown
+    this once, as text, as an otpauth:// URI and as a QR code. Nothing changes at login until a
+    first code confirms it (POST /auth/mfa/totp/confirm)."""
+    enrolment = await factors.begin_totp(uow, client, auth.session, body.password)
+    if isinstance(enrolment, FactorRefused):
+        return domain_error_response(WrongCurrentPassword())
     return TotpEnrolmentResponse(
         secret=enrolment.secret, otpauth_uri=enrolment.uri, qr_svg=enrolment.qr_svg
     )
@@ -187,8 +202,8 @@ async def confirm_totp(
     client: ClientDep,
 ) -> RecoveryCodesResponse | Response:
     """Confirm the enrolment with the app's current code: logins now take two steps, and
-    this answer holds the account's ten recovery codes (shown this once). This session has
-    proved the factor: its acr is raised for STEP_UP_TTL."""
+    this answer holds the account's ten recovery codes (shown this once). The owner is told by
+    email; this session's acr is not raised (a step-up does that)."""
     codes = await factors.confirm_totp(uow, client, auth.session, body.code)
     if isinstance(codes, FactorRefused):
         return domain_error_response(InvalidFactorCode())

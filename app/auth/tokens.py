@@ -130,7 +130,7 @@ class AccessTokenCodec:
             "role": role,
         }
         if session is not None:
-            claims["auth_time"] = int(session.authenticated_at.timestamp())
+            claims["auth_time"] = int(session.last_authenticated_at.timestamp())
             claims["amr"] = session.methods
             claims["acr"] = session.acr(now, self.step_up_ttl)
         _bind(claims, jkt)

@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         ("activate", "re-activate a user"),
         ("set-password", "set a new password (stdin or prompt) and revoke all sessions"),
         ("verify", "mark a user's email address as verified (the operator vouches for it)"),
+        (
+            "reset-mfa",
+            "remove a user's second factors (a lost app and codes, or SECRET_KEY changed); "
+            "the owner is emailed",
+        ),
     ):
         user_cmd.add_parser(action, help=text).add_argument("email")
     _clients_parser(sub)

@@ -1,5 +1,5 @@
-"""users create | deactivate | activate | set-password | verify: the operator's account
-commands."""
+"""users create | deactivate | activate | set-password | verify | reset-mfa: the operator's
+account commands."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import AccountService, Actor, build_account_service
+from app.context import build_mail
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, engine_for
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
+from app.mfa.service import SecondFactors
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.store import open_store
@@ -102,6 +105,10 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
         return f"password changed; {revoked} sessions revoked"
     if args.action == "verify":
         return asyncio.run(_in_unit_of_work(settings, lambda _, uow: _verify(uow, args.email)))
+    if args.action == "reset-mfa":
+        return asyncio.run(
+            _in_unit_of_work(settings, lambda _, uow: _reset_mfa(uow, settings, args.email))
+        )
     active = args.action == "activate"
 
     async def set_active(accounts: AccountService, uow: UnitOfWork) -> tuple[int, bool]:
@@ -118,6 +125,21 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
     if not admin_remains:
         print(_NO_ADMIN_WARNING, file=sys.stderr)
     return f"user {args.action}d; {revoked} sessions revoked"
+
+
+async def _reset_mfa(uow: UnitOfWork, settings: Settings, email: str) -> str:
+    conn = await uow.connection()
+    user = await users.require_by_email(conn, email)
+    factors = SecondFactors(
+        secret_key=settings.secret_key.get_secret_value(),
+        issuer=settings.mfa_issuer,
+        mail=build_mail(settings)[0],
+        challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
+        max_challenge_attempts=settings.mfa_challenge_max_attempts,
+    )
+    if await factors.reset(conn, user.id, Clock().now()):
+        return f"second factors of {user.email} removed; its logins take the password alone"
+    return f"{user.email} had no second factor"
 
 
 async def _verify(uow: UnitOfWork, email: str) -> str:

@@ -32,6 +32,18 @@ class MfaNotEnabled(DomainError):
     message = "This account has no second factor."
 
 
+class SecondFactorUnreadable(DomainError):
+    """The account's sealed TOTP secret does not open with this server's key (SECRET_KEY was
+    changed): no code can be checked until an operator resets the factor."""
+
+    status_code = 409
+    code = "mfa_unavailable"
+    message = (
+        "This account's second factor cannot be checked on this server (its key changed): ask "
+        "an operator to reset it (python -m app users reset-mfa)."
+    )
+
+
 class InsufficientAuthentication(DomainError):
     """RFC 9470: the session must prove a second factor again (step up) for this request."""
 

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.core.json_body import RequestBody
 from app.mfa.service import FactorProof
+from app.users.service import PASSWORD_MAX_LENGTH
 
 
 class FactorProofRequest(RequestBody):
@@ -31,6 +32,14 @@ class FactorProofRequest(RequestBody):
 
     def proof(self) -> FactorProof:
         return FactorProof(code=self.code, recovery_code=self.recovery_code)
+
+
+class TotpBeginRequest(RequestBody):
+    password: str = Field(
+        min_length=1,
+        max_length=PASSWORD_MAX_LENGTH,
+        description="The account's password: adding a factor needs more than a session.",
+    )
 
 
 class TotpConfirmRequest(RequestBody):

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 
 import pyotp
 import segno
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.service import record
@@ -31,7 +31,13 @@ from app.core.client import ClientInfo
 from app.core.security import TokenHasher, derive_key
 from app.mail.service import MailQueue
 from app.mfa import repository
-from app.mfa.errors import InvalidFactorCode, MfaNotEnabled, TotpAlreadyEnabled, TotpNotEnrolling
+from app.mfa.errors import (
+    InvalidFactorCode,
+    MfaNotEnabled,
+    SecondFactorUnreadable,
+    TotpAlreadyEnabled,
+    TotpNotEnrolling,
+)
 from app.mfa.repository import StoredChallenge
 from app.users import repository as users
 
@@ -39,6 +45,9 @@ TOTP_STEP = 30  # seconds: what authenticator apps assume when the URI names no 
 TOTP_DIGITS = 6
 RECOVERY_CODES = 10
 RECOVERY_NOTICE_TEMPLATE = "recovery_code_used"
+# The owner hears of every change to the account's second factors (ASVS 5 V6.3.7).
+ENABLED_NOTICE_TEMPLATE = "mfa_enabled"
+DISABLED_NOTICE_TEMPLATE = "mfa_disabled"
 # RFC 8176 methods recorded for each factor: a recovery code is a one-time password too.
 METHODS = {"totp": "otp", "recovery_code": "otp"}
 
@@ -124,6 +133,7 @@ class SecondFactors:
         await record(
             conn, "mfa.totp_enabled", now=now, client=client, user_id=user_id, session_id=session_id
         )
+        await self._notify(conn, user_id, ENABLED_NOTICE_TEMPLATE, now)
         return codes
 
     async def disable(
@@ -142,6 +152,17 @@ class SecondFactors:
         await record(
             conn, "mfa.disabled", now=now, client=client, user_id=user_id, session_id=session_id
         )
+        await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
+
+    async def reset(self, conn: AsyncConnection, user_id: uuid.UUID, now: datetime) -> bool:
+        """An operator's removal of the account's second factors (a lost app and codes, or a
+        secret sealed under an old key); whether it had any. The owner is told."""
+        had = (await repository.get_totp(conn, user_id, for_update=True)) is not None
+        await repository.delete_factors(conn, user_id)
+        await users.set_mfa_enabled(conn, user_id, enabled=False)
+        if had:
+            await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
+        return had
 
     async def regenerate_recovery_codes(
         self,
@@ -225,17 +246,29 @@ class SecondFactors:
             purpose=purpose,
             codes_left=left,
         )
+        await self._notify(conn, user_id, RECOVERY_NOTICE_TEMPLATE, now, codes_left=str(left))
+
+    async def _notify(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        template: str,
+        now: datetime,
+        **context: str,
+    ) -> None:
+        """An email to the account's owner, through the outbox (in this transaction)."""
         account = await users.get_by_id(conn, user_id)
-        if self._mail is not None and account is not None:
-            await self._mail.queue(
-                conn,
-                to=account.email,
-                template=RECOVERY_NOTICE_TEMPLATE,
-                key=f"recovery_code_used:{user_id}:{now.isoformat()}",
-                now=now,
-                context={"codes_left": str(left)},
-                user_id=user_id,
-            )
+        if self._mail is None or account is None:
+            return
+        await self._mail.queue(
+            conn,
+            to=account.email,
+            template=template,
+            key=f"{template}:{user_id}:{now.isoformat()}",
+            now=now,
+            context=context,
+            user_id=user_id,
+        )
 
     # --- two-step login ----------------------------------------------------------------------
 
@@ -294,7 +327,10 @@ class SecondFactors:
         return self._fernet.encrypt(secret.encode()).decode()
 
     def _open(self, sealed: str) -> str:
-        return self._fernet.decrypt(sealed.encode()).decode()
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise SecondFactorUnreadable() from exc
 
 
 def _matching_step(secret: str, code: str, now: datetime, last_step: int | None) -> int | None:

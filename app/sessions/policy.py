@@ -60,6 +60,15 @@ class SessionState:
     def authenticated_at(self) -> datetime:
         return self.auth_time or self.created_at
 
+    @property
+    def last_authenticated_at(self) -> datetime:
+        """The latest time the user proved who they are: the login, or a later second factor
+        (a step-up). What an access token's `auth_time` says, so that a resource server
+        checking RFC 9470's max_age accepts a session that just stepped up."""
+        if self.factor_at is None:
+            return self.authenticated_at
+        return max(self.authenticated_at, self.factor_at)
+
     def factor_fresh_until(self, fresh_for: timedelta) -> datetime | None:
         """Until when the last second factor counts as recent (None: never proved one)."""
         return self.factor_at + fresh_for if self.factor_at is not None else None

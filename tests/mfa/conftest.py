@@ -3,6 +3,7 @@ computed from the harness's frozen clock (pyotp, as an app would)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +34,9 @@ async def enrol(h: Harness, email: str | None = None, role: str = "user") -> Enr
     step's: a login in the same step must wait for the next (a code works once)."""
     email = await h.create_user(email, role=role)
     tokens = await h.login(email)
-    began = await h.client.post("/auth/mfa/totp", headers=bearer(tokens["access_token"]))
+    began = await h.client.post(
+        "/auth/mfa/totp", json={"password": PASSWORD}, headers=bearer(tokens["access_token"])
+    )
     assert began.status_code == 201, began.text
     secret = began.json()["secret"]
     confirmed = await h.client.post(
@@ -77,3 +80,11 @@ async def events_of(h: Harness, email: str) -> list[str]:
             {"email": email},
         )
         return [row[0] for row in rows]
+
+
+async def mails_of(h: Harness, template: str, to: str) -> list[dict[str, Any]]:
+    """The outbox's queued messages of `template` to `to` (their payloads)."""
+    async with h.ctx.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT payload FROM outbox_messages"))).scalars()
+        payloads = [json.loads(p) if isinstance(p, str) else p for p in rows]
+    return [p for p in payloads if p.get("template") == template and p.get("to") == to]

@@ -48,6 +48,8 @@ async def test_acr_falls_back_after_the_ttl_and_step_up_raises_it(harness: Harne
     assert (body["acr"], body["amr"]) == ("mfa", ["pwd", "otp", "mfa"])
     claims = claims_of(body["access_token"])
     assert claims["acr"] == "mfa"
+    # auth_time: the latest authentication, so that RFC 9470's max_age accepts it.
+    assert claims["auth_time"] == int(h.clock.now().timestamp())
     assert claims["sid"] == session_id
     status = (await h.client.get("/auth/session-status", headers=headers)).json()["session"]
     assert status["acr"] == "mfa"

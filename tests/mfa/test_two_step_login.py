@@ -14,15 +14,23 @@ from tests.mfa.conftest import (
     enrol,
     events_of,
     first_step,
+    mails_of,
     second_step,
 )
+from tests.support.cli import cli
 
 
 async def test_enrolment_shows_the_secret_once_and_seals_it(harness: Harness) -> None:
     h = harness
     email = await h.create_user()
     tokens = await h.login(email)
-    began = await h.client.post("/auth/mfa/totp", headers=bearer(tokens["access_token"]))
+    headers = bearer(tokens["access_token"])
+    wrong = await h.client.post(
+        "/auth/mfa/totp", json={"password": "not it at all"}, headers=headers
+    )
+    assert wrong.status_code == 403
+    assert error_code(wrong) == "invalid_current_password"  # a session alone adds no factor
+    began = await h.client.post("/auth/mfa/totp", json={"password": PASSWORD}, headers=headers)
     assert began.status_code == 201
     body = began.json()
     assert body["otpauth_uri"].startswith("otpauth://totp/authsvc:")
@@ -41,7 +49,9 @@ async def test_a_wrong_first_code_is_refused_and_counted(harness: Harness) -> No
     h = harness
     email = await h.create_user()
     tokens = await h.login(email)
-    began = await h.client.post("/auth/mfa/totp", headers=bearer(tokens["access_token"]))
+    began = await h.client.post(
+        "/auth/mfa/totp", json={"password": PASSWORD}, headers=bearer(tokens["access_token"])
+    )
     wrong = code_at(began.json()["secret"], h.clock.now(), steps=5)
     confirmed = await h.client.post(
         "/auth/mfa/totp/confirm", json={"code": wrong}, headers=bearer(tokens["access_token"])
@@ -57,6 +67,11 @@ async def test_two_step_login_with_the_app(harness: Harness) -> None:
     h = harness
     enrolled = await enrol(h)
     assert len(set(enrolled.recovery_codes)) == 10
+    assert len(await mails_of(h, "mfa_enabled", enrolled.email)) == 1  # the owner is told
+    # Enrolling proved nothing about the session that did it: no raised acr.
+    enrolling = bearer(enrolled.tokens["access_token"])
+    status = await h.client.get("/auth/session-status", headers=enrolling)
+    assert status.json()["session"]["acr"] == "pwd"
     h.clock.advance(30)  # the confirming code's step is spent
     challenge = await first_step(h, enrolled.email, device_name="phone")
     answered = await second_step(h, challenge, code=code_at(enrolled.secret, h.clock.now()))
@@ -127,11 +142,9 @@ async def test_recovery_codes_work_once_and_tell_the_owner(harness: Harness) -> 
     status = await h.client.get("/auth/mfa", headers=bearer(answered.json()["access_token"]))
     assert status.json()["recovery_codes_left"] == 9
     assert "mfa.recovery_code_used" in await events_of(h, enrolled.email)
-    async with h.ctx.engine.connect() as conn:
-        payloads = (await conn.execute(text("SELECT payload FROM outbox_messages"))).scalars()
-        notices = [p for p in payloads if "recovery_code_used" in str(p)]
+    notices = await mails_of(h, "recovery_code_used", enrolled.email)
     assert len(notices) == 1
-    assert enrolled.email in str(notices[0])
+    assert notices[0]["context"] == {"codes_left": "9"}
 
 
 async def test_the_challenge_is_single_use_and_short_lived(harness: Harness) -> None:
@@ -221,6 +234,26 @@ async def test_turning_the_factor_off_needs_a_fresh_one(harness: Harness) -> Non
     assert "access_token" in await h.login(enrolled.email)  # one step again
     events = await events_of(h, enrolled.email)
     assert {"mfa.totp_enabled", "mfa.disabled"} <= set(events)
+    assert len(await mails_of(h, "mfa_disabled", enrolled.email)) == 1
+
+
+async def test_a_secret_the_key_cannot_open_is_a_409_and_an_operator_resets_it(
+    harness: Harness,
+) -> None:
+    h = harness
+    enrolled = await enrol(h)
+    async with h.ctx.engine.begin() as conn:  # sealed under another SECRET_KEY
+        await conn.execute(text("UPDATE totp_factors SET sealed_secret = 'gAAAAAB-not-ours'"))
+    h.clock.advance(30)
+    challenge = await first_step(h, enrolled.email)
+    answered = await second_step(h, challenge, code=code_at(enrolled.secret, h.clock.now()))
+    assert answered.status_code == 409
+    assert error_code(answered) == "mfa_unavailable"
+    done = await cli(h.ctx.settings.database_url, "users", "reset-mfa", enrolled.email)
+    assert done.returncode == 0, done.stderr
+    assert "removed" in done.stdout
+    assert "access_token" in await h.login(enrolled.email)
+    assert len(await mails_of(h, "mfa_disabled", enrolled.email)) == 1
 
 
 async def test_new_recovery_codes_replace_the_old(harness: Harness) -> None:
