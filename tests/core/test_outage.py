@@ -111,6 +111,15 @@ async def every_route_unavailable(h: Harness, tokens: dict[str, Any], email: str
         "verify-email confirm": lambda: client.post(
             "/auth/verify-email/confirm", json={"token": "a-token-nobody-was-sent"}
         ),
+        # Second factors (docs/mfa.md): the second login step and the session's own routes.
+        "login mfa step": lambda: client.post(
+            "/auth/login/mfa", json={"challenge": "a-challenge-nobody-got", "code": "123456"}
+        ),
+        "mfa status": lambda: client.get("/auth/mfa", headers=access),
+        "mfa enrol": lambda: client.post(
+            "/auth/mfa/totp", json={"password": PASSWORD}, headers=access
+        ),
+        "step-up": lambda: client.post("/auth/step-up", json={"code": "123456"}, headers=access),
     }
     slowest = 0.0
     for what, request in requests.items():

@@ -31,7 +31,15 @@
  *   login(email, password, deviceName?)  -> Promise<session>. Rejects with an AuthError whose
  *                    `code` is the service's error code (e.g. "invalid_credentials"), or
  *                    "cookies_not_stored" when a cookie login's cookies did not stick (the
- *                    CSRF cookie is missing right after it; that session is logged out).
+ *                    CSRF cookie is missing right after it; that session is logged out), or
+ *                    "mfa_required" when the account has a second factor: its `detail` holds
+ *                    {challenge, methods, expiresIn} for loginMfa (docs/mfa.md).
+ *   loginMfa(challenge, {code} | {recoveryCode})  -> Promise<session>: the second step.
+ *                    Rejects with "invalid_mfa_code" (try again) or "mfa_challenge_invalid"
+ *                    (log in again).
+ *   stepUp({code} | {recoveryCode})  -> Promise<{acr, amr, acrExpiresAt}>: prove a second
+ *                    factor again in this session (acr "mfa" for STEP_UP_TTL); the new access
+ *                    token replaces the old one in every tab.
  *   logout()         -> Promise<void>. Revokes the session on the server, clears this tab and
  *                    every other tab of the same origin (onSessionEnd({reason: "logged_out"})).
  *   fetch(input, init)  -> Promise<Response>, like window.fetch plus `Authorization: Bearer`
@@ -206,12 +214,15 @@ export class AuthError extends Error {
    *   "dpop_unsupported")
    * @param {string} [message]
    * @param {number} [status] the HTTP status, when an answer carried the code
+   * @param {{challenge: string, methods: string[], expiresIn: number}} [detail]
    */
-  constructor(code, message, status) {
+  constructor(code, message, status, detail) {
     super(message || code);
     this.name = "AuthError";
     this.code = code;
     this.status = status;
+    /** For "mfa_required": {challenge, methods, expiresIn} to answer with loginMfa(). */
+    this.detail = detail;
   }
 }
 
@@ -403,6 +414,19 @@ const realm = (() => {
  */
 
 /**
+ * @typedef {object} SecondFactor exactly one of the two
+ * @property {string} [code] the authenticator app's current 6-digit code
+ * @property {string} [recoveryCode] one of the account's recovery codes
+ */
+
+/**
+ * @typedef {object} StepUp
+ * @property {string} acr "mfa"
+ * @property {string[]} amr the session's authentication methods (RFC 8176)
+ * @property {string} acrExpiresAt when the raised acr falls back (ISO 8601)
+ */
+
+/**
  * @typedef {object} AuthClientOptions
  * @property {string} [baseUrl] where authsvc lives ("" = this origin)
  * @property {"cookie" | "bearer"} [transport] "cookie" (default): the refresh token stays in an
@@ -444,10 +468,28 @@ const realm = (() => {
  */
 
 /**
+ * @typedef {object} SecondFactor exactly one of the two
+ * @property {string} [code] the authenticator app's current 6-digit code
+ * @property {string} [recoveryCode] one of the account's recovery codes
+ */
+
+/**
+ * @typedef {object} StepUp
+ * @property {string} acr "mfa"
+ * @property {string[]} amr the session's authentication methods (RFC 8176)
+ * @property {string} acrExpiresAt when the raised acr falls back (ISO 8601)
+ */
+
+/**
  * @typedef {object} AuthClient
  * @property {Promise<Session | null>} ready settles once the page-load refresh has an outcome:
  *   the session, or null when there is none (never null because of a network error or a 429)
  * @property {(email: string, password: string, deviceName?: string) => Promise<Session>} login
+ *   rejects with AuthError "mfa_required" (its `detail` holds the challenge) for an account
+ *   with a second factor
+ * @property {(challenge: string, factor: SecondFactor) => Promise<Session>} loginMfa the
+ *   second step of a two-step login
+ * @property {(factor: SecondFactor) => Promise<StepUp>} stepUp prove a second factor again
  * @property {() => Promise<void>} logout
  * @property {(input: RequestInfo | URL, init?: RequestInit) => Promise<Response>} fetch
  * @property {() => Promise<any>} status GET /auth/session-status (does not slide the session)
@@ -1314,10 +1356,27 @@ export function createAuthClient(options = {}) {
     if (deviceName) payload.device_name = deviceName;
     const device = bearer && storage ? readItem(`${storageKey}:device`) : null;
     if (device) payload.device_token = device; // exempts this client from the account lockout
+    return signIn("/auth/login", payload);
+  }
+
+  /**
+   * The second step of a two-step login: the challenge of login()'s "mfa_required" error,
+   * answered with the authenticator app's code or a recovery code (docs/mfa.md). In DPoP mode
+   * the proof is by the same stored key as the first step's, as the service requires.
+   */
+  async function loginMfa(challenge, { code, recoveryCode } = {}) {
+    const payload = { challenge };
+    if (code !== undefined) payload.code = String(code);
+    if (recoveryCode !== undefined) payload.recovery_code = String(recoveryCode);
+    return signIn("/auth/login/mfa", payload);
+  }
+
+  /** POST a login step; a token pair starts the session here and in every tab. */
+  async function signIn(path, payload) {
     return withRefreshLock(async () => {
       // DPoP mode: the proof binds the new session (and its refresh cookie) to the stored key.
-      const response = await withProof("POST", url("/auth/login"), { fresh: true }, (extra) =>
-        fetch(url("/auth/login"), {
+      const response = await withProof("POST", url(path), { fresh: true }, (extra) =>
+        fetch(url(path), {
           method: "POST",
           credentials,
           cache: "no-store",
@@ -1332,6 +1391,15 @@ export function createAuthClient(options = {}) {
         throw new AuthError(code || `http_${response.status}`, message, response.status);
       }
       const body = await response.json();
+      if (response.status === 202 && body.mfa_required) {
+        throw new AuthError(
+          "mfa_required",
+          "The password was right; the account has a second factor: call loginMfa(challenge, " +
+            "{ code } or { recoveryCode }) before the challenge expires.",
+          202,
+          { challenge: body.challenge, methods: body.methods, expiresIn: body.expires_in },
+        );
+      }
       if (!bearer && cookiesDropped()) {
         await revokeOrphan(body);
         throw new AuthError(
@@ -1352,6 +1420,47 @@ export function createAuthClient(options = {}) {
       await publishMarker();
       return sessionView();
     });
+  }
+
+  /**
+   * Prove a second factor again inside the session (POST /auth/step-up): its acr is "mfa" for
+   * the service's STEP_UP_TTL, and the new access token (which says so) replaces this one in
+   * every tab. Resolves with {acr, amr, acrExpiresAt}; rejects with an AuthError
+   * ("invalid_mfa_code", "mfa_not_enabled", "rate_limited", ...).
+   */
+  async function stepUp({ code, recoveryCode } = {}) {
+    if (!tokenUsable()) await refresh();
+    if (!state) throw new AuthError("not_authenticated", "No session to step up.");
+    const payload = {};
+    if (code !== undefined) payload.code = String(code);
+    if (recoveryCode !== undefined) payload.recovery_code = String(recoveryCode);
+    const current = state;
+    const response = await withToken("POST", url("/auth/step-up"), current, (headers) =>
+      fetch(url("/auth/step-up"), {
+        method: "POST",
+        credentials: "omit",
+        cache: "no-store",
+        headers: { "Content-Type": "application/json", ...headers },
+        body: JSON.stringify(payload),
+        signal: timeoutSignal(REQUEST_TIMEOUT_MS),
+      }),
+    );
+    const receivedAt = now();
+    if (!response.ok) {
+      const { code: error, message } = await errorCode(response);
+      throw new AuthError(error || `http_${response.status}`, message, response.status);
+    }
+    const body = await response.json();
+    if (state && state.sessionId === current.sessionId) {
+      const raised = {
+        ...state.body,
+        access_token: body.access_token,
+        token_type: body.token_type,
+        expires_in: body.expires_in,
+      };
+      accept(raised, receivedAt, { broadcast: true, source: "step_up" });
+    }
+    return { acr: body.acr, amr: body.amr, acrExpiresAt: body.acr_expires_at };
   }
 
   /**
@@ -1850,6 +1959,8 @@ export function createAuthClient(options = {}) {
   return {
     ready,
     login,
+    loginMfa,
+    stepUp,
     logout,
     fetch: authFetch,
     status,
