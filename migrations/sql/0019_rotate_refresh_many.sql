@@ -41,9 +41,16 @@ DECLARE
 BEGIN
     -- The sessions the presented tokens belong to (a token of another session is refused by
     -- the rotation itself, before it locks anything: a forged session id holds up no one).
-    SELECT COALESCE(array_agg(t.session_id), '{}') INTO v_owned
-      FROM unnest(p_session_ids, p_token_hashes) AS x(session_id, token_hash)
-      JOIN refresh_tokens t ON t.token_hash = x.token_hash AND t.session_id = x.session_id;
+    -- One index lookup per element: a join of the unnested arrays was planned as a scan of
+    -- the whole token table, whose cost grew with it.
+    v_owned := '{}';
+    FOR i IN SELECT generate_subscripts(p_session_ids, 1) LOOP
+        PERFORM 1 FROM refresh_tokens t
+         WHERE t.token_hash = p_token_hashes[i] AND t.session_id = p_session_ids[i];
+        IF FOUND THEN
+            v_owned := v_owned || p_session_ids[i];
+        END IF;
+    END LOOP;
     -- Their row locks, all taken first and none waited for: a session another transaction
     -- holds (a logout, a password change, a batch of another worker) is answered 'busy' and
     -- its rotation goes alone, where it waits as it always did. So a batch never waits for a
