@@ -209,32 +209,15 @@ class AuthService:
         conn = await uow.connection()
         challenge = await self._factors.take_challenge(conn, challenge_token)
         if challenge is None:
-            await record(conn, "login.mfa_failed", now=now, client=client, reason="no_challenge")
-            return LoginRefused("challenge_invalid")
+            return await _mfa_failed(conn, client, None, "no_challenge", now)
         await self._limiter.hit("login_mfa_account", str(challenge.user_id))
         if not challenge.is_answerable_at(now):
-            await record(
-                conn,
-                "login.mfa_failed",
-                now=now,
-                client=client,
-                user_id=challenge.user_id,
-                reason="challenge_ended",
-            )
-            return LoginRefused("challenge_invalid")
+            return await _mfa_failed(conn, client, challenge.user_id, "challenge_ended", now)
         user = await users.lock_for_login(conn, challenge.user_id)
         refusal = _challenge_refusal(challenge, user, dpop_jkt, now)
         if refusal is not None or user is None:
             await self._factors.challenge_answered(conn, challenge, now)  # it ends here
-            await record(
-                conn,
-                "login.mfa_failed",
-                now=now,
-                client=client,
-                user_id=challenge.user_id,
-                reason=refusal,
-            )
-            return LoginRefused("challenge_invalid")
+            return await _mfa_failed(conn, client, challenge.user_id, refusal, now)
         try:
             method = await self._factors.verify(
                 conn, client, user.id, None, proof, now, purpose="login"
@@ -242,15 +225,7 @@ class AuthService:
         except (InvalidFactorCode, MfaNotEnabled):
             await self._factors.challenge_failed(conn, challenge, now)
             await self._lockout.count_failure(conn, client, user, now)
-            await record(
-                conn,
-                "login.mfa_failed",
-                now=now,
-                client=client,
-                user_id=user.id,
-                reason="wrong_code",
-            )
-            return LoginRefused("wrong_code")
+            return await _mfa_failed(conn, client, user.id, "wrong_code", now)
         await self._factors.challenge_answered(conn, challenge, now)
         if user.failed_logins or user.locked_until:
             await users.reset_login_failures(conn, user.id)
@@ -375,6 +350,19 @@ def _looked_usable(candidate: UserRecord, now: datetime) -> bool:
     start tried: a locked or deactivated account must take the same path, and the same time,
     whether the password was right or not (else timing tells a guesser during a lockout)."""
     return candidate.is_active and not candidate.is_locked_at(now)
+
+
+async def _mfa_failed(
+    conn: AsyncConnection,
+    client: ClientInfo,
+    user_id: uuid.UUID | None,
+    reason: str | None,
+    now: datetime,
+) -> LoginRefused:
+    """A second step refused, audited: a wrong code (try again) or a challenge that has
+    ended (log in again)."""
+    await record(conn, "login.mfa_failed", now=now, client=client, user_id=user_id, reason=reason)
+    return LoginRefused("wrong_code" if reason == "wrong_code" else "challenge_invalid")
 
 
 def _challenge_refusal(

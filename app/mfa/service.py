@@ -147,22 +147,24 @@ class SecondFactors:
     ) -> None:
         """Remove the account's second factors; needs one of them, fresh."""
         await self.verify(conn, client, user_id, session_id, proof, now, purpose="disable")
-        await repository.delete_factors(conn, user_id)
-        await users.set_mfa_enabled(conn, user_id, enabled=False)
         await record(
             conn, "mfa.disabled", now=now, client=client, user_id=user_id, session_id=session_id
         )
-        await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
+        await self._remove(conn, user_id, now)
 
     async def reset(self, conn: AsyncConnection, user_id: uuid.UUID, now: datetime) -> bool:
         """An operator's removal of the account's second factors (a lost app and codes, or a
-        secret sealed under an old key); whether it had any. The owner is told."""
+        secret sealed under an old key); whether it had any."""
         had = (await repository.get_totp(conn, user_id, for_update=True)) is not None
+        if had:
+            await self._remove(conn, user_id, now)
+        return had
+
+    async def _remove(self, conn: AsyncConnection, user_id: uuid.UUID, now: datetime) -> None:
+        """The app and the recovery codes gone, logins one step again; the owner is told."""
         await repository.delete_factors(conn, user_id)
         await users.set_mfa_enabled(conn, user_id, enabled=False)
-        if had:
-            await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
-        return had
+        await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
 
     async def regenerate_recovery_codes(
         self,
