@@ -195,6 +195,11 @@ async def build_context(
         mail=mail,
         challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
         max_challenge_attempts=settings.mfa_challenge_max_attempts,
+        lockout=Lockout(
+            threshold=settings.mfa_lockout_threshold,
+            base_seconds=settings.mfa_lockout_base_seconds,
+            max_seconds=settings.mfa_lockout_max_seconds,
+        ),
     )
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake

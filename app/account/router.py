@@ -141,7 +141,10 @@ _NO_FACTOR = {
     "description": "`mfa_not_enabled`: the account has no second factor; `mfa_unavailable`: its "
     "secret does not open with this server's key (an operator resets it)"
 }
-_STEP_UP_LIMIT = {"description": "`rate_limited`: RATE_LIMIT_STEP_UP_SESSION"}
+_STEP_UP_LIMIT = {
+    "description": "`rate_limited`: RATE_LIMIT_STEP_UP_SESSION; `mfa_locked`: too many wrong "
+    "codes in a row, no code is checked until Retry-After"
+}
 
 
 @mfa_router.get("/mfa")

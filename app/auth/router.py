@@ -170,7 +170,11 @@ def _challenge_response(challenge: MfaChallenge) -> Response:
         },
         403: _403,
         422: {"description": "`validation_error`: not exactly one of code and recovery_code"},
-        429: {"description": "`rate_limited`: RATE_LIMIT_LOGIN_MFA_ACCOUNT"},
+        409: {"description": "`mfa_unavailable`: the factor's secret does not open here"},
+        429: {
+            "description": "`rate_limited`: RATE_LIMIT_LOGIN_MFA_ACCOUNT; `mfa_locked`: too many "
+            "wrong codes in a row, no code is checked until Retry-After"
+        },
     },
     description="The second step of a two-step login (docs/mfa.md). Answers as POST "
     "/auth/login does on success, in the same transport; a request of the first step with a "

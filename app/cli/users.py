@@ -26,6 +26,7 @@ from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.store import open_store
 from app.users import service as users
+from app.users.service import Lockout
 
 T = TypeVar("T")
 # The operator's CLI has never written audit rows (its shell history is its trail).
@@ -136,6 +137,11 @@ async def _reset_mfa(uow: UnitOfWork, settings: Settings, email: str) -> str:
         mail=build_mail(settings)[0],
         challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
         max_challenge_attempts=settings.mfa_challenge_max_attempts,
+        lockout=Lockout(
+            threshold=settings.mfa_lockout_threshold,
+            base_seconds=settings.mfa_lockout_base_seconds,
+            max_seconds=settings.mfa_lockout_max_seconds,
+        ),
     )
     if await factors.reset(conn, user.id, Clock().now()):
         return f"second factors of {user.email} removed; its logins take the password alone"

@@ -233,6 +233,12 @@ class Settings(BaseSettings):
     # How long the challenge of a two-step login may be answered, and how many wrong codes end it.
     mfa_challenge_ttl: int = Field(default=300, ge=30, le=1800)
     mfa_challenge_max_attempts: int = Field(default=5, ge=1, le=20)
+    # The second factors' own lockout: after MFA_LOCKOUT_THRESHOLD wrong codes in a row (across
+    # challenges and sessions) no code is checked for MFA_LOCKOUT_BASE_SECONDS, doubling with each
+    # further one up to MFA_LOCKOUT_MAX_SECONDS. A right code resets it; a password reset does not.
+    mfa_lockout_threshold: int = Field(default=5, ge=1)
+    mfa_lockout_base_seconds: int = Field(default=900, ge=1)
+    mfa_lockout_max_seconds: int = Field(default=86400, ge=1)
     # How long a second factor counts as recent (the session's acr is "mfa" for that long after
     # a two-step login or a step-up); what the two settings after it require.
     step_up_ttl: int = Field(default=900, ge=60, le=86400)

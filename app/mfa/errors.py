@@ -32,6 +32,24 @@ class MfaNotEnabled(DomainError):
     message = "This account has no second factor."
 
 
+class SecondFactorsPaused(DomainError):
+    """Too many wrong codes in a row: no code of the account is checked until the pause ends
+    (the factors' own lockout; docs/mfa.md)."""
+
+    status_code = 429
+    code = "mfa_locked"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many wrong codes: this account's second factor is not checked for "
+            f"{retry_after} seconds."
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class SecondFactorUnreadable(DomainError):
     """The account's sealed TOTP secret does not open with this server's key (SECRET_KEY was
     changed): no code can be checked until an operator resets the factor."""

@@ -23,6 +23,10 @@ class TotpFactor(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The last time step whose code was accepted: a code is good once (RFC 6238 §5.2).
     last_step: Mapped[int | None] = mapped_column(BigInteger)
+    # Wrong codes (app or recovery) in a row, and the pause they caused: the factors' own
+    # lockout, which a password reset does not clear (docs/mfa.md).
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RecoveryCode(Base):

@@ -23,13 +23,16 @@ class StoredTotp:
     sealed_secret: str
     confirmed_at: datetime | None
     last_step: int | None
+    failures: int = 0
+    locked_until: datetime | None = None
 
 
 async def get_totp(
     conn: AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False
 ) -> StoredTotp | None:
-    stmt = select(_totp.c.sealed_secret, _totp.c.confirmed_at, _totp.c.last_step).where(
-        _totp.c.user_id == user_id
+    t = _totp.c
+    stmt = select(t.sealed_secret, t.confirmed_at, t.last_step, t.failures, t.locked_until).where(
+        t.user_id == user_id
     )
     if for_update:
         stmt = stmt.with_for_update()
@@ -65,6 +68,16 @@ async def use_totp_step(conn: AsyncConnection, user_id: uuid.UUID, step: int) ->
         .values(last_step=step)
     )
     return bool(result.rowcount)
+
+
+async def record_factor_failures(
+    conn: AsyncConnection, user_id: uuid.UUID, *, failures: int, locked_until: datetime | None
+) -> None:
+    await conn.execute(
+        update(_totp)
+        .where(_totp.c.user_id == user_id)
+        .values(failures=failures, locked_until=locked_until)
+    )
 
 
 async def delete_factors(conn: AsyncConnection, user_id: uuid.UUID) -> None:

@@ -34,12 +34,14 @@ from app.mfa import repository
 from app.mfa.errors import (
     InvalidFactorCode,
     MfaNotEnabled,
+    SecondFactorsPaused,
     SecondFactorUnreadable,
     TotpAlreadyEnabled,
     TotpNotEnrolling,
 )
-from app.mfa.repository import StoredChallenge
+from app.mfa.repository import StoredChallenge, StoredTotp
 from app.users import repository as users
+from app.users.service import Lockout
 
 TOTP_STEP = 30  # seconds: what authenticator apps assume when the URI names no period
 TOTP_DIGITS = 6
@@ -48,6 +50,7 @@ RECOVERY_NOTICE_TEMPLATE = "recovery_code_used"
 # The owner hears of every change to the account's second factors (ASVS 5 V6.3.7).
 ENABLED_NOTICE_TEMPLATE = "mfa_enabled"
 DISABLED_NOTICE_TEMPLATE = "mfa_disabled"
+GUESSING_NOTICE_TEMPLATE = "mfa_codes_guessed"
 # RFC 8176 methods recorded for each factor: a recovery code is a one-time password too.
 METHODS = {"totp": "otp", "recovery_code": "otp"}
 
@@ -83,7 +86,9 @@ class SecondFactors:
         mail: MailQueue | None,
         challenge_ttl: timedelta,
         max_challenge_attempts: int,
+        lockout: Lockout,
     ) -> None:
+        self._lockout = lockout
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, "totp-secrets")))
         self._recovery = TokenHasher(secret_key, "recovery_code")
         self._challenges = TokenHasher(secret_key, "login_challenge")
@@ -216,6 +221,27 @@ class SecondFactors:
         stored = await repository.get_totp(conn, user_id, for_update=True)
         if stored is None or stored.confirmed_at is None:
             raise MfaNotEnabled()
+        if stored.locked_until is not None and now < stored.locked_until:
+            raise SecondFactorsPaused(max(1, int((stored.locked_until - now).total_seconds())))
+        method = await self._spend(conn, client, user_id, session_id, proof, now, stored, purpose)
+        if method is None:
+            await self._count_failure(conn, client, user_id, session_id, stored, now)
+            raise InvalidFactorCode()
+        if stored.failures or stored.locked_until:
+            await repository.record_factor_failures(conn, user_id, failures=0, locked_until=None)
+        return method
+
+    async def _spend(
+        self,
+        conn: AsyncConnection,
+        client: ClientInfo,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        proof: FactorProof,
+        now: datetime,
+        stored: StoredTotp,
+        purpose: str,
+    ) -> str | None:
         if proof.code is not None:
             secret = self._open(stored.sealed_secret)
             step = _matching_step(secret, proof.code, now, stored.last_step)
@@ -226,7 +252,40 @@ class SecondFactors:
             if await repository.use_recovery_code(conn, user_id, code_hash, now):
                 await self._recovery_code_used(conn, client, user_id, session_id, now, purpose)
                 return "recovery_code"
-        raise InvalidFactorCode()
+        return None
+
+    async def _count_failure(
+        self,
+        conn: AsyncConnection,
+        client: ClientInfo,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        stored: StoredTotp,
+        now: datetime,
+    ) -> None:
+        """One more wrong code in a row. At MFA_LOCKOUT_THRESHOLD the account's codes are no
+        longer checked for a pause that doubles with each further one; the first pause tells
+        the owner, since whoever is guessing got past the password (or holds a session)."""
+        failures = stored.failures + 1
+        seconds = self._lockout.seconds_after(failures)
+        locked_until = None if seconds is None else now + timedelta(seconds=seconds)
+        await repository.record_factor_failures(
+            conn, user_id, failures=failures, locked_until=locked_until
+        )
+        if seconds is None:
+            return
+        await record(
+            conn,
+            "mfa.locked",
+            now=now,
+            client=client,
+            user_id=user_id,
+            session_id=session_id,
+            failures=failures,
+            seconds=seconds,
+        )
+        if failures == self._lockout.threshold:
+            await self._notify(conn, user_id, GUESSING_NOTICE_TEMPLATE, now)
 
     async def _recovery_code_used(
         self,

@@ -74,6 +74,8 @@ def _create_tables() -> None:
         sa.Column("created_at", when(timezone=True), nullable=False),
         sa.Column("confirmed_at", when(timezone=True), nullable=True),
         sa.Column("last_step", sa.BigInteger(), nullable=True),
+        sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("locked_until", when(timezone=True), nullable=True),
     )
     op.create_table(
         "recovery_codes",

@@ -286,3 +286,36 @@ async def test_second_step_answers_are_rate_limited_per_account(postgres_url: st
         wrong = code_at(enrolled.secret, h.clock.now(), steps=7)
         codes = [(await second_step(h, challenge, code=wrong)).status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429]
+
+
+async def test_wrong_codes_pause_the_factor_and_a_password_reset_does_not_lift_it(
+    harness: Harness,
+) -> None:
+    """The factors' own lockout: MFA_LOCKOUT_THRESHOLD wrong codes in a row, over any number of
+    challenges, and no code is checked for MFA_LOCKOUT_BASE_SECONDS; the owner is emailed once.
+    A password reset (which clears the password lockout) leaves it in force."""
+    h = harness
+    enrolled = await enrol(h)
+    h.clock.advance(30)
+    wrong = code_at(enrolled.secret, h.clock.now(), steps=7)
+    for _ in range(5):
+        challenge = await first_step(h, enrolled.email)
+        assert error_code(await second_step(h, challenge, code=wrong)) == "invalid_mfa_code"
+        h.clock.advance(301)  # past the password lockout the same codes caused
+    await h.set_password(enrolled.email, PASSWORD)  # an operator's reset
+    challenge = await first_step(h, enrolled.email)
+    right = code_at(enrolled.secret, h.clock.now())
+    paused = await second_step(h, challenge, code=right)
+    assert paused.status_code == 429
+    assert error_code(paused) == "mfa_locked"
+    assert 0 < int(paused.headers["retry-after"]) <= 900
+    assert len(await mails_of(h, "mfa_codes_guessed", enrolled.email)) == 1
+    assert "mfa.locked" in await events_of(h, enrolled.email)
+    h.clock.advance(901)
+    challenge = await first_step(h, enrolled.email)
+    answered = await second_step(h, challenge, code=code_at(enrolled.secret, h.clock.now()))
+    assert answered.status_code == 200, answered.text
+    # A right code starts the count again: one more wrong code does not pause.
+    h.clock.advance(30)
+    again = await second_step(h, await first_step(h, enrolled.email), code=wrong)
+    assert error_code(again) == "invalid_mfa_code"
