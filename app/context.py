@@ -34,6 +34,7 @@ from app.keys.service import KeyRing, KeySet, ensure_signing_key, load_file_key_
 from app.mail.rendering import MailTemplates
 from app.mail.service import MailQueue, MailSender, Sealer
 from app.mail.transport import FileTransport, MailTransport, SmtpTransport
+from app.mfa.passkeys import Passkeys
 from app.mfa.service import SecondFactors
 from app.outbox.service import OutboxWorker, RetryPolicy, Sender
 from app.recovery.registration import RegistrationProcessor, Registrations
@@ -189,18 +190,7 @@ async def build_context(
     outbox = build_outbox_worker(
         settings, engine, clock, [backchannel, mail_sender, issuer, registration]
     )
-    factors = SecondFactors(
-        secret_key=secret,
-        issuer=settings.mfa_issuer,
-        mail=mail,
-        challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
-        max_challenge_attempts=settings.mfa_challenge_max_attempts,
-        lockout=Lockout(
-            threshold=settings.mfa_lockout_threshold,
-            base_seconds=settings.mfa_lockout_base_seconds,
-            max_seconds=settings.mfa_lockout_max_seconds,
-        ),
-    )
+    factors = build_factors(settings, mail)
     sessions = build_session_service(
         settings, store, cache=cache, limiter=limiter, clock=clock, on_logout_enqueued=outbox.wake
     )
@@ -306,6 +296,31 @@ def build_backchannel_sender(settings: Settings, keys: KeySet) -> BackchannelLog
         {client.client_id: client.uri for client in settings.backchannel_logout_clients},
         timeout=settings.backchannel_logout_timeout,
         give_up_after=settings.backchannel_logout_give_up_after,
+    )
+
+
+def build_factors(settings: Settings, mail: MailQueue | None) -> SecondFactors:
+    """Second factors and passkeys as the settings describe them (docs/mfa.md)."""
+    secret = settings.secret_key.get_secret_value()
+    ttl = timedelta(seconds=settings.mfa_challenge_ttl)
+    return SecondFactors(
+        secret_key=secret,
+        issuer=settings.mfa_issuer,
+        mail=mail,
+        challenge_ttl=ttl,
+        max_challenge_attempts=settings.mfa_challenge_max_attempts,
+        lockout=Lockout(
+            threshold=settings.mfa_lockout_threshold,
+            base_seconds=settings.mfa_lockout_base_seconds,
+            max_seconds=settings.mfa_lockout_max_seconds,
+        ),
+        passkeys=Passkeys(
+            secret_key=secret,
+            rp_id=settings.passkey_rp_id,
+            rp_name=settings.mfa_issuer,
+            origins=settings.passkey_origins,
+            ceremony_ttl=ttl,
+        ),
     )
 
 

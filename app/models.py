@@ -6,7 +6,13 @@ from app.core.db import Base
 from app.dpop.models import SeenProof
 from app.health.models import SchemaCompatibility
 from app.keys.models import SigningKey
-from app.mfa.models import LoginChallenge, RecoveryCode, TotpFactor
+from app.mfa.models import (
+    LoginChallenge,
+    PasskeyCeremony,
+    PasskeyCredential,
+    RecoveryCode,
+    TotpFactor,
+)
 from app.outbox.models import OutboxMessage
 from app.recovery.models import AccountToken, PendingRegistration
 from app.sessions.models import RefreshToken, Session
@@ -18,6 +24,8 @@ __all__ = [
     "Base",
     "LoginChallenge",
     "OutboxMessage",
+    "PasskeyCeremony",
+    "PasskeyCredential",
     "PendingRegistration",
     "RecoveryCode",
     "SeenProof",

@@ -9,6 +9,7 @@ an exception, so they commit.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,8 +20,17 @@ from app.core.clock import Clock
 from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
-from app.mfa.errors import InsufficientAuthentication, InvalidFactorCode
-from app.mfa.service import METHODS, FactorProof, FactorStatus, SecondFactors, TotpEnrolment
+from app.mfa.errors import InsufficientAuthentication, InvalidFactorCode, PasskeyNotFound
+from app.mfa.passkeys import STEP_UP, Ceremony, PasskeyProof
+from app.mfa.repository import StoredPasskey
+from app.mfa.service import (
+    DISABLED_NOTICE_TEMPLATE,
+    PASSKEY_NOTICE_TEMPLATE,
+    FactorProof,
+    FactorStatus,
+    SecondFactors,
+    TotpEnrolment,
+)
 from app.sessions.policy import SessionState
 from app.sessions.service import SessionService
 from app.users import repository as users
@@ -73,17 +83,86 @@ class AccountFactors:
         """A new secret for an authenticator app, for the account's password (ASVS 5 V7.5.1:
         a session alone, perhaps a stolen one, must not add a factor the owner would then need).
         A wrong password counts toward the lockout like a wrong code."""
+        if not await self._password_checks_out(uow, client, state, password):
+            return await self._refused(uow, client, state, self._clock.now(), "enrol_password")
+        conn = await uow.connection()
+        return await self._factors.begin_totp(conn, state.user_id, state.email, self._clock.now())
+
+    async def _password_checks_out(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, password: str
+    ) -> bool:
         await self._limiter.hit("step_up_session", str(state.id))
         account = await self._sessions.find_account(state.user_id)
         # No connection is held while the hash runs.
         valid, _ = await self._passwords.verify_and_update(
             password, account.password_hash if account else None
         )
-        now = self._clock.now()
-        if not valid:
-            return await self._refused(uow, client, state, now, "enrol_password")
+        return valid
+
+    async def begin_passkey(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, password: str, name: str
+    ) -> Ceremony | FactorRefused:
+        """Options for registering a passkey, for the account's password (as an app's
+        enrolment: a session alone adds no factor)."""
+        if not await self._password_checks_out(uow, client, state, password):
+            return await self._refused(uow, client, state, self._clock.now(), "enrol_password")
         conn = await uow.connection()
-        return await self._factors.begin_totp(conn, state.user_id, state.email, now)
+        passkeys = self._factors.passkeys
+        return await passkeys.registration(
+            conn, state.user_id, state.email, name, self._clock.now()
+        )
+
+    async def register_passkey(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, proof: PasskeyProof
+    ) -> StoredPasskey:
+        """The registration's answer: the passkey is the account's (a second factor from now
+        on, and a passwordless login). The owner is told."""
+        now = self._clock.now()
+        conn = await uow.connection()
+        passkey = await self._factors.passkeys.register(
+            conn, client, state.user_id, state.id, proof, now
+        )
+        await self._factors.factors_changed(conn, state.user_id)
+        await self._factors.notify(conn, state.user_id, PASSKEY_NOTICE_TEMPLATE, now)
+        return passkey
+
+    async def passkeys(self, uow: UnitOfWork, state: SessionState) -> list[StoredPasskey]:
+        return await self._factors.passkeys.list(await uow.connection(), state.user_id)
+
+    async def rename_passkey(
+        self, uow: UnitOfWork, state: SessionState, passkey_id: uuid.UUID, name: str
+    ) -> None:
+        conn = await uow.connection()
+        if not await self._factors.passkeys.rename(conn, state.user_id, passkey_id, name):
+            raise PasskeyNotFound()
+
+    async def delete_passkey(
+        self, uow: UnitOfWork, client: ClientInfo, state: SessionState, passkey_id: uuid.UUID
+    ) -> None:
+        """Removing a factor needs one proved recently (InsufficientAuthentication otherwise);
+        the last factor gone, logins take the password alone. The owner is told."""
+        self.require_recent_factor(state)
+        now = self._clock.now()
+        conn = await uow.connection()
+        if not await self._factors.passkeys.delete(conn, state.user_id, passkey_id):
+            raise PasskeyNotFound()
+        await record(
+            conn,
+            "passkey.deleted",
+            now=now,
+            client=client,
+            user_id=state.user_id,
+            session_id=state.id,
+            passkey_id=str(passkey_id),
+        )
+        await self._factors.factors_changed(conn, state.user_id)
+        await self._factors.notify(conn, state.user_id, DISABLED_NOTICE_TEMPLATE, now)
+
+    async def step_up_options(self, uow: UnitOfWork, state: SessionState) -> Ceremony:
+        conn = await uow.connection()
+        return await self._factors.passkeys.assertion(
+            conn, STEP_UP, state.user_id, self._clock.now()
+        )
 
     async def confirm_totp(
         self, uow: UnitOfWork, client: ClientInfo, state: SessionState, code: str
@@ -141,12 +220,12 @@ class AccountFactors:
         now = self._clock.now()
         conn = await uow.connection()
         try:
-            method = await self._factors.verify(
+            proved = await self._factors.verify(
                 conn, client, state.user_id, state.id, proof, now, purpose="step_up"
             )
         except InvalidFactorCode:
             return await self._refused(uow, client, state, now, "step_up")
-        raised = await self._sessions.record_factor(uow, state, [METHODS[method], "mfa"], now)
+        raised = await self._sessions.record_factor(uow, state, [proved.amr, "mfa"], now)
         await record(
             conn,
             "mfa.step_up",
@@ -154,7 +233,7 @@ class AccountFactors:
             client=client,
             user_id=state.user_id,
             session_id=state.id,
-            method=method,
+            method=proved.factor,
         )
         access = self._access.issue(
             user_id=raised.user_id,

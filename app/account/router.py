@@ -23,9 +23,15 @@ from app.core.dependencies import (
 from app.core.error_handlers import domain_error_response
 from app.core.errors import DomainError
 from app.mfa.errors import InvalidFactorCode
+from app.mfa.repository import StoredPasskey
 from app.mfa.schemas import (
+    CeremonyResponse,
     FactorProofRequest,
     MfaStatusResponse,
+    PasskeyOptionsRequest,
+    PasskeyOut,
+    PasskeyProofBody,
+    PasskeyRenameRequest,
     RecoveryCodesResponse,
     StepUpResponse,
     TotpBeginRequest,
@@ -157,6 +163,7 @@ async def mfa_status(
         totp=status_.totp,
         totp_pending=status_.totp_pending,
         recovery_codes_left=status_.recovery_codes_left,
+        passkeys=status_.passkeys,
     )
 
 
@@ -276,4 +283,128 @@ async def step_up(
         acr=stepped.acr,
         amr=stepped.session.methods,
         acr_expires_at=stepped.acr_expires_at.isoformat(),
+    )
+
+
+@mfa_router.post(
+    "/step-up/passkey-options",
+    response_model=CeremonyResponse,
+    responses={409: _NO_FACTOR},
+)
+async def step_up_passkey_options(
+    auth: CurrentSession, factors: AccountFactorsDep, uow: DbSession
+) -> CeremonyResponse:
+    """Options for proving a passkey inside this session (POST /auth/step-up, and turning a
+    factor off or new recovery codes): an assertion by one of the account's passkeys."""
+    ceremony = await factors.step_up_options(uow, auth.session)
+    return CeremonyResponse(ceremony=ceremony.handle, options=ceremony.options)
+
+
+# --- passkeys (docs/mfa.md) --------------------------------------------------------------------
+
+_PASSKEY_404 = {"description": "`passkey_not_found`: not a passkey of yours"}
+
+
+@mfa_router.post(
+    "/passkeys/register/options",
+    response_model=CeremonyResponse,
+    responses={
+        403: {"description": "`invalid_current_password` (counted toward the lockout)"},
+        429: _STEP_UP_LIMIT,
+    },
+)
+async def passkey_registration_options(
+    body: PasskeyOptionsRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> CeremonyResponse | Response:
+    """Start registering a passkey, with the account's password: options for
+    navigator.credentials.create() (a discoverable credential, user verification required).
+    Answer with POST /auth/passkeys."""
+    ceremony = await factors.begin_passkey(uow, client, auth.session, body.password, body.name)
+    if isinstance(ceremony, FactorRefused):
+        return domain_error_response(WrongCurrentPassword())
+    return CeremonyResponse(ceremony=ceremony.handle, options=ceremony.options)
+
+
+@mfa_router.post(
+    "/passkeys",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        400: {
+            "description": "`invalid_mfa_code`: the registration does not check out (origin, RP "
+            "ID, challenge, user verification, a passkey registered already); "
+            "`passkey_ceremony_invalid`"
+        }
+    },
+)
+async def register_passkey(
+    body: PasskeyProofBody,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> PasskeyOut:
+    """The browser's answer to the registration options: the passkey is yours, a second factor
+    and a passwordless login from now on. You are told by email."""
+    passkey = await factors.register_passkey(uow, client, auth.session, body.proof())
+    return _passkey_out(passkey)
+
+
+@mfa_router.get("/passkeys")
+async def list_passkeys(
+    auth: CurrentSession, factors: AccountFactorsDep, uow: DbSession
+) -> list[PasskeyOut]:
+    """Your passkeys, oldest first."""
+    return [_passkey_out(p) for p in await factors.passkeys(uow, auth.session)]
+
+
+@mfa_router.patch(
+    "/passkeys/{passkey_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PASSKEY_404}
+)
+async def rename_passkey(
+    passkey_id: uuid.UUID,
+    body: PasskeyRenameRequest,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+) -> Response:
+    """Rename one of your passkeys."""
+    await factors.rename_passkey(uow, auth.session, passkey_id, body.name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@mfa_router.delete(
+    "/passkeys/{passkey_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        401: {
+            "description": "`insufficient_authentication`: no second factor proved within "
+            "STEP_UP_TTL (POST /auth/step-up first)"
+        },
+        404: _PASSKEY_404,
+    },
+)
+async def delete_passkey(
+    passkey_id: uuid.UUID,
+    auth: CurrentSession,
+    factors: AccountFactorsDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> Response:
+    """Delete one of your passkeys; needs a second factor proved recently (a step-up). The last
+    factor gone, logins take the password alone. You are told by email."""
+    await factors.delete_passkey(uow, client, auth.session, passkey_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _passkey_out(passkey: StoredPasskey) -> PasskeyOut:
+    return PasskeyOut(
+        id=passkey.id,
+        name=passkey.name,
+        created_at=passkey.created_at,
+        last_used_at=passkey.last_used_at,
+        backed_up=passkey.backed_up,
     )

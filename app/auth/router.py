@@ -62,7 +62,13 @@ from app.core.ratelimit import RateLimiter
 from app.core.text import has_control_characters
 from app.dpop.errors import InvalidDPoPProof, UseDPoPNonce
 from app.dpop.service import DPoP
-from app.mfa.schemas import LoginMfaRequest, MfaChallengeResponse
+from app.mfa.schemas import (
+    CeremonyResponse,
+    ChallengeRequest,
+    LoginMfaRequest,
+    MfaChallengeResponse,
+    PasskeyLoginRequest,
+)
 from app.sessions.errors import RefreshTokenInvalid
 from app.users.service import normalize_email
 
@@ -212,6 +218,81 @@ def _refusal(refused: LoginRefused) -> DomainError:
     if refused.reason == "email_not_verified":
         return EmailNotVerified()
     return InvalidCredentials()
+
+
+@router.post(
+    "/login/mfa/passkey-options",
+    response_model=CeremonyResponse,
+    responses={401: {"description": "`mfa_challenge_invalid`: log in again"}},
+)
+@public
+async def login_mfa_passkey_options(
+    body: ChallengeRequest,
+    service: AuthServiceDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+) -> CeremonyResponse | Response:
+    """Options for answering a login's challenge with a passkey (its `methods` name
+    "passkey"): an assertion by one of the account's passkeys, for
+    navigator.credentials.get(). Answer POST /auth/login/mfa with `passkey`."""
+    await limiter.hit("login_ip", client.ip or "unknown")
+    ceremony = await service.passkey_options_for_challenge(uow, body.challenge)
+    if isinstance(ceremony, LoginRefused):
+        return domain_error_response(MfaChallengeInvalid())
+    return CeremonyResponse(ceremony=ceremony.handle, options=ceremony.options)
+
+
+@router.post("/passkeys/login/options", response_model=CeremonyResponse)
+@public
+async def passkey_login_options(
+    service: AuthServiceDep, limiter: LimiterDep, uow: DbSession, client: ClientDep
+) -> CeremonyResponse:
+    """Options for a passwordless login with a passkey: any discoverable passkey of this
+    service, user verification required, for navigator.credentials.get()."""
+    await limiter.hit("login_ip", client.ip or "unknown")
+    ceremony = await service.passkey_login_options(uow)
+    return CeremonyResponse(ceremony=ceremony.handle, options=ceremony.options)
+
+
+@router.post(
+    "/passkeys/login",
+    responses={
+        400: _400_DPOP,
+        401: {
+            "description": "`invalid_credentials`: the passkey's answer does not check out "
+            "(unknown passkey, signature, origin, RP ID, no user verification, a signature "
+            "counter that did not grow: a cloned authenticator), or its account is deactivated"
+        },
+        403: _403,
+    },
+    description="A passwordless login: the answer of navigator.credentials.get() to the "
+    "options of POST /auth/passkeys/login/options. Answers as POST /auth/login does, in the "
+    "same transport; the session's amr is the passkey's (hwk or swk), user and mfa."
+    + _COOKIE_DOC
+    + _DPOP_DOC,
+    dependencies=[CookieGuard],
+    response_model=TokenResponse,
+)
+@public
+async def passkey_login(
+    body: PasskeyLoginRequest,
+    request: Request,
+    service: AuthServiceDep,
+    transports: TransportsDep,
+    limiter: LimiterDep,
+    uow: DbSession,
+    client: ClientDep,
+    dpop: DPoPDep,
+) -> Response:
+    """Log in with a passkey alone."""
+    transport = transports.for_response(request)
+    await limiter.hit("login_ip", client.ip or "unknown")
+    jkt = await proved_key(request, dpop)
+    result = await service.login_passkey(uow, client, body.proof(), body.device_name, dpop_jkt=jkt)
+    if isinstance(result, LoginRefused):
+        return domain_error_response(InvalidCredentials())
+    return _with_nonce(transport.token_response(result), dpop)
 
 
 @router.post(

@@ -21,8 +21,9 @@ from app.core.db import UnitOfWork
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
 from app.mfa.errors import InvalidFactorCode, MfaNotEnabled
+from app.mfa.passkeys import LOGIN, SECOND_FACTOR, Ceremony, PasskeyProof
 from app.mfa.repository import StoredChallenge
-from app.mfa.service import METHODS, FactorProof, SecondFactors
+from app.mfa.service import FactorProof, SecondFactors
 from app.sessions.policy import AuthContext
 from app.sessions.service import IssuedSession, SessionGuard, SessionService
 from app.users import repository as users
@@ -191,7 +192,59 @@ class AuthService:
         )
         await record(conn, "login.mfa_required", now=now, client=client, user_id=user.id)
         ttl = int(self._factors.challenge_ttl.total_seconds())
-        return MfaChallenge(token, ("totp", "recovery_code"), ttl)
+        methods = (await self._factors.status(conn, user.id)).methods
+        return MfaChallenge(token, methods, ttl)
+
+    async def passkey_options_for_challenge(
+        self, uow: UnitOfWork, challenge_token: str
+    ) -> Ceremony | LoginRefused:
+        """A passkey assertion's options for a login's second step: the account's passkeys."""
+        now = self._clock.now()
+        conn = await uow.connection()
+        challenge = await self._factors.take_challenge(conn, challenge_token)
+        if challenge is None or not challenge.is_answerable_at(now):
+            return LoginRefused("challenge_invalid")
+        return await self._factors.passkeys.assertion(conn, SECOND_FACTOR, challenge.user_id, now)
+
+    async def passkey_login_options(self, uow: UnitOfWork) -> Ceremony:
+        conn = await uow.connection()
+        return await self._factors.passkeys.assertion(conn, LOGIN, None, self._clock.now())
+
+    async def login_passkey(
+        self,
+        uow: UnitOfWork,
+        client: ClientInfo,
+        proof: PasskeyProof,
+        device_name: str | None,
+        *,
+        dpop_jkt: str | None = None,
+    ) -> TokenGrant | LoginRefused:
+        """A passwordless login: a discoverable passkey's assertion, with user verification,
+        is both factors (possession and the device's PIN or biometric). The account's password
+        lockout does not apply (a passkey is not guessed); a deactivated account is refused."""
+        now = self._clock.now()
+        conn = await uow.connection()
+        try:
+            asserted = await self._factors.passkeys.verify(conn, client, proof, now, purpose=LOGIN)
+        except InvalidFactorCode:
+            await record(conn, "login.failed", now=now, client=client, reason="passkey_refused")
+            return LoginRefused("passkey_refused")
+        user = await users.lock_for_login(conn, asserted.user_id)
+        if user is None or not user.is_active:
+            await record(
+                conn,
+                "login.failed",
+                now=now,
+                client=client,
+                user_id=asserted.user_id,
+                reason="inactive",
+            )
+            return LoginRefused("inactive")
+        context = AuthContext(amr=f"{asserted.method} user mfa", auth_time=now, factor_at=now)
+        issued = await self._sessions.start_in(
+            uow, user, client, device_name, now, dpop_jkt, context
+        )
+        return self._granted(issued, user, None, dpop_jkt)
 
     async def login_mfa(
         self,
@@ -219,7 +272,7 @@ class AuthService:
             await self._factors.challenge_answered(conn, challenge, now)  # it ends here
             return await _mfa_failed(conn, client, challenge.user_id, refusal, now)
         try:
-            method = await self._factors.verify(
+            proved = await self._factors.verify(
                 conn, client, user.id, None, proof, now, purpose="login"
             )
         except (InvalidFactorCode, MfaNotEnabled):
@@ -230,7 +283,7 @@ class AuthService:
         if user.failed_logins or user.locked_until:
             await users.reset_login_failures(conn, user.id)
         context = AuthContext(
-            amr=f"pwd {METHODS[method]} mfa", auth_time=challenge.created_at, factor_at=now
+            amr=f"pwd {proved.amr} mfa", auth_time=challenge.created_at, factor_at=now
         )
         issued = await self._sessions.start_in(
             uow, user, client, challenge.device_name, now, challenge.dpop_jkt, context

@@ -8,25 +8,22 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.account.service import AccountService, Actor, build_account_service
-from app.context import build_mail
+from app.context import build_factors, build_mail
 from app.core.client import ClientInfo
 from app.core.clock import Clock
 from app.core.db import UnitOfWork, engine_for
 from app.core.ratelimit import RateLimiter
 from app.core.security import PasswordHasher
 from app.core.settings import Settings
-from app.mfa.service import SecondFactors
 from app.sessions.cache import SessionStateCache
 from app.sessions.factory import build_session_service
 from app.sessions.store import open_store
 from app.users import service as users
-from app.users.service import Lockout
 
 T = TypeVar("T")
 # The operator's CLI has never written audit rows (its shell history is its trail).
@@ -131,18 +128,7 @@ def _run_users(args: argparse.Namespace, settings: Settings) -> str:
 async def _reset_mfa(uow: UnitOfWork, settings: Settings, email: str) -> str:
     conn = await uow.connection()
     user = await users.require_by_email(conn, email)
-    factors = SecondFactors(
-        secret_key=settings.secret_key.get_secret_value(),
-        issuer=settings.mfa_issuer,
-        mail=build_mail(settings)[0],
-        challenge_ttl=timedelta(seconds=settings.mfa_challenge_ttl),
-        max_challenge_attempts=settings.mfa_challenge_max_attempts,
-        lockout=Lockout(
-            threshold=settings.mfa_lockout_threshold,
-            base_seconds=settings.mfa_lockout_base_seconds,
-            max_seconds=settings.mfa_lockout_max_seconds,
-        ),
-    )
+    factors = build_factors(settings, build_mail(settings)[0])
     if await factors.reset(conn, user.id, Clock().now()):
         return f"second factors of {user.email} removed; its logins take the password alone"
     return f"{user.email} had no second factor"

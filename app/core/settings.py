@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     mfa_lockout_threshold: int = Field(default=5, ge=1)
     mfa_lockout_base_seconds: int = Field(default=900, ge=1)
     mfa_lockout_max_seconds: int = Field(default=86400, ge=1)
+    # Passkeys (WebAuthn; docs/mfa.md): the relying party ID (a registrable domain; empty: the
+    # issuer's host) and the origins a ceremony may run on, a JSON list (empty: the issuer's).
+    webauthn_rp_id: str | None = None
+    webauthn_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long a second factor counts as recent (the session's acr is "mfa" for that long after
     # a two-step login or a step-up); what the two settings after it require.
     step_up_ttl: int = Field(default=900, ge=60, le=86400)
@@ -336,6 +340,7 @@ class Settings(BaseSettings):
         "backchannel_logout_clients",
         "dpop_algorithms",
         "dpop_origins",
+        "webauthn_origins",
         mode="before",
     )
     @classmethod
@@ -420,6 +425,8 @@ class Settings(BaseSettings):
         problems.extend(self._backchannel_problems())
         if any(not _is_origin(origin) for origin in self.dpop_origins):
             problems.append("DPOP_ORIGINS must list origins like https://auth.example.com")
+        if any(not _is_origin(origin) for origin in self.webauthn_origins):
+            problems.append("WEBAUTHN_ORIGINS must list origins like https://auth.example.com")
         if not self.dpop_algorithms or not set(self.dpop_algorithms) <= DPOP_ALGORITHMS:
             problems.append(
                 "DPOP_ALGORITHMS must list some of "
@@ -604,6 +611,17 @@ class Settings(BaseSettings):
     @property
     def issuer(self) -> str:
         return self.jwt_issuer or DEV_ISSUER
+
+    @property
+    def passkey_rp_id(self) -> str:
+        return self.webauthn_rp_id or (urlsplit(self.issuer).hostname or "localhost")
+
+    @property
+    def passkey_origins(self) -> list[str]:
+        if self.webauthn_origins:
+            return self.webauthn_origins
+        parts = urlsplit(self.issuer)
+        return [f"{parts.scheme}://{parts.netloc}"]
 
     @property
     def proof_origins(self) -> list[str]:

@@ -14,6 +14,21 @@ class InvalidFactorCode(DomainError):
     message = "The code is wrong, used already, or not for this account's second factor."
 
 
+class PasskeyCeremonyInvalid(DomainError):
+    status_code = 400
+    code = "passkey_ceremony_invalid"
+    message = (
+        "This passkey ceremony is unknown, used, expired or for something else: ask for new "
+        "options."
+    )
+
+
+class PasskeyNotFound(DomainError):
+    status_code = 404
+    code = "passkey_not_found"
+    message = "No such passkey of yours."
+
+
 class TotpAlreadyEnabled(DomainError):
     status_code = 409
     code = "totp_already_enabled"

@@ -11,7 +11,13 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.db import table_of
-from app.mfa.models import LoginChallenge, RecoveryCode, TotpFactor
+from app.mfa.models import (
+    LoginChallenge,
+    PasskeyCeremony,
+    PasskeyCredential,
+    RecoveryCode,
+    TotpFactor,
+)
 
 _totp = table_of(TotpFactor)
 _codes = table_of(RecoveryCode)
@@ -202,4 +208,163 @@ async def spend_challenge(conn: AsyncConnection, challenge_id: uuid.UUID, now: d
 
 async def delete_expired_challenges(conn: AsyncConnection, now: datetime) -> int:
     result = await conn.execute(delete(_challenges).where(_challenges.c.expires_at < now))
+    return int(result.rowcount or 0)
+
+
+# --- passkeys -------------------------------------------------------------------------------
+
+_passkeys = table_of(PasskeyCredential)
+_ceremonies = table_of(PasskeyCeremony)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPasskey:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    credential_id: bytes
+    public_key: bytes
+    sign_count: int
+    backed_up: bool
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+_PASSKEY_COLUMNS = (
+    _passkeys.c.id,
+    _passkeys.c.user_id,
+    _passkeys.c.credential_id,
+    _passkeys.c.public_key,
+    _passkeys.c.sign_count,
+    _passkeys.c.backed_up,
+    _passkeys.c.name,
+    _passkeys.c.created_at,
+    _passkeys.c.last_used_at,
+)
+
+
+async def insert_passkey(conn: AsyncConnection, passkey: StoredPasskey) -> None:
+    await conn.execute(
+        insert(_passkeys).values(
+            id=passkey.id,
+            user_id=passkey.user_id,
+            credential_id=passkey.credential_id,
+            public_key=passkey.public_key,
+            sign_count=passkey.sign_count,
+            backed_up=passkey.backed_up,
+            name=passkey.name,
+            created_at=passkey.created_at,
+        )
+    )
+
+
+async def passkeys_of(conn: AsyncConnection, user_id: uuid.UUID) -> list[StoredPasskey]:
+    stmt = (
+        select(*_PASSKEY_COLUMNS)
+        .where(_passkeys.c.user_id == user_id)
+        .order_by(_passkeys.c.created_at, _passkeys.c.id)
+    )
+    return [StoredPasskey(*row) for row in await conn.execute(stmt)]
+
+
+async def lock_passkey(conn: AsyncConnection, credential_id: bytes) -> StoredPasskey | None:
+    stmt = (
+        select(*_PASSKEY_COLUMNS)
+        .where(_passkeys.c.credential_id == credential_id)
+        .with_for_update()
+    )
+    row = (await conn.execute(stmt)).first()
+    return StoredPasskey(*row) if row else None
+
+
+async def passkey_used(
+    conn: AsyncConnection, passkey_id: uuid.UUID, *, sign_count: int, now: datetime
+) -> None:
+    await conn.execute(
+        update(_passkeys)
+        .where(_passkeys.c.id == passkey_id)
+        .values(sign_count=sign_count, last_used_at=now)
+    )
+
+
+async def rename_passkey(
+    conn: AsyncConnection, user_id: uuid.UUID, passkey_id: uuid.UUID, name: str
+) -> bool:
+    result = await conn.execute(
+        update(_passkeys)
+        .where(_passkeys.c.id == passkey_id, _passkeys.c.user_id == user_id)
+        .values(name=name)
+    )
+    return bool(result.rowcount)
+
+
+async def delete_passkey(conn: AsyncConnection, user_id: uuid.UUID, passkey_id: uuid.UUID) -> bool:
+    result = await conn.execute(
+        delete(_passkeys).where(_passkeys.c.id == passkey_id, _passkeys.c.user_id == user_id)
+    )
+    return bool(result.rowcount)
+
+
+async def delete_passkeys(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    await conn.execute(delete(_passkeys).where(_passkeys.c.user_id == user_id))
+
+
+async def count_passkeys(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    stmt = select(func.count()).where(_passkeys.c.user_id == user_id)
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCeremony:
+    id: uuid.UUID
+    purpose: str
+    user_id: uuid.UUID | None
+    challenge: bytes
+    name: str | None
+    expires_at: datetime
+    used_at: datetime | None
+
+
+async def insert_ceremony(
+    conn: AsyncConnection,
+    *,
+    token_hash: bytes,
+    purpose: str,
+    user_id: uuid.UUID | None,
+    challenge: bytes,
+    name: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        insert(_ceremonies).values(
+            id=uuid.uuid4(),
+            token_hash=token_hash,
+            purpose=purpose,
+            user_id=user_id,
+            challenge=challenge,
+            name=name,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+
+
+async def take_ceremony(
+    conn: AsyncConnection, token_hash: bytes, now: datetime
+) -> StoredCeremony | None:
+    """The ceremony, spent by this call, if it was neither used nor expired."""
+    c = _ceremonies.c
+    stmt = (
+        update(_ceremonies)
+        .where(c.token_hash == token_hash, c.used_at.is_(None), c.expires_at > now)
+        .values(used_at=now)
+        .returning(c.id, c.purpose, c.user_id, c.challenge, c.name, c.expires_at, c.used_at)
+    )
+    row = (await conn.execute(stmt)).first()
+    return StoredCeremony(*row) if row else None
+
+
+async def delete_expired_ceremonies(conn: AsyncConnection, now: datetime) -> int:
+    result = await conn.execute(delete(_ceremonies).where(_ceremonies.c.expires_at < now))
     return int(result.rowcount or 0)

@@ -39,6 +39,7 @@ from app.mfa.errors import (
     TotpAlreadyEnabled,
     TotpNotEnrolling,
 )
+from app.mfa.passkeys import SECOND_FACTOR, STEP_UP, PasskeyProof, Passkeys
 from app.mfa.repository import StoredChallenge, StoredTotp
 from app.users import repository as users
 from app.users.service import Lockout
@@ -51,16 +52,26 @@ RECOVERY_NOTICE_TEMPLATE = "recovery_code_used"
 ENABLED_NOTICE_TEMPLATE = "mfa_enabled"
 DISABLED_NOTICE_TEMPLATE = "mfa_disabled"
 GUESSING_NOTICE_TEMPLATE = "mfa_codes_guessed"
-# RFC 8176 methods recorded for each factor: a recovery code is a one-time password too.
+PASSKEY_NOTICE_TEMPLATE = "passkey_added"
+# RFC 8176 methods recorded for each factor: a recovery code is a one-time password too (a
+# passkey's, hwk or swk, is its own: Asserted.method).
 METHODS = {"totp": "otp", "recovery_code": "otp"}
 
 
 @dataclass(frozen=True, slots=True)
 class FactorProof:
-    """What a client sends to prove the second factor: a TOTP code or a recovery code."""
+    """What a client sends to prove the second factor: a TOTP code, a recovery code, or a
+    passkey's assertion."""
 
     code: str | None = None
     recovery_code: str | None = None
+    passkey: PasskeyProof | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proved:
+    factor: str  # "totp", "recovery_code" or "passkey"
+    amr: str  # its RFC 8176 method
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,13 @@ class FactorStatus:
     totp: bool
     totp_pending: bool
     recovery_codes_left: int
+    passkeys: int
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """What a login's second step may be answered with."""
+        codes = ("totp", "recovery_code") if self.totp else ()
+        return codes + (("passkey",) if self.passkeys else ())
 
 
 class SecondFactors:
@@ -87,8 +105,10 @@ class SecondFactors:
         challenge_ttl: timedelta,
         max_challenge_attempts: int,
         lockout: Lockout,
+        passkeys: Passkeys,
     ) -> None:
         self._lockout = lockout
+        self.passkeys = passkeys
         self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, "totp-secrets")))
         self._recovery = TokenHasher(secret_key, "recovery_code")
         self._challenges = TokenHasher(secret_key, "login_challenge")
@@ -158,18 +178,31 @@ class SecondFactors:
         await self._remove(conn, user_id, now)
 
     async def reset(self, conn: AsyncConnection, user_id: uuid.UUID, now: datetime) -> bool:
-        """An operator's removal of the account's second factors (a lost app and codes, or a
-        secret sealed under an old key); whether it had any."""
-        had = (await repository.get_totp(conn, user_id, for_update=True)) is not None
+        """An operator's removal of all the account's second factors, passkeys included (a lost
+        app and codes, or a secret sealed under an old key); whether it had any."""
+        had_app = (await repository.get_totp(conn, user_id, for_update=True)) is not None
+        had = had_app or await repository.count_passkeys(conn, user_id) > 0
         if had:
+            await repository.delete_passkeys(conn, user_id)
             await self._remove(conn, user_id, now)
         return had
 
     async def _remove(self, conn: AsyncConnection, user_id: uuid.UUID, now: datetime) -> None:
-        """The app and the recovery codes gone, logins one step again; the owner is told."""
+        """The app and the recovery codes gone; logins one step again unless passkeys remain.
+        The owner is told."""
         await repository.delete_factors(conn, user_id)
-        await users.set_mfa_enabled(conn, user_id, enabled=False)
+        await self.factors_changed(conn, user_id)
         await self._notify(conn, user_id, DISABLED_NOTICE_TEMPLATE, now)
+
+    async def factors_changed(self, conn: AsyncConnection, user_id: uuid.UUID) -> bool:
+        """Whether the account has a second factor now (a confirmed app or a passkey), as its
+        logins are told (users.mfa_enabled)."""
+        stored = await repository.get_totp(conn, user_id)
+        has = (stored is not None and stored.confirmed_at is not None) or (
+            await repository.count_passkeys(conn, user_id) > 0
+        )
+        await users.set_mfa_enabled(conn, user_id, enabled=has)
+        return has
 
     async def regenerate_recovery_codes(
         self,
@@ -200,6 +233,7 @@ class SecondFactors:
             totp=confirmed,
             totp_pending=stored is not None and not confirmed,
             recovery_codes_left=await repository.count_unused_codes(conn, user_id),
+            passkeys=await repository.count_passkeys(conn, user_id),
         )
 
     # --- proving a factor --------------------------------------------------------------------
@@ -214,10 +248,17 @@ class SecondFactors:
         now: datetime,
         *,
         purpose: str,
-    ) -> str:
-        """Check and spend a factor of the account; the factor's name ("totp" or
-        "recovery_code"). InvalidFactorCode (nothing spent) if it does not check out,
-        MfaNotEnabled if the account has no factor."""
+    ) -> Proved:
+        """Check and spend a factor of the account: which, and its RFC 8176 method.
+        InvalidFactorCode (nothing spent) if it does not check out, MfaNotEnabled if the account
+        has no such factor. `purpose` "login" is a login's second step; anything else is a check
+        inside a session (a passkey's ceremony says which it was opened for)."""
+        if proof.passkey is not None:
+            ceremony = SECOND_FACTOR if purpose == "login" else STEP_UP
+            asserted = await self.passkeys.verify(
+                conn, client, proof.passkey, now, purpose=ceremony, user_id=user_id
+            )
+            return Proved("passkey", asserted.method)
         stored = await repository.get_totp(conn, user_id, for_update=True)
         if stored is None or stored.confirmed_at is None:
             raise MfaNotEnabled()
@@ -229,7 +270,7 @@ class SecondFactors:
             raise InvalidFactorCode()
         if stored.failures or stored.locked_until:
             await repository.record_factor_failures(conn, user_id, failures=0, locked_until=None)
-        return method
+        return Proved(method, METHODS[method])
 
     async def _spend(
         self,
@@ -309,6 +350,11 @@ class SecondFactors:
         )
         await self._notify(conn, user_id, RECOVERY_NOTICE_TEMPLATE, now, codes_left=str(left))
 
+    async def notify(
+        self, conn: AsyncConnection, user_id: uuid.UUID, template: str, now: datetime
+    ) -> None:
+        await self._notify(conn, user_id, template, now)
+
     async def _notify(
         self,
         conn: AsyncConnection,
@@ -372,7 +418,8 @@ class SecondFactors:
         await repository.spend_challenge(conn, challenge.id, now)
 
     async def purge(self, conn: AsyncConnection, now: datetime) -> int:
-        return await repository.delete_expired_challenges(conn, now)
+        challenges = await repository.delete_expired_challenges(conn, now)
+        return challenges + await self.passkeys.purge(conn, now)
 
     # --- internals ---------------------------------------------------------------------------
 

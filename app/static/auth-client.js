@@ -35,12 +35,17 @@
  *                    CSRF cookie is missing right after it; that session is logged out), or
  *                    "mfa_required" when the account has a second factor: its `detail` holds
  *                    {challenge, methods, expiresIn} for loginMfa (docs/mfa.md).
- *   loginMfa(challenge, {code} | {recoveryCode})  -> Promise<session>: the second step.
+ *   loginMfa(challenge, {code} | {recoveryCode} | {passkey: true})  -> Promise<session>: the
+ *                    second step.
  *                    Rejects with "invalid_mfa_code" (try again) or "mfa_challenge_invalid"
  *                    (log in again).
- *   stepUp({code} | {recoveryCode})  -> Promise<{acr, amr, acrExpiresAt}>: prove a second
- *                    factor again in this session (acr "mfa" for STEP_UP_TTL); the new access
- *                    token replaces the old one in every tab.
+ *   stepUp({code} | {recoveryCode} | {passkey: true})  -> Promise<{acr, amr, acrExpiresAt}>:
+ *                    prove a second factor again in this session (acr "mfa" for STEP_UP_TTL);
+ *                    the new access token replaces the old one in every tab.
+ *   registerPasskey({password, name?})  -> Promise<passkey>: add a passkey (the browser asks
+ *                    the user); loginWithPasskey({deviceName?}) -> Promise<session>: log in
+ *                    with one alone. loginMfa(challenge, {passkey: true}) answers a login's
+ *                    second step with one (docs/mfa.md).
  *   logout()         -> Promise<void>. Revokes the session on the server, clears this tab and
  *                    every other tab of the same origin (onSessionEnd({reason: "logged_out"})).
  *   fetch(input, init)  -> Promise<Response>, like window.fetch plus `Authorization: Bearer`
@@ -415,9 +420,10 @@ const realm = (() => {
  */
 
 /**
- * @typedef {object} SecondFactor exactly one of the two
+ * @typedef {object} SecondFactor exactly one of the three
  * @property {string} [code] the authenticator app's current 6-digit code
  * @property {string} [recoveryCode] one of the account's recovery codes
+ * @property {boolean} [passkey] true: ask the browser for one of the account's passkeys
  */
 
 /**
@@ -469,9 +475,10 @@ const realm = (() => {
  */
 
 /**
- * @typedef {object} SecondFactor exactly one of the two
+ * @typedef {object} SecondFactor exactly one of the three
  * @property {string} [code] the authenticator app's current 6-digit code
  * @property {string} [recoveryCode] one of the account's recovery codes
+ * @property {boolean} [passkey] true: ask the browser for one of the account's passkeys
  */
 
 /**
@@ -491,6 +498,10 @@ const realm = (() => {
  * @property {(challenge: string, factor: SecondFactor) => Promise<Session>} loginMfa the
  *   second step of a two-step login
  * @property {(factor: SecondFactor) => Promise<StepUp>} stepUp prove a second factor again
+ * @property {(passkey: {password: string, name?: string}) => Promise<any>} registerPasskey add a
+ *   passkey to the account (navigator.credentials.create)
+ * @property {(options?: {deviceName?: string}) => Promise<Session>} loginWithPasskey a
+ *   passwordless login (navigator.credentials.get)
  * @property {() => Promise<void>} logout
  * @property {(input: RequestInfo | URL, init?: RequestInit) => Promise<Response>} fetch
  * @property {() => Promise<any>} status GET /auth/session-status (does not slide the session)
@@ -501,6 +512,58 @@ const realm = (() => {
  * @property {(url: string | URL, callbacks?: SocketCallbacks) => AuthSocket} socket
  * @property {() => void} close
  */
+
+// WebAuthn's JSON forms (the service speaks them) to the browser's, and back: the browser's own
+// parse*FromJSON and toJSON where it has them, else by hand (base64url <-> bytes).
+const b64urlToBytes = (text) =>
+  Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+const bytesToB64url = (buffer) =>
+  btoa(String.fromCharCode(...new Uint8Array(buffer)))
+    .replace(/\+/g, "-")
+    .replace(/\//g, "_")
+    .replace(/=+$/, "");
+const withIds = (list) => (list || []).map((c) => ({ ...c, id: b64urlToBytes(c.id) }));
+
+function creationOptions(json) {
+  if (typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function") {
+    return PublicKeyCredential.parseCreationOptionsFromJSON(json);
+  }
+  return {
+    ...json,
+    challenge: b64urlToBytes(json.challenge),
+    user: { ...json.user, id: b64urlToBytes(json.user.id) },
+    excludeCredentials: withIds(json.excludeCredentials),
+  };
+}
+
+function requestOptions(json) {
+  if (typeof PublicKeyCredential.parseRequestOptionsFromJSON === "function") {
+    return PublicKeyCredential.parseRequestOptionsFromJSON(json);
+  }
+  return { ...json, challenge: b64urlToBytes(json.challenge), allowCredentials: withIds(json.allowCredentials) };
+}
+
+function credentialJson(credential) {
+  if (typeof credential.toJSON === "function") return credential.toJSON();
+  const r = credential.response;
+  const response = { clientDataJSON: bytesToB64url(r.clientDataJSON) };
+  if (r.attestationObject) {
+    response.attestationObject = bytesToB64url(r.attestationObject);
+    response.transports = typeof r.getTransports === "function" ? r.getTransports() : [];
+  } else {
+    response.authenticatorData = bytesToB64url(r.authenticatorData);
+    response.signature = bytesToB64url(r.signature);
+    if (r.userHandle) response.userHandle = bytesToB64url(r.userHandle);
+  }
+  return {
+    id: credential.id,
+    rawId: bytesToB64url(credential.rawId),
+    type: credential.type,
+    response,
+    clientExtensionResults: credential.getClientExtensionResults(),
+    authenticatorAttachment: credential.authenticatorAttachment || undefined,
+  };
+}
 
 /**
  * @param {AuthClientOptions} [options]
@@ -1365,10 +1428,12 @@ export function createAuthClient(options = {}) {
    * answered with the authenticator app's code or a recovery code (docs/mfa.md). In DPoP mode
    * the proof is by the same stored key as the first step's, as the service requires.
    */
-  async function loginMfa(challenge, { code, recoveryCode } = {}) {
-    const payload = { challenge };
-    if (code !== undefined) payload.code = String(code);
-    if (recoveryCode !== undefined) payload.recovery_code = String(recoveryCode);
+  async function loginMfa(challenge, { code, recoveryCode, passkey } = {}) {
+    const payload = { challenge, ...factorPayload({ code, recoveryCode }) };
+    if (passkey) {
+      const options = await publicPost("/auth/login/mfa/passkey-options", { challenge });
+      payload.passkey = await assertPasskey(options);
+    }
     return signIn("/auth/login/mfa", payload);
   }
 
@@ -1429,28 +1494,19 @@ export function createAuthClient(options = {}) {
    * every tab. Resolves with {acr, amr, acrExpiresAt}; rejects with an AuthError
    * ("invalid_mfa_code", "mfa_not_enabled", "rate_limited", ...).
    */
-  async function stepUp({ code, recoveryCode } = {}) {
+  async function stepUp({ code, recoveryCode, passkey } = {}) {
     if (!tokenUsable()) await refresh();
     if (!state) throw new AuthError("not_authenticated", "No session to step up.");
-    const payload = {};
-    if (code !== undefined) payload.code = String(code);
-    if (recoveryCode !== undefined) payload.recovery_code = String(recoveryCode);
     const current = state;
-    const response = await withToken("POST", url("/auth/step-up"), current, (headers) =>
-      fetch(url("/auth/step-up"), {
-        method: "POST",
-        credentials: "omit",
-        cache: "no-store",
-        headers: { "Content-Type": "application/json", ...headers },
-        body: JSON.stringify(payload),
-        signal: timeoutSignal(REQUEST_TIMEOUT_MS),
-      }),
-    );
-    const receivedAt = now();
-    if (!response.ok) {
-      const { code: error, message } = await errorCode(response);
-      throw new AuthError(error || `http_${response.status}`, message, response.status);
+    let payload;
+    if (passkey) {
+      const options = await (await sessionPost("/auth/step-up/passkey-options", {})).json();
+      payload = { passkey: await assertPasskey(options) };
+    } else {
+      payload = factorPayload({ code, recoveryCode });
     }
+    const response = await sessionPost("/auth/step-up", payload);
+    const receivedAt = now();
     const body = await response.json();
     if (state && state.sessionId === current.sessionId) {
       const raised = {
@@ -1462,6 +1518,87 @@ export function createAuthClient(options = {}) {
       accept(raised, receivedAt, { broadcast: true, source: "step_up" });
     }
     return { acr: body.acr, amr: body.amr, acrExpiresAt: body.acr_expires_at };
+  }
+
+  /**
+   * Register a passkey for the account (POST /auth/passkeys/register/options with the
+   * password, navigator.credentials.create(), POST /auth/passkeys). Resolves with the passkey
+   * ({id, name, created_at, ...}); rejects with an AuthError, or the browser's DOMException
+   * when the user cancels.
+   */
+  async function registerPasskey({ password, name } = {}) {
+    if (!tokenUsable()) await refresh();
+    if (!state) throw new AuthError("not_authenticated", "No session to add a passkey to.");
+    const payload = { password: String(password) };
+    if (name) payload.name = String(name);
+    const ceremony = await (await sessionPost("/auth/passkeys/register/options", payload)).json();
+    const created = await navigator.credentials.create({
+      publicKey: creationOptions(ceremony.options),
+    });
+    const response = await sessionPost("/auth/passkeys", {
+      ceremony: ceremony.ceremony,
+      credential: credentialJson(created),
+    });
+    return response.json();
+  }
+
+  /** Log in with a passkey alone (a discoverable credential, user verification). */
+  async function loginWithPasskey({ deviceName } = {}) {
+    const options = await publicPost("/auth/passkeys/login/options", {});
+    const payload = await assertPasskey(options);
+    if (deviceName) payload.device_name = deviceName;
+    return signIn("/auth/passkeys/login", payload);
+  }
+
+  function factorPayload({ code, recoveryCode }) {
+    const payload = {};
+    if (code !== undefined) payload.code = String(code);
+    if (recoveryCode !== undefined) payload.recovery_code = String(recoveryCode);
+    return payload;
+  }
+
+  /** {ceremony, credential}: the browser's answer to the service's request options. */
+  async function assertPasskey(ceremony) {
+    const asserted = await navigator.credentials.get({
+      publicKey: requestOptions(ceremony.options),
+    });
+    return { ceremony: ceremony.ceremony, credential: credentialJson(asserted) };
+  }
+
+  /** POST with the session's access token (Bearer or DPoP); rejects with an AuthError. */
+  async function sessionPost(path, payload) {
+    const response = await withToken("POST", url(path), state, (headers) =>
+      fetch(url(path), {
+        method: "POST",
+        credentials: "omit",
+        cache: "no-store",
+        headers: { "Content-Type": "application/json", ...headers },
+        body: JSON.stringify(payload),
+        signal: timeoutSignal(REQUEST_TIMEOUT_MS),
+      }),
+    );
+    if (!response.ok) {
+      const { code, message } = await errorCode(response);
+      throw new AuthError(code || `http_${response.status}`, message, response.status);
+    }
+    return response;
+  }
+
+  /** POST without a session (a login's ceremony options); resolves with the JSON body. */
+  async function publicPost(path, payload) {
+    const response = await fetch(url(path), {
+      method: "POST",
+      credentials: "omit",
+      cache: "no-store",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(payload),
+      signal: timeoutSignal(REQUEST_TIMEOUT_MS),
+    });
+    if (!response.ok) {
+      const { code, message } = await errorCode(response);
+      throw new AuthError(code || `http_${response.status}`, message, response.status);
+    }
+    return response.json();
   }
 
   /**
@@ -1961,6 +2098,8 @@ export function createAuthClient(options = {}) {
     ready,
     login,
     loginMfa,
+    loginWithPasskey,
+    registerPasskey,
     stepUp,
     logout,
     fetch: authFetch,

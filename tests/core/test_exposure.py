@@ -34,6 +34,10 @@ PUBLIC = {
     "/auth/verify-email/confirm",
     # The second step of a two-step login: the challenge in the body is the credential.
     "/auth/login/mfa",
+    # Passkey ceremonies of a login: the ceremony (and the challenge) is the credential.
+    "/auth/login/mfa/passkey-options",
+    "/auth/passkeys/login/options",
+    "/auth/passkeys/login",
 }
 PASSIVE = {"/auth/session-status"}
 

@@ -120,6 +120,8 @@ async def every_route_unavailable(h: Harness, tokens: dict[str, Any], email: str
             "/auth/mfa/totp", json={"password": PASSWORD}, headers=access
         ),
         "step-up": lambda: client.post("/auth/step-up", json={"code": "123456"}, headers=access),
+        "passkey login options": lambda: client.post("/auth/passkeys/login/options"),
+        "passkeys": lambda: client.get("/auth/passkeys", headers=access),
     }
     slowest = 0.0
     for what, request in requests.items():

@@ -61,7 +61,7 @@ async def first_step(h: Harness, email: str, **extra: Any) -> str:
     return challenge
 
 
-async def second_step(h: Harness, challenge: str, **proof: str) -> httpx.Response:
+async def second_step(h: Harness, challenge: str, **proof: Any) -> httpx.Response:
     return await h.client.post("/auth/login/mfa", json={"challenge": challenge, **proof})
 
 

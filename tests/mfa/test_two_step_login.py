@@ -37,7 +37,12 @@ async def test_enrolment_shows_the_secret_once_and_seals_it(harness: Harness) ->
     assert f"secret={body['secret']}" in body["otpauth_uri"]
     assert body["qr_svg"].startswith("<svg")
     status = await h.client.get("/auth/mfa", headers=bearer(tokens["access_token"]))
-    assert status.json() == {"totp": False, "totp_pending": True, "recovery_codes_left": 0}
+    assert status.json() == {
+        "totp": False,
+        "totp_pending": True,
+        "recovery_codes_left": 0,
+        "passkeys": 0,
+    }
     async with h.ctx.engine.connect() as conn:
         sealed = await conn.scalar(text("SELECT sealed_secret FROM totp_factors"))
     assert body["secret"] not in sealed
