@@ -256,9 +256,10 @@ class AccountFactors:
         seconds = int(self.step_up_ttl.total_seconds())
         raise InsufficientAuthentication(
             "This needs a second factor proved in the last "
-            f"{seconds} seconds: POST /auth/step-up with a TOTP code or a recovery code "
-            "(an account without one enrols an authenticator app first, with its password: "
-            "POST /auth/mfa/totp).",
+            f"{seconds} seconds: POST /auth/step-up with a TOTP code, a recovery code or a "
+            "passkey (its options: POST /auth/step-up/passkey-options). An account without one "
+            "adds one first, with its password: POST /auth/mfa/totp or "
+            "POST /auth/passkeys/register/options.",
             max_age=seconds,
         )
 
