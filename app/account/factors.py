@@ -85,6 +85,7 @@ class AccountFactors:
         A wrong password counts toward the lockout like a wrong code."""
         if not await self._password_checks_out(uow, client, state, password):
             return await self._refused(uow, client, state, self._clock.now(), "enrol_password")
+        await self._require_factor_for_another(uow, state)
         conn = await uow.connection()
         return await self._factors.begin_totp(conn, state.user_id, state.email, self._clock.now())
 
@@ -106,11 +107,20 @@ class AccountFactors:
         enrolment: a session alone adds no factor)."""
         if not await self._password_checks_out(uow, client, state, password):
             return await self._refused(uow, client, state, self._clock.now(), "enrol_password")
+        await self._require_factor_for_another(uow, state)
         conn = await uow.connection()
-        passkeys = self._factors.passkeys
-        return await passkeys.registration(
-            conn, state.user_id, state.email, name, self._clock.now()
+        now = self._clock.now()
+        return await self._factors.passkeys.registration(
+            conn, state.user_id, state.email, name, now
         )
+
+    async def _require_factor_for_another(self, uow: UnitOfWork, state: SessionState) -> None:
+        """An account with a second factor adds another only from a session that proved one
+        recently (a step-up): the password and a session alone, perhaps a thief's, must not buy
+        a factor that gets past the one the owner has."""
+        status = await self._factors.status(await uow.connection(), state.user_id)
+        if status.totp or status.passkeys:
+            self.require_recent_factor(state)
 
     async def register_passkey(
         self, uow: UnitOfWork, client: ClientInfo, state: SessionState, proof: PasskeyProof
@@ -159,6 +169,7 @@ class AccountFactors:
         await self._factors.notify(conn, state.user_id, DISABLED_NOTICE_TEMPLATE, now)
 
     async def step_up_options(self, uow: UnitOfWork, state: SessionState) -> Ceremony:
+        await self._limiter.hit("step_up_session", str(state.id))
         conn = await uow.connection()
         return await self._factors.passkeys.assertion(
             conn, STEP_UP, state.user_id, self._clock.now()

@@ -264,7 +264,10 @@ async def passkey_login_options(
             "(unknown passkey, signature, origin, RP ID, no user verification, a signature "
             "counter that did not grow: a cloned authenticator), or its account is deactivated"
         },
-        403: _403,
+        403: {
+            "description": "`csrf_failed` (cookie transport); `email_not_verified`: "
+            "REQUIRE_VERIFIED_EMAIL and an unproven address (a fresh link was sent)"
+        },
     },
     description="A passwordless login: the answer of navigator.credentials.get() to the "
     "options of POST /auth/passkeys/login/options. Answers as POST /auth/login does, in the "
@@ -291,7 +294,7 @@ async def passkey_login(
     jkt = await proved_key(request, dpop)
     result = await service.login_passkey(uow, client, body.proof(), body.device_name, dpop_jkt=jkt)
     if isinstance(result, LoginRefused):
-        return domain_error_response(InvalidCredentials())
+        return domain_error_response(_refusal(result))
     return _with_nonce(transport.token_response(result), dpop)
 
 

@@ -240,6 +240,17 @@ class AuthService:
                 reason="inactive",
             )
             return LoginRefused("inactive")
+        if self._unverified is not None and user.email_verified_at is None:
+            await self._unverified.on_unverified_login(uow, client, user, now)
+            await record(
+                conn,
+                "login.failed",
+                now=now,
+                client=client,
+                user_id=user.id,
+                reason="email_not_verified",
+            )
+            return LoginRefused("email_not_verified")
         context = AuthContext(amr=f"{asserted.method} user mfa", auth_time=now, factor_at=now)
         issued = await self._sessions.start_in(
             uow, user, client, device_name, now, dpop_jkt, context

@@ -394,6 +394,10 @@ class Settings(BaseSettings):
                     "JWT_ISSUER must be an https:// URL in production (clients fetch the "
                     "signing keys from it)"
                 )
+            if any(not origin.startswith("https://") for origin in self.webauthn_origins):
+                # Browsers allow WebAuthn over http on localhost only: anywhere else such an
+                # origin is a misconfiguration, or a page others can tamper with.
+                problems.append("WEBAUTHN_ORIGINS must be https:// origins in production")
             if self.password_hash_profile is PasswordHashProfile.test:
                 problems.append(
                     "PASSWORD_HASH_PROFILE=test (near-free argon2 costs) is for test suites "
@@ -425,7 +429,8 @@ class Settings(BaseSettings):
         problems.extend(self._backchannel_problems())
         if any(not _is_origin(origin) for origin in self.dpop_origins):
             problems.append("DPOP_ORIGINS must list origins like https://auth.example.com")
-        if any(not _is_origin(origin) for origin in self.webauthn_origins):
+        if any(not _is_exact_origin(origin) for origin in self.webauthn_origins):
+            # A browser's origin has no path, not even "/": such an entry would never match.
             problems.append("WEBAUTHN_ORIGINS must list origins like https://auth.example.com")
         if not self.dpop_algorithms or not set(self.dpop_algorithms) <= DPOP_ALGORITHMS:
             problems.append(
@@ -638,6 +643,11 @@ class Settings(BaseSettings):
         if self.log_format:
             return self.log_format == "json"
         return self.environment is not Environment.development
+
+
+def _is_exact_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    return _is_origin(value) and value == f"{parts.scheme}://{parts.netloc}"
 
 
 def _is_origin(value: str) -> bool:

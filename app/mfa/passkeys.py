@@ -19,12 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import webauthn
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from webauthn.helpers import options_to_json_dict, parse_authenticator_data
+from webauthn.helpers import options_to_json_dict
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AttestationConveyancePreference,
     AuthenticatorSelectionCriteria,
+    CredentialDeviceType,
     PublicKeyCredentialDescriptor,
     ResidentKeyRequirement,
     UserVerificationRequirement,
@@ -41,6 +43,7 @@ REGISTER = "register"
 LOGIN = "login"  # passwordless: no account named before the assertion
 SECOND_FACTOR = "second_factor"  # a two-step login's second step
 STEP_UP = "step_up"
+MAX_CREDENTIAL_ID = 1023  # bytes (WebAuthn §7.1 step 25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +65,13 @@ class Asserted:
     user_id: uuid.UUID
     passkey: StoredPasskey
     user_verified: bool
+    multi_device: bool  # backup eligible (BE): may be synced between devices
 
     @property
     def method(self) -> str:
-        """RFC 8176: a synced passkey is a software-secured key, a device-bound one hardware."""
-        return "swk" if self.passkey.backed_up else "hwk"
+        """RFC 8176: a passkey that may be synced is a software-secured key, a device-bound one
+        a hardware-secured key."""
+        return "swk" if self.multi_device else "hwk"
 
 
 class Passkeys:
@@ -128,6 +133,8 @@ class Passkeys:
             )
         except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
             raise InvalidFactorCode("The passkey's registration does not check out.") from exc
+        if len(verified.credential_id) > MAX_CREDENTIAL_ID:  # WebAuthn §7.1 step 25
+            raise InvalidFactorCode("The passkey's credential id is too long.")
         if await repository.lock_passkey(conn, verified.credential_id) is not None:
             raise InvalidFactorCode("This passkey is registered already.")
         passkey = StoredPasskey(
@@ -141,7 +148,10 @@ class Passkeys:
             created_at=now,
             last_used_at=None,
         )
-        await repository.insert_passkey(conn, passkey)
+        try:
+            await repository.insert_passkey(conn, passkey)
+        except IntegrityError as exc:  # the same credential registered at this very moment
+            raise InvalidFactorCode("This passkey is registered already.") from exc
         await record(
             conn,
             "passkey.registered",
@@ -195,27 +205,37 @@ class Passkeys:
         passkey = await self._presented(conn, proof.credential)
         if passkey is None or (user_id is not None and passkey.user_id != user_id):
             raise InvalidFactorCode("This passkey is not one of this account's.")
+        if not _handle_matches(proof.credential, passkey):  # WebAuthn §7.2 step 6
+            raise InvalidFactorCode("The passkey's user handle is not its account's.")
         try:
+            # The counter is compared below, once the signature is known to be the passkey's:
+            # a forged answer must not be audited as a clone, nor a clone pass as a forgery.
             verified = webauthn.verify_authentication_response(
                 credential=proof.credential,
                 expected_challenge=ceremony.challenge,
                 expected_rp_id=self._rp_id,
                 expected_origin=self._origins,
                 credential_public_key=passkey.public_key,
-                credential_current_sign_count=passkey.sign_count,
+                credential_current_sign_count=0,
                 require_user_verification=purpose == LOGIN,
             )
         except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
-            await self._suspect_clone(conn, client, proof.credential, passkey, now)
             raise InvalidFactorCode("The passkey's answer does not check out.") from exc
-        await repository.passkey_used(conn, passkey.id, sign_count=verified.new_sign_count, now=now)
-        return Asserted(passkey.user_id, passkey, verified.user_verified)
+        count = verified.new_sign_count
+        if (count or passkey.sign_count) and count <= passkey.sign_count:
+            await self._clone_suspected(conn, client, passkey, count, now)
+            raise InvalidFactorCode("The passkey's signature counter went backwards.")
+        await repository.passkey_used(
+            conn, passkey.id, sign_count=count, backed_up=verified.credential_backed_up, now=now
+        )
+        multi_device = verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE
+        return Asserted(passkey.user_id, passkey, verified.user_verified, multi_device)
 
     async def _presented(
         self, conn: AsyncConnection, credential: dict[str, Any]
     ) -> StoredPasskey | None:
         raw_id = credential.get("rawId") if isinstance(credential, dict) else None
-        if not isinstance(raw_id, str) or len(raw_id) > 1400:
+        if not isinstance(raw_id, str) or len(raw_id) > 1400:  # base64url of 1,023 bytes
             return None
         try:
             credential_id = webauthn.base64url_to_bytes(raw_id)
@@ -223,32 +243,26 @@ class Passkeys:
             return None
         return await repository.lock_passkey(conn, credential_id)
 
-    async def _suspect_clone(
+    async def _clone_suspected(
         self,
         conn: AsyncConnection,
         client: ClientInfo,
-        credential: dict[str, Any],
         passkey: StoredPasskey,
+        count: int,
         now: datetime,
     ) -> None:
-        """Audit a signature counter that did not grow (WebAuthn §6.1.1): a cloned
-        authenticator, or a replayed answer."""
-        try:
-            data = webauthn.base64url_to_bytes(credential["response"]["authenticatorData"])
-            count = parse_authenticator_data(data).sign_count
-        except (WebAuthnException, ValueError, KeyError, TypeError):
-            return
-        if (count or passkey.sign_count) and count <= passkey.sign_count:
-            await record(
-                conn,
-                "passkey.clone_suspected",
-                now=now,
-                client=client,
-                user_id=passkey.user_id,
-                passkey_id=str(passkey.id),
-                stored_count=passkey.sign_count,
-                presented_count=count,
-            )
+        """A genuine signature with a counter that did not grow (WebAuthn §6.1.1): a cloned
+        authenticator. Audited (the refusal's records commit with it)."""
+        await record(
+            conn,
+            "passkey.clone_suspected",
+            now=now,
+            client=client,
+            user_id=passkey.user_id,
+            passkey_id=str(passkey.id),
+            stored_count=passkey.sign_count,
+            presented_count=count,
+        )
 
     # --- the account's passkeys --------------------------------------------------------------
 
@@ -305,3 +319,16 @@ class Passkeys:
         if ceremony is None or ceremony.purpose != purpose or ceremony.user_id != user_id:
             raise PasskeyCeremonyInvalid()
         return ceremony
+
+
+def _handle_matches(credential: dict[str, Any], passkey: StoredPasskey) -> bool:
+    """The answer's user handle, if it gives one, is the passkey's account (the handle
+    registration gave: the user id's bytes)."""
+    response = credential.get("response")
+    handle = response.get("userHandle") if isinstance(response, dict) else None
+    if not handle:
+        return True
+    try:
+        return bool(webauthn.base64url_to_bytes(str(handle)) == passkey.user_id.bytes)
+    except ValueError:
+        return False

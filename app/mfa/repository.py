@@ -278,12 +278,17 @@ async def lock_passkey(conn: AsyncConnection, credential_id: bytes) -> StoredPas
 
 
 async def passkey_used(
-    conn: AsyncConnection, passkey_id: uuid.UUID, *, sign_count: int, now: datetime
+    conn: AsyncConnection,
+    passkey_id: uuid.UUID,
+    *,
+    sign_count: int,
+    backed_up: bool,
+    now: datetime,
 ) -> None:
     await conn.execute(
         update(_passkeys)
         .where(_passkeys.c.id == passkey_id)
-        .values(sign_count=sign_count, last_used_at=now)
+        .values(sign_count=sign_count, backed_up=backed_up, last_used_at=now)
     )
 
 

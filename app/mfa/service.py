@@ -170,7 +170,9 @@ class SecondFactors:
         proof: FactorProof,
         now: datetime,
     ) -> None:
-        """Remove the account's second factors; needs one of them, fresh."""
+        """Remove the account's app and recovery codes; needs a factor, fresh. An account
+        without an app has nothing to remove here (MfaNotEnabled): passkeys go one by one."""
+        await self._require_app(conn, user_id)
         await self.verify(conn, client, user_id, session_id, proof, now, purpose="disable")
         await record(
             conn, "mfa.disabled", now=now, client=client, user_id=user_id, session_id=session_id
@@ -196,7 +198,9 @@ class SecondFactors:
 
     async def factors_changed(self, conn: AsyncConnection, user_id: uuid.UUID) -> bool:
         """Whether the account has a second factor now (a confirmed app or a passkey), as its
-        logins are told (users.mfa_enabled)."""
+        logins are told (users.mfa_enabled). Under the user's row lock: two changes at once
+        (an app turned off while a passkey is added) read each other's outcome, in turn."""
+        await users.lock_for_login(conn, user_id)
         stored = await repository.get_totp(conn, user_id)
         has = (stored is not None and stored.confirmed_at is not None) or (
             await repository.count_passkeys(conn, user_id) > 0
@@ -213,7 +217,9 @@ class SecondFactors:
         proof: FactorProof,
         now: datetime,
     ) -> list[str]:
-        """Ten new codes in place of the old ones; needs a factor, fresh."""
+        """Ten new codes in place of the old ones; needs a factor, fresh. Codes go with the app
+        (MfaNotEnabled without one: they would never be accepted)."""
+        await self._require_app(conn, user_id)
         await self.verify(conn, client, user_id, session_id, proof, now, purpose="regenerate")
         codes = await self._new_recovery_codes(conn, user_id, now)
         await record(
@@ -225,6 +231,11 @@ class SecondFactors:
             session_id=session_id,
         )
         return codes
+
+    async def _require_app(self, conn: AsyncConnection, user_id: uuid.UUID) -> None:
+        stored = await repository.get_totp(conn, user_id)
+        if stored is None or stored.confirmed_at is None:
+            raise MfaNotEnabled("This account has no authenticator app.")
 
     async def status(self, conn: AsyncConnection, user_id: uuid.UUID) -> FactorStatus:
         stored = await repository.get_totp(conn, user_id)

@@ -129,3 +129,27 @@ def test_production_names_each_risky_setting_it_accepts() -> None:
         "SMTP_URL",
     ]
     assert _settings(rate_limits_enabled=False).production_warnings == []
+
+
+def test_webauthn_origins_are_exact_origins() -> None:
+    with pytest.raises(ValidationError, match="WEBAUTHN_ORIGINS"):
+        _settings(webauthn_origins=["https://auth.example.com/"])  # a browser sends no "/"
+    with pytest.raises(ValidationError, match="WEBAUTHN_ORIGINS"):
+        _settings(webauthn_origins=["auth.example.com"])
+    settings = _settings(webauthn_origins=["http://localhost:8000"], webauthn_rp_id="localhost")
+    assert (settings.passkey_rp_id, settings.passkey_origins) == (
+        "localhost",
+        ["http://localhost:8000"],
+    )
+    defaults = _settings(jwt_issuer="https://auth.example.com:8443")
+    assert (defaults.passkey_rp_id, defaults.passkey_origins) == (
+        "auth.example.com",
+        ["https://auth.example.com:8443"],
+    )
+
+
+def test_production_refuses_plain_http_webauthn_origins() -> None:
+    with pytest.raises(ValidationError, match="WEBAUTHN_ORIGINS must be https"):
+        _production(secret_key=STRONG, webauthn_origins=["http://auth.example.com"])
+    ok = _production(secret_key=STRONG, webauthn_origins=["https://auth.example.com"])
+    assert ok.passkey_origins == ["https://auth.example.com"]

@@ -187,8 +187,9 @@ async def test_an_operator_reset_removes_passkeys(harness: Harness) -> None:
 
 async def test_malformed_answers_are_refused_never_a_500(harness: Harness) -> None:
     h = harness
-    _, tokens, authenticator = await _registered(h)
-    headers = bearer(tokens["access_token"])
+    _, _, authenticator = await _registered(h)
+    # A session that just proved the passkey: it may add another (a step-up's worth).
+    headers = bearer((await _passwordless(h, authenticator)).json()["access_token"])
     good = authenticator.get(
         (await h.client.post("/auth/passkeys/login/options")).json()["options"]
     )
@@ -220,3 +221,53 @@ async def test_malformed_answers_are_refused_never_a_500(harness: Harness) -> No
         )
         assert registered.status_code == 400, (shape, registered.text)
         assert error_code(registered) == "invalid_mfa_code"
+
+
+async def test_a_second_factor_is_added_only_after_a_recent_one(harness: Harness) -> None:
+    """The password and a session (perhaps a thief's) do not add a passkey to an account that
+    has a factor: a step-up first."""
+    h = harness
+    email, tokens, authenticator = await _registered(h)
+    headers = bearer(tokens["access_token"])  # a password session, before the passkey
+    refused = await h.client.post(
+        "/auth/passkeys/register/options", json={"password": PASSWORD}, headers=headers
+    )
+    assert error_code(refused) == "insufficient_authentication"
+    app = await h.client.post("/auth/mfa/totp", json={"password": PASSWORD}, headers=headers)
+    assert error_code(app) == "insufficient_authentication"
+    fresh = await _passwordless(h, authenticator)  # a session that just proved the passkey
+    again = await h.client.post(
+        "/auth/passkeys/register/options",
+        json={"password": PASSWORD},
+        headers=bearer(fresh.json()["access_token"]),
+    )
+    assert again.status_code == 200, again.text
+
+
+async def test_app_only_routes_refuse_a_passkey_only_account(harness: Harness) -> None:
+    h = harness
+    _, _, authenticator = await _registered(h)
+    tokens = (await _passwordless(h, authenticator)).json()
+    headers = bearer(tokens["access_token"])
+    options = (await h.client.post("/auth/step-up/passkey-options", headers=headers)).json()
+    proof = {"ceremony": options["ceremony"], "credential": authenticator.get(options["options"])}
+    codes = await h.client.post(
+        "/auth/mfa/recovery-codes", json={"passkey": proof}, headers=headers
+    )
+    assert codes.status_code == 409  # codes that would never be accepted: none
+    assert error_code(codes) == "mfa_not_enabled"
+    off = await h.client.post("/auth/mfa/disable", json={"passkey": proof}, headers=headers)
+    assert error_code(off) == "mfa_not_enabled"
+
+
+async def test_a_forged_answer_is_no_clone_and_a_foreign_handle_is_refused(
+    harness: Harness,
+) -> None:
+    h = harness
+    email, _, authenticator = await _registered(h)
+    forger = SoftAuthenticator(ORIGIN, credential_id=authenticator.credential_id)  # another key
+    forger.user_handle = authenticator.user_handle
+    assert (await _passwordless(h, forger)).status_code == 401
+    assert "passkey.clone_suspected" not in await events_of(h, email)
+    authenticator.user_handle = b"someone else"
+    assert (await _passwordless(h, authenticator)).status_code == 401
