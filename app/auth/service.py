@@ -155,19 +155,10 @@ class AuthService:
         if new_hash is not None:
             await users.set_password_hash(conn, user.id, new_hash, now=None)
             user = replace(user, password_hash=new_hash)
-        if self._unverified is not None and user.email_verified_at is None:
-            # The right password: the owner (or someone who knows it) learns only that the
-            # address needs proving, and the link goes to the address.
-            await self._unverified.on_unverified_login(uow, client, user, now)
-            await record(
-                conn,
-                "login.failed",
-                now=now,
-                client=client,
-                user_id=user.id,
-                reason="email_not_verified",
-            )
-            return LoginRefused("email_not_verified")
+        # The right password: the owner (or someone who knows it) learns only that the address
+        # needs proving, and the link goes to the address.
+        if (unproven := await self._unproven_address(uow, client, user, now)) is not None:
+            return unproven
         if user.mfa_enabled:
             return await self._challenge(conn, client, user, device_name, dpop_jkt, now)
         issued = await self._sessions.start_in(uow, user, client, device_name, now, dpop_jkt)
@@ -240,17 +231,8 @@ class AuthService:
                 reason="inactive",
             )
             return LoginRefused("inactive")
-        if self._unverified is not None and user.email_verified_at is None:
-            await self._unverified.on_unverified_login(uow, client, user, now)
-            await record(
-                conn,
-                "login.failed",
-                now=now,
-                client=client,
-                user_id=user.id,
-                reason="email_not_verified",
-            )
-            return LoginRefused("email_not_verified")
+        if (unproven := await self._unproven_address(uow, client, user, now)) is not None:
+            return unproven
         context = AuthContext(amr=f"{asserted.method} user mfa", auth_time=now, factor_at=now)
         issued = await self._sessions.start_in(
             uow, user, client, device_name, now, dpop_jkt, context
@@ -300,6 +282,24 @@ class AuthService:
             uow, user, client, challenge.device_name, now, challenge.dpop_jkt, context
         )
         return self._granted(issued, user, None, challenge.dpop_jkt)
+
+    async def _unproven_address(
+        self, uow: UnitOfWork, client: ClientInfo, user: UserRecord, now: datetime
+    ) -> LoginRefused | None:
+        """With REQUIRE_VERIFIED_EMAIL, an account whose address is unproven is refused (and a
+        fresh link goes to the address), whatever proved who the user is."""
+        if self._unverified is None or user.email_verified_at is not None:
+            return None
+        await self._unverified.on_unverified_login(uow, client, user, now)
+        await record(
+            await uow.connection(),
+            "login.failed",
+            now=now,
+            client=client,
+            user_id=user.id,
+            reason="email_not_verified",
+        )
+        return LoginRefused("email_not_verified")
 
     async def _trusts(self, device: DeviceProof | None, user: UserRecord | None) -> bool:
         """Whether `device` is a trusted device of `user`: its token names the account and

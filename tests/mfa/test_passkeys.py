@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from tests.conftest import PASSWORD, Harness, bearer, error_code
+from tests.conftest import PASSWORD, Harness, bearer, error_code, make_settings, start_harness
 from tests.mfa.conftest import claims_of, events_of, first_step, mails_of, second_step
 from tests.support.authenticator import SoftAuthenticator, b64url
 from tests.support.cli import cli
@@ -271,3 +271,17 @@ async def test_a_forged_answer_is_no_clone_and_a_foreign_handle_is_refused(
     assert "passkey.clone_suspected" not in await events_of(h, email)
     authenticator.user_handle = b"someone else"
     assert (await _passwordless(h, authenticator)).status_code == 401
+
+
+async def test_a_passkey_login_meets_require_verified_email(database_url: str) -> None:
+    settings = make_settings(database_url, require_verified_email=True)
+    async for h in start_harness(settings):
+        email, _, authenticator = await _registered(h)
+        async with h.ctx.engine.begin() as conn:  # the address unproven again (say, changed)
+            await conn.execute(
+                text("UPDATE users SET email_verified_at = NULL WHERE email = :email"),
+                {"email": email},
+            )
+        refused = await _passwordless(h, authenticator)
+        assert refused.status_code == 403
+        assert error_code(refused) == "email_not_verified"
