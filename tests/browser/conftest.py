@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, BrowserContext
 
 REQUIRE_BROWSER = os.environ.get("REQUIRE_BROWSER") == "1"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,3 +47,13 @@ async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
         )
         yield chromium
         await chromium.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile per test (cookies, storage), actions failing after 10 s. A
+    module that needs other options defines its own."""
+    ctx = await browser.new_context()
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    await ctx.close()

@@ -63,14 +63,6 @@ BASE_ENV = {
 # ------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context()
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    await ctx.close()
-
-
 @dataclass(frozen=True)
 class Service:
     base: str  # http://localhost:<port>
@@ -78,8 +70,10 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def _serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Service]:
-    server = uvicorn_server(database_url, env=env)
+async def _serve(
+    database_url: str, env: dict[str, str], port: int | None = None
+) -> AsyncIterator[Service]:
+    server = uvicorn_server(database_url, env=env, port=port)
     base, _ = await asyncio.to_thread(server.__enter__)
     try:
         yield Service(base=base.replace("127.0.0.1", "localhost"), database_url=database_url)

@@ -20,7 +20,7 @@ from tests.conftest import PASSWORD
 from tests.support.servers import create_user_in
 
 try:
-    from playwright.async_api import Browser, BrowserContext, Route
+    from playwright.async_api import BrowserContext, Route
 except ImportError:  # pragma: no cover - the dev dependency is missing
     if REQUIRE_BROWSER:
         raise
@@ -41,14 +41,6 @@ async function attempt(fn) {
 }
 window.mfa = { auth, claims, attempt, ready: auth.ready };
 </script>"""
-
-
-@pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context()
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    await ctx.close()
 
 
 @pytest.fixture(scope="module")

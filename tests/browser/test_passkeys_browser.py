@@ -6,19 +6,25 @@ signature counter behind the service's) refused."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import REQUIRE_BROWSER
-from tests.browser.test_browser import BASE_ENV, PageWatch, _sqlite_database, records_of
+from tests.browser.test_browser import (
+    BASE_ENV,
+    PageWatch,
+    Service,
+    _serve,
+    _sqlite_database,
+    records_of,
+)
 from tests.conftest import PASSWORD
-from tests.support.servers import create_user_in, free_port, uvicorn_server
+from tests.support.servers import create_user_in, free_port
 
 try:
-    from playwright.async_api import Browser, BrowserContext, CDPSession, Page, Route
+    from playwright.async_api import BrowserContext, CDPSession, Page, Route
 except ImportError:  # pragma: no cover - the dev dependency is missing
     if REQUIRE_BROWSER:
         raise
@@ -45,26 +51,14 @@ window.pk = window.make();
 
 
 @pytest.fixture(scope="module")
-async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
     """The service on localhost, its WebAuthn RP ID and origin this page's."""
     port = free_port()
-    base = f"http://localhost:{port}"
-    env = {**BASE_ENV, "WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": f'["{base}"]'}
-    database_url = await _sqlite_database(tmp_path_factory)
-    server = uvicorn_server(database_url, env=env, port=port)
-    await asyncio.to_thread(server.__enter__)
-    try:
-        yield base + "|" + database_url
-    finally:
-        await asyncio.to_thread(server.__exit__, None, None, None)
-
-
-@pytest.fixture
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context()
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    await ctx.close()
+    origin = f"http://localhost:{port}"
+    env = {**BASE_ENV, "WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": f'["{origin}"]'}
+    async with _serve(await _sqlite_database(tmp_path_factory), env, port) as svc:
+        assert svc.base == origin
+        yield svc
 
 
 async def _page(context: BrowserContext, base: str, watch: PageWatch) -> Page:
@@ -105,8 +99,8 @@ async def _run(page: Page, script: str, *args: Any) -> dict[str, Any]:
     return result
 
 
-async def test_passkeys_in_chromium(context: BrowserContext, service: str) -> None:
-    base, database_url = service.split("|")
+async def test_passkeys_in_chromium(context: BrowserContext, service: Service) -> None:
+    base, database_url = service.base, service.database_url
     email = await create_user_in(database_url, prefix="passkey")
     watch = PageWatch()
     page = await _page(context, base, watch)
