@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.audit.service import record
+from app.auth.grants import access_token_for
 from app.auth.tokens import AccessTokenCodec, IssuedAccessToken
 from app.core.client import ClientInfo
 from app.core.clock import Clock
@@ -246,15 +247,7 @@ class AccountFactors:
             session_id=state.id,
             method=proved.factor,
         )
-        access = self._access.issue(
-            user_id=raised.user_id,
-            session_id=raised.id,
-            role=raised.role,
-            now=now,
-            not_after=raised.absolute_expires_at,
-            jkt=jkt,
-            session=raised,
-        )
+        access = access_token_for(self._access, raised, now, jkt)
         ttl = self.step_up_ttl
         return SteppedUp(access, raised, jkt, raised.acr(now, ttl), now + ttl)
 

@@ -42,7 +42,18 @@ def grant_for(codec: AccessTokenCodec, issued: IssuedSession, jkt: str | None) -
     """`jkt`: the key of the request's DPoP proof. The store has checked that a bound session's
     proof is by its own key, and bound a session that was not bound to it (RFC 9449 §5)."""
     state, now = issued.session, issued.now
-    access = codec.issue(
+    access = access_token_for(codec, state, now, jkt)
+    return TokenGrant(
+        access=access, refresh_token=issued.refresh_token, session=state, now=now, jkt=jkt
+    )
+
+
+def access_token_for(
+    codec: AccessTokenCodec, state: SessionState, now: datetime, jkt: str | None
+) -> IssuedAccessToken:
+    """An access token for the session as it stands (its role, deadline and authentication
+    context), bound to `jkt` if given."""
+    return codec.issue(
         user_id=state.user_id,
         session_id=state.id,
         role=state.role,
@@ -50,9 +61,6 @@ def grant_for(codec: AccessTokenCodec, issued: IssuedSession, jkt: str | None) -
         not_after=state.absolute_expires_at,
         jkt=jkt,
         session=state,
-    )
-    return TokenGrant(
-        access=access, refresh_token=issued.refresh_token, session=state, now=now, jkt=jkt
     )
 
 
